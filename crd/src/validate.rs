@@ -1,0 +1,421 @@
+//! Validation in code. The CRD schema carries the same ranges and rules for the API server;
+//! this module is what the controller and the local platform check before acting, so that an
+//! invalid spec is reported and never acted upon.
+
+use std::fmt;
+
+use crate::spec::{MAX_INSTANCES, OpenGaussCluster, OpenGaussClusterSpec, SyncMethod};
+
+/// Longest cluster name: instance, Service and PVC names append suffixes such as `-8` and
+/// `-headless`, and must stay within Kubernetes' 63-character label limit.
+pub const MAX_CLUSTER_NAME_LEN: usize = 48;
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a cluster, so a user fixes them all in one round.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidCluster {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for InvalidCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        write!(f, "invalid OpenGaussCluster: {}", parts.join("; "))
+    }
+}
+
+/// Server parameters the operator sets itself. Letting users override them would break
+/// replication, failover or the instance manager's access to the server.
+pub const MANAGED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "archive_cleanup_command",
+    "config_file",
+    "data_directory",
+    "external_pid_file",
+    "hba_file",
+    "hot_standby",
+    "ident_file",
+    "listen_addresses",
+    "max_wal_senders",
+    "port",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "synchronous_standby_names",
+    "unix_socket_directories",
+    "unix_socket_directory",
+    "wal_keep_segments",
+    "wal_keep_size",
+];
+
+/// Parameters the operator leaves to users but whose values must keep replication and rewind
+/// working.
+fn restricted_value(name: &str, value: &str) -> Option<&'static str> {
+    let v = value.trim().to_ascii_lowercase();
+    let off = matches!(v.as_str(), "off" | "false" | "no" | "0");
+    match name {
+        "wal_level" if !matches!(v.as_str(), "replica" | "hot_standby" | "logical") => {
+            Some("must be replica, hot_standby or logical: streaming replication needs it")
+        }
+        "wal_log_hints" | "full_page_writes" if off => {
+            Some("must stay on: rewinding an old primary after failover needs it")
+        }
+        "fsync" if off => Some("must stay on: without it a crash can lose acknowledged commits"),
+        _ if name.starts_with("replconninfo") => {
+            Some("is managed by the operator from the cluster's membership")
+        }
+        _ => None,
+    }
+}
+
+fn is_parameter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+}
+
+/// A DNS-1035 label: what Kubernetes requires of Service names, which derive from the cluster
+/// name.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_CLUSTER_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_CLUSTER_NAME_LEN} characters (instance and Service names are derived from it)"
+        ));
+    }
+    let bytes = name.as_bytes();
+    if !bytes[0].is_ascii_lowercase() {
+        return Err("must start with a lowercase letter".into());
+    }
+    if !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+        return Err("must end with a lowercase letter or digit".into());
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    {
+        return Err("may contain only lowercase letters, digits and '-'".into());
+    }
+    Ok(())
+}
+
+impl OpenGaussClusterSpec {
+    /// Every problem with this spec; empty when it is valid.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, message: String| {
+            errors.push(FieldError {
+                field: format!("spec.{field}"),
+                message,
+            })
+        };
+        if self.instances == 0 || self.instances > MAX_INSTANCES {
+            err(
+                "instances",
+                format!(
+                    "must be between 1 and {MAX_INSTANCES}, got {}",
+                    self.instances
+                ),
+            );
+        }
+        if self.port < 1024 || self.port > 65000 {
+            err(
+                "port",
+                format!("must be between 1024 and 65000, got {}", self.port),
+            );
+        }
+        if let Some(image) = &self.image
+            && image.trim().is_empty()
+        {
+            err("image", "must not be empty when given".into());
+        }
+        if !is_quantity(&self.storage.size) {
+            err(
+                "storage.size",
+                format!(
+                    "{:?} is not a Kubernetes quantity such as 10Gi",
+                    self.storage.size
+                ),
+            );
+        }
+        let sync = &self.replication.synchronous;
+        if sync.number == 0 || sync.number > 8 {
+            err(
+                "replication.synchronous.number",
+                format!("must be between 1 and 8, got {}", sync.number),
+            );
+        } else if self.instances > 1
+            && sync.method != SyncMethod::Off
+            && sync.number >= self.instances
+        {
+            err(
+                "replication.synchronous.number",
+                format!(
+                    "is {} but the cluster has only {} standby(s): commits would wait forever",
+                    sync.number,
+                    self.instances - 1
+                ),
+            );
+        }
+        let repl = &self.replication;
+        if repl.wal_keep_segments == 0 || repl.wal_keep_segments > 1_000_000 {
+            err(
+                "replication.walKeepSegments",
+                format!(
+                    "must be between 1 and 1000000, got {}",
+                    repl.wal_keep_segments
+                ),
+            );
+        }
+        if repl.max_wal_senders < 2 || repl.max_wal_senders > 100 {
+            err(
+                "replication.maxWalSenders",
+                format!("must be between 2 and 100, got {}", repl.max_wal_senders),
+            );
+        } else if repl.max_wal_senders < self.instances + 1 {
+            err(
+                "replication.maxWalSenders",
+                format!(
+                    "is {} but {} instances need at least {} (one per standby, plus a base backup and a rewind)",
+                    repl.max_wal_senders,
+                    self.instances,
+                    self.instances + 1
+                ),
+            );
+        }
+        for (name, value) in &self.parameters {
+            let field = format!("parameters.{name}");
+            if !is_parameter_name(name) {
+                err(&field, "is not a valid parameter name".into());
+            } else if MANAGED_PARAMETERS.contains(&name.as_str()) {
+                err(
+                    &field,
+                    "is managed by the operator and cannot be set here".into(),
+                );
+            } else if let Some(why) = restricted_value(name, value) {
+                err(&field, why.into());
+            }
+            if value.contains(['\n', '\r', '\0']) {
+                err(&field, "value must be a single line".into());
+            }
+        }
+        let f = &self.failover;
+        if f.delay_seconds == 0 || f.delay_seconds > 3600 {
+            err(
+                "failover.delaySeconds",
+                format!("must be between 1 and 3600, got {}", f.delay_seconds),
+            );
+        }
+        if !(100..=1000).contains(&f.probe_interval_milliseconds) {
+            err(
+                "failover.probeIntervalMilliseconds",
+                format!(
+                    "must be between 100 and 1000, got {}",
+                    f.probe_interval_milliseconds
+                ),
+            );
+        }
+        if !(50..=10_000).contains(&f.probe_timeout_milliseconds) {
+            err(
+                "failover.probeTimeoutMilliseconds",
+                format!(
+                    "must be between 50 and 10000, got {}",
+                    f.probe_timeout_milliseconds
+                ),
+            );
+        } else if u64::from(f.probe_timeout_milliseconds) >= u64::from(f.delay_seconds) * 1000 {
+            err(
+                "failover.probeTimeoutMilliseconds",
+                "must be shorter than failover.delaySeconds".to_string(),
+            );
+        }
+        errors
+    }
+}
+
+impl OpenGaussCluster {
+    /// Checks the whole object: name and spec.
+    pub fn validate(&self) -> Result<(), InvalidCluster> {
+        let mut errors = Vec::new();
+        match self.metadata.name.as_deref() {
+            None => errors.push(FieldError {
+                field: "metadata.name".into(),
+                message: "is required".into(),
+            }),
+            Some(name) => {
+                if let Err(message) = check_cluster_name(name) {
+                    errors.push(FieldError {
+                        field: "metadata.name".into(),
+                        message,
+                    });
+                }
+            }
+        }
+        errors.extend(self.spec.problems());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidCluster { errors })
+        }
+    }
+}
+
+fn is_quantity(s: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "",
+    ];
+    SUFFIXES.iter().any(|suffix| {
+        s.strip_suffix(suffix).is_some_and(|number| {
+            let mut parts = number.splitn(2, '.');
+            let whole = parts.next().unwrap_or("");
+            let frac = parts.next();
+            !whole.is_empty()
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::OpenGaussClusterSpec;
+
+    fn spec() -> OpenGaussClusterSpec {
+        serde_json::from_str("{}").expect("empty spec takes defaults")
+    }
+
+    fn fields(spec: &OpenGaussClusterSpec) -> Vec<String> {
+        spec.problems().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(spec().problems(), vec![]);
+    }
+
+    #[test]
+    fn instances_out_of_range() {
+        for n in [0, 10] {
+            let mut s = spec();
+            s.instances = n;
+            assert!(fields(&s).contains(&"spec.instances".to_string()), "{n}");
+        }
+    }
+
+    #[test]
+    fn single_instance_with_default_sync_is_valid() {
+        let mut s = spec();
+        s.instances = 1;
+        assert_eq!(s.problems(), vec![]);
+        assert!(!s.is_synchronous());
+    }
+
+    #[test]
+    fn sync_number_must_leave_a_standby_to_wait_for() {
+        let mut s = spec();
+        s.replication.synchronous.number = 3;
+        let errs = s.problems();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].message.contains("only 2 standby"),
+            "{}",
+            errs[0].message
+        );
+        s.replication.synchronous.method = SyncMethod::Off;
+        assert_eq!(s.problems(), vec![]);
+    }
+
+    #[test]
+    fn managed_and_dangerous_parameters_are_refused() {
+        let mut s = spec();
+        s.parameters.insert("port".into(), "1".into());
+        s.parameters.insert("wal_level".into(), "minimal".into());
+        s.parameters.insert("full_page_writes".into(), "off".into());
+        s.parameters.insert("replconninfo3".into(), "x".into());
+        s.parameters.insert("Bad Name".into(), "x".into());
+        s.parameters
+            .insert("work_mem".into(), "64MB\nport=1".into());
+        s.parameters.insert("shared_buffers".into(), "256MB".into());
+        let got = fields(&s);
+        for f in [
+            "port",
+            "wal_level",
+            "full_page_writes",
+            "replconninfo3",
+            "Bad Name",
+            "work_mem",
+        ] {
+            assert!(
+                got.contains(&format!("spec.parameters.{f}")),
+                "{f} not refused: {got:?}"
+            );
+        }
+        assert!(!got.contains(&"spec.parameters.shared_buffers".to_string()));
+    }
+
+    #[test]
+    fn wal_senders_must_cover_the_standbys() {
+        let mut s = spec();
+        s.instances = 9;
+        s.replication.synchronous.number = 1;
+        s.replication.max_wal_senders = 9;
+        assert_eq!(fields(&s), vec!["spec.replication.maxWalSenders"]);
+        s.replication.max_wal_senders = 10;
+        assert_eq!(s.problems(), vec![]);
+    }
+
+    #[test]
+    fn failover_timing_bounds() {
+        let mut s = spec();
+        s.failover.probe_interval_milliseconds = 2000;
+        s.failover.delay_seconds = 0;
+        let got = fields(&s);
+        assert!(got.contains(&"spec.failover.probeIntervalMilliseconds".to_string()));
+        assert!(got.contains(&"spec.failover.delaySeconds".to_string()));
+        let mut s = spec();
+        s.failover.delay_seconds = 1;
+        s.failover.probe_timeout_milliseconds = 1000;
+        assert_eq!(fields(&s), vec!["spec.failover.probeTimeoutMilliseconds"]);
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in ["10Gi", "1.5Gi", "500M", "1024"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "Gi", "10 Gi", "ten", "1.Gi", "-1Gi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_names() {
+        assert!(check_cluster_name("demo-1").is_ok());
+        for bad in ["", "Demo", "1demo", "demo-", "de_mo", &"a".repeat(49)] {
+            assert!(check_cluster_name(bad).is_err(), "{bad}");
+        }
+    }
+}

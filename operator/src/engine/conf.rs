@@ -1,0 +1,62 @@
+//! Quoting for `postgresql.conf` values and libpq connection strings.
+
+/// A configuration value as a single-quoted string; both engines accept every parameter type
+/// in this form.
+pub fn quote_conf_value(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// One `name = 'value'` line.
+pub fn conf_line(name: &str, value: &str) -> String {
+    format!("{name} = {}\n", quote_conf_value(value))
+}
+
+/// A value inside a libpq `key=value` connection string.
+pub fn conninfo_value(value: &str) -> String {
+    let plain = !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']);
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\\', r"\\").replace('\'', r"\'"))
+    }
+}
+
+/// An identifier inside `synchronous_standby_names`, double-quoted when it is not a plain
+/// lowercase name.
+pub fn quote_standby_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_values_double_single_quotes() {
+        assert_eq!(conf_line("a", "it's"), "a = 'it''s'\n");
+    }
+
+    #[test]
+    fn conninfo_quotes_spaces_and_escapes() {
+        assert_eq!(conninfo_value("plain"), "plain");
+        assert_eq!(conninfo_value("/a b/c'd\\"), r"'/a b/c\'d\\'");
+        assert_eq!(conninfo_value(""), "''");
+    }
+
+    #[test]
+    fn standby_names() {
+        assert_eq!(quote_standby_name("standby1"), "standby1");
+        assert_eq!(quote_standby_name("demo-1"), "\"demo-1\"");
+    }
+}

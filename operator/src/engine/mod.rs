@@ -1,0 +1,223 @@
+//! Engine dialects: every command line, configuration line and SQL text that differs between
+//! openGauss and PostgreSQL comes from here, and nothing else does. The rest of the operator
+//! speaks in engine-neutral terms (initialise, clone, rewind, promote, follow) and asks the
+//! dialect how to say it.
+
+mod command;
+mod conf;
+mod lsn;
+mod opengauss;
+mod postgres;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use command::CommandLine;
+pub use conf::{conf_line, quote_conf_value};
+pub use lsn::Lsn;
+pub use opengauss::OpenGauss;
+pub use opengauss_crd::{Engine, SyncMethod};
+pub use postgres::Postgres;
+
+/// Where one instance keeps its files and how its tools are reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Directory holding the engine's programs (`initdb`, `pg_ctl`... or `gs_initdb`, `gs_ctl`...).
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Directory of the server's Unix socket; private to the instance's OS user.
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    /// libpq password file of the instance's OS user, for replication and rewind connections.
+    pub passfile: PathBuf,
+    /// The database superuser the instance manager connects as over the Unix socket.
+    pub superuser: String,
+    /// The role standbys replicate as.
+    pub replication_user: String,
+    /// The instance name (`<cluster>-<ordinal>`).
+    pub instance: String,
+}
+
+impl Layout {
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+}
+
+/// Where a peer's database can be reached.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A replication peer as openGauss lists it in `replconninfoN`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub instance: String,
+    pub host: String,
+    /// The peer's HA (replication) port.
+    pub ha_port: u16,
+}
+
+/// The synchronous standby policy with the standby names filled in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncConfig {
+    pub method: SyncMethod,
+    pub number: u32,
+    /// Instance names, in priority order for `first`.
+    pub standbys: Vec<String>,
+}
+
+/// The settings the operator owns, rendered by the dialect into the managed configuration file
+/// that `postgresql.conf` includes last (so they win).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub instance: String,
+    pub listen_addresses: String,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub max_wal_senders: u32,
+    pub wal_keep_segments: u32,
+    /// `None` (or an empty standby list) means commits do not wait for standbys.
+    pub synchronous: Option<SyncConfig>,
+    /// When the primary has no synchronous standby left, keep accepting writes
+    /// (`dataDurability: preferred`). openGauss: `most_available_sync`.
+    pub most_available_sync: bool,
+    /// Run as a standby. A standby without an upstream is detached: it replays what it has and
+    /// waits.
+    pub standby: bool,
+    pub upstream: Option<Endpoint>,
+    pub replication_user: String,
+    pub passfile: PathBuf,
+    /// Local HA port (openGauss) and the peers to replicate with.
+    pub ha_port: u16,
+    pub ha_listen: String,
+    pub peers: Vec<Peer>,
+    /// Users' extra parameters from the cluster spec.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The cluster-level part of an instance's configuration: what the controller decides. The
+/// instance manager adds what only it knows (paths, ports, addresses) to make a `ServerConfig`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredConfig {
+    pub standby: bool,
+    /// Whom a standby streams from; `None` detaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<SyncConfig>,
+    #[serde(default)]
+    pub most_available_sync: bool,
+    pub max_wal_senders: u32,
+    pub wal_keep_segments: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Peer>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Which clients may connect, and how they authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HbaConfig {
+    pub superuser: String,
+    pub replication_user: String,
+    /// Networks (CIDR) allowed to connect with a password.
+    pub networks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnect clients, write a shutdown checkpoint and let connected standbys receive it.
+    Fast,
+    /// Exit at once; the next start runs crash recovery.
+    Immediate,
+}
+
+/// One step of building a standby's data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloneStep {
+    /// Run a program; a non-zero exit fails the clone.
+    Run(CommandLine),
+    /// Write the managed configuration, authentication rules and standby marker now.
+    WriteConfig,
+}
+
+/// The SQL the instance manager runs over the Unix socket to report an instance's state. Each
+/// query returns text columns in a fixed order, the same for both dialects.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusSql {
+    /// One row: in_recovery bool, current_lsn text, received_lsn text, replayed_lsn text,
+    /// timeline int4, synchronous_standby_names text.
+    pub node: &'static str,
+    /// Zero or one row: status text, upstream_host text, upstream_port int4, flushed_lsn text.
+    pub receiver: &'static str,
+    /// One row per standby connection: application_name, client_addr, state, sync_state,
+    /// sent_lsn, write_lsn, flush_lsn, replay_lsn (text) and lag_bytes int8.
+    pub replication: &'static str,
+}
+
+/// What differs between engines.
+pub trait Dialect: Send + Sync + std::fmt::Debug {
+    fn engine(&self) -> Engine;
+    /// The name a standby reports as `application_name` and that `synchronous_standby_names`
+    /// lists.
+    fn application_name(&self, instance: &str) -> String;
+    /// The instance behind an `application_name` (the inverse of `application_name`).
+    fn instance_of(&self, application_name: &str) -> String;
+    /// Creates the first primary's data directory. The superuser password is read from
+    /// `pwfile`.
+    fn initdb(&self, l: &Layout, pwfile: &Path) -> CommandLine;
+    /// Runs the server in the foreground, so the instance manager supervises it directly.
+    fn server(&self, l: &Layout, standby: bool) -> CommandLine;
+    /// Builds a standby's data directory from `source`.
+    fn clone_steps(&self, l: &Layout, source: &Endpoint, pwfile: &Path) -> Vec<CloneStep>;
+    /// Makes a stopped old primary consistent with `source` so it can follow it.
+    fn rewind(&self, l: &Layout, source: &Endpoint) -> CommandLine;
+    /// Turns a standby into a primary.
+    fn promote(&self, l: &Layout) -> CommandLine;
+    fn stop(&self, l: &Layout, mode: StopMode) -> CommandLine;
+    fn reload(&self, l: &Layout) -> CommandLine;
+    /// Prints the control file: cluster state and the last checkpoint.
+    fn controldata(&self, l: &Layout) -> CommandLine;
+    /// The managed configuration file's content.
+    fn managed_conf(&self, c: &ServerConfig) -> String;
+    /// The line appended to `postgresql.conf` to include the managed file.
+    fn include_directive(&self) -> String {
+        format!("include_if_exists = '{MANAGED_CONF}'\n")
+    }
+    fn hba(&self, h: &HbaConfig) -> String;
+    /// A file in the data directory whose presence makes the server start as a standby.
+    fn standby_signal(&self) -> &'static str;
+    fn status_sql(&self) -> StatusSql;
+    /// SQL creating (or updating) the replication role, or `None` when the engine trusts its
+    /// configured peers instead. The password is sent already hashed, so the plain password
+    /// never reaches the server's statement log.
+    fn replication_role_sql(&self, user: &str, password: &str) -> Option<String>;
+}
+
+/// The managed configuration file, included last from `postgresql.conf`.
+pub const MANAGED_CONF: &str = "opengauss-operator.conf";
+
+pub fn dialect(engine: Engine) -> &'static dyn Dialect {
+    match engine {
+        Engine::Postgres => &Postgres,
+        Engine::OpenGauss => &OpenGauss,
+    }
+}

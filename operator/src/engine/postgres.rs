@@ -1,0 +1,262 @@
+//! PostgreSQL (12 and later): `initdb`, `pg_basebackup`, `pg_rewind`, `pg_ctl`, `primary_conninfo`
+//! plus `standby.signal`.
+
+use std::path::Path;
+
+use super::conf::{conf_line, conninfo_value, quote_standby_name};
+use super::{
+    CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql,
+    StopMode, SyncConfig, SyncMethod,
+};
+
+/// PostgreSQL's default WAL segment size, to express `walKeepSegments` as `wal_keep_size`.
+const WAL_SEGMENT_MB: u64 = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Postgres;
+
+fn data(l: &Layout) -> String {
+    l.data_dir.display().to_string()
+}
+
+/// `ANY 1 ("demo-1", "demo-2")`, or empty when no standby is synchronous.
+pub(super) fn sync_names(
+    sync: Option<&SyncConfig>,
+    name: impl Fn(&str) -> String,
+    space: &str,
+) -> String {
+    let Some(sync) = sync.filter(|s| !s.standbys.is_empty() && s.method != SyncMethod::Off) else {
+        return String::new();
+    };
+    let method = match sync.method {
+        SyncMethod::First => "FIRST",
+        _ => "ANY",
+    };
+    let names: Vec<String> = sync
+        .standbys
+        .iter()
+        .map(|s| quote_standby_name(&name(s)))
+        .collect();
+    let number = sync.number.min(sync.standbys.len() as u32);
+    format!("{method} {number}{space}({})", names.join(", "))
+}
+
+impl Postgres {
+    fn conninfo(
+        &self,
+        source: &Endpoint,
+        user: &str,
+        passfile: &Path,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let mut parts = vec![
+            format!("host={}", conninfo_value(&source.host)),
+            format!("port={}", source.port),
+            format!("user={}", conninfo_value(user)),
+            format!(
+                "passfile={}",
+                conninfo_value(&passfile.display().to_string())
+            ),
+        ];
+        parts.extend(
+            extra
+                .iter()
+                .map(|(k, v)| format!("{k}={}", conninfo_value(v))),
+        );
+        parts.join(" ")
+    }
+}
+
+impl Dialect for Postgres {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    fn application_name(&self, instance: &str) -> String {
+        instance.to_string()
+    }
+
+    fn instance_of(&self, application_name: &str) -> String {
+        application_name.to_string()
+    }
+
+    fn initdb(&self, l: &Layout, pwfile: &Path) -> CommandLine {
+        CommandLine::new(l.tool("initdb")).args([
+            "-D".to_string(),
+            data(l),
+            "--username".to_string(),
+            l.superuser.clone(),
+            format!("--pwfile={}", pwfile.display()),
+            "--auth-local=trust".to_string(),
+            "--auth-host=scram-sha-256".to_string(),
+            "--encoding=UTF8".to_string(),
+            "--locale=C".to_string(),
+        ])
+    }
+
+    fn server(&self, l: &Layout, _standby: bool) -> CommandLine {
+        // The role comes from standby.signal, which the instance manager writes.
+        CommandLine::new(l.tool("postgres")).args(["-D".to_string(), data(l)])
+    }
+
+    fn clone_steps(&self, l: &Layout, source: &Endpoint, _pwfile: &Path) -> Vec<CloneStep> {
+        let conninfo = self.conninfo(
+            source,
+            &l.replication_user,
+            &l.passfile,
+            &[("application_name", &format!("{}-clone", l.instance))],
+        );
+        vec![
+            CloneStep::Run(CommandLine::new(l.tool("pg_basebackup")).args([
+                "-D".to_string(),
+                data(l),
+                "-d".to_string(),
+                conninfo,
+                "--wal-method=stream".to_string(),
+                "--checkpoint=fast".to_string(),
+                "--no-password".to_string(),
+            ])),
+            CloneStep::WriteConfig,
+        ]
+    }
+
+    fn rewind(&self, l: &Layout, source: &Endpoint) -> CommandLine {
+        let conninfo = self.conninfo(source, &l.superuser, &l.passfile, &[("dbname", "postgres")]);
+        CommandLine::new(l.tool("pg_rewind")).args([
+            "-D".to_string(),
+            data(l),
+            format!("--source-server={conninfo}"),
+            "--progress".to_string(),
+        ])
+    }
+
+    fn promote(&self, l: &Layout) -> CommandLine {
+        CommandLine::new(l.tool("pg_ctl")).args(["promote", "-D", &data(l), "-w", "-t", "60"])
+    }
+
+    fn stop(&self, l: &Layout, mode: StopMode) -> CommandLine {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        CommandLine::new(l.tool("pg_ctl")).args([
+            "stop",
+            "-D",
+            &data(l),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "60",
+        ])
+    }
+
+    fn reload(&self, l: &Layout) -> CommandLine {
+        CommandLine::new(l.tool("pg_ctl")).args(["reload", "-D", &data(l)])
+    }
+
+    fn controldata(&self, l: &Layout) -> CommandLine {
+        CommandLine::new(l.tool("pg_controldata"))
+            .args(["-D", &data(l)])
+            .env("LC_ALL", "C")
+    }
+
+    fn managed_conf(&self, c: &ServerConfig) -> String {
+        let mut out = String::from(
+            "# Managed by opengauss-operator and rewritten on every change.\n\
+             # Set server parameters in the cluster spec (spec.parameters), not here.\n",
+        );
+        for (k, v) in &c.parameters {
+            out += &conf_line(k, v);
+        }
+        out += &conf_line("listen_addresses", &c.listen_addresses);
+        out += &conf_line("port", &c.port.to_string());
+        out += &conf_line(
+            "unix_socket_directories",
+            &c.socket_dir.display().to_string(),
+        );
+        if !c.parameters.contains_key("wal_level") {
+            out += &conf_line("wal_level", "replica");
+        }
+        out += &conf_line("hot_standby", "on");
+        out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
+        out += &conf_line("max_replication_slots", &c.max_wal_senders.to_string());
+        out += &conf_line(
+            "wal_keep_size",
+            &format!("{}MB", u64::from(c.wal_keep_segments) * WAL_SEGMENT_MB),
+        );
+        out += &conf_line("wal_log_hints", "on");
+        out += &conf_line(
+            "synchronous_standby_names",
+            &sync_names(c.synchronous.as_ref(), |s| self.application_name(s), " "),
+        );
+        out += &conf_line("recovery_target_timeline", "latest");
+        let conninfo = match (&c.upstream, c.standby) {
+            (Some(up), true) => self.conninfo(
+                up,
+                &c.replication_user,
+                &c.passfile,
+                &[
+                    ("application_name", &self.application_name(&c.instance)),
+                    ("connect_timeout", "2"),
+                ],
+            ),
+            _ => String::new(),
+        };
+        out += &conf_line("primary_conninfo", &conninfo);
+        out
+    }
+
+    fn hba(&self, h: &HbaConfig) -> String {
+        let mut out = String::from(
+            "# Managed by opengauss-operator.\n\
+             # Unix-socket connections are trusted: the socket directory is private to the\n\
+             # instance's OS user. Everything over TCP needs a password.\n\
+             # TYPE  DATABASE     USER             ADDRESS                 METHOD\n\
+             local   all          all                                      trust\n",
+        );
+        for net in &h.networks {
+            out += &format!(
+                "host    replication  {:<16} {net:<23} scram-sha-256\n",
+                h.replication_user
+            );
+            out += &format!("host    all          all              {net:<23} scram-sha-256\n");
+        }
+        out
+    }
+
+    fn standby_signal(&self) -> &'static str {
+        "standby.signal"
+    }
+
+    fn status_sql(&self) -> StatusSql {
+        StatusSql {
+            node: "SELECT pg_is_in_recovery(), \
+                   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+                   pg_last_wal_receive_lsn()::text, \
+                   pg_last_wal_replay_lsn()::text, \
+                   CASE WHEN pg_is_in_recovery() \
+                        THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                      (SELECT timeline_id FROM pg_control_checkpoint())) \
+                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+                   END, \
+                   current_setting('synchronous_standby_names')",
+            receiver: "SELECT status, sender_host, sender_port, flushed_lsn::text FROM pg_stat_wal_receiver",
+            replication: "SELECT application_name, client_addr::text, state, sync_state, \
+                          sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text, \
+                          pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
+                          EXTRACT(EPOCH FROM replay_lag)::float8 \
+                          FROM pg_stat_replication ORDER BY application_name",
+        }
+    }
+
+    fn replication_role_sql(&self, user: &str, password: &str) -> Option<String> {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let ident = format!("\"{}\"", user.replace('"', "\"\""));
+        let secret = verifier.replace('\'', "''");
+        Some(format!(
+            "DO $operator$\nBEGIN\n  CREATE ROLE {ident} WITH LOGIN REPLICATION PASSWORD '{secret}';\n\
+             EXCEPTION WHEN duplicate_object THEN\n  ALTER ROLE {ident} WITH LOGIN REPLICATION PASSWORD '{secret}';\nEND\n$operator$"
+        ))
+    }
+}

@@ -1,0 +1,93 @@
+//! The instance manager's HTTP API. Health endpoints are open (kubelet probes cannot carry a
+//! token); status and requests need the cluster's bearer token.
+
+use std::sync::Arc;
+
+use axum::extract::{Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::manager::{Manager, Refusal};
+use super::report::Request;
+
+pub const STATUS_PATH: &str = "/v1/status";
+pub const REQUESTS_PATH: &str = "/v1/requests";
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    let private = Router::new()
+        .route(STATUS_PATH, get(status))
+        .route(REQUESTS_PATH, post(submit))
+        .route_layer(middleware::from_fn_with_state(
+            manager.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .merge(private)
+        .with_state(manager)
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(m): State<Arc<Manager>>, req: HttpRequest, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same_secret(presented.as_bytes(), m.token().as_bytes()) {
+        next.run(req).await
+    } else {
+        (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
+    }
+}
+
+async fn ready(State(m): State<Arc<Manager>>) -> Response {
+    let report = m.report().await;
+    if report.server.accepting {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database server not accepting connections",
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(m): State<Arc<Manager>>) -> Response {
+    Json(m.report().await).into_response()
+}
+
+async fn submit(State(m): State<Arc<Manager>>, Json(request): Json<Request>) -> Response {
+    match m.submit(request) {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e @ (Refusal::Busy(_) | Refusal::BackingOff { .. })) => {
+            (StatusCode::CONFLICT, e.to_string()).into_response()
+        }
+        Err(e @ Refusal::Invalid(_)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}

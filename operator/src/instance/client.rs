@@ -1,0 +1,69 @@
+//! The controller's side of the instance manager API.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::api::{REQUESTS_PATH, STATUS_PATH};
+use super::report::{InstanceReport, OperationReport, Request};
+
+#[derive(Clone, Debug)]
+pub struct ManagerClient {
+    http: reqwest::Client,
+    token: String,
+}
+
+/// The manager's answer to a request.
+#[derive(Debug)]
+pub enum Submitted {
+    Accepted(OperationReport),
+    /// Another operation runs; try again later.
+    Busy(String),
+    /// The request does not apply to the instance as it is.
+    Refused(String),
+}
+
+impl ManagerClient {
+    pub fn new(token: String, timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .context("building HTTP client")?;
+        Ok(Self { http, token })
+    }
+
+    pub async fn status(&self, base: &str) -> anyhow::Result<InstanceReport> {
+        let resp = self
+            .http
+            .get(format!("{base}{STATUS_PATH}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("status request answered {}", resp.status());
+        }
+        Ok(resp.json().await?)
+    }
+
+    pub async fn submit(&self, base: &str, request: &Request) -> anyhow::Result<Submitted> {
+        let resp = self
+            .http
+            .post(format!("{base}{REQUESTS_PATH}"))
+            .bearer_auth(&self.token)
+            .json(request)
+            .send()
+            .await?;
+        let status = resp.status();
+        match status.as_u16() {
+            202 => Ok(Submitted::Accepted(resp.json().await?)),
+            409 => Ok(Submitted::Busy(resp.text().await.unwrap_or_default())),
+            422 => Ok(Submitted::Refused(resp.text().await.unwrap_or_default())),
+            _ => bail!(
+                "request answered {status}: {}",
+                resp.text().await.unwrap_or_default()
+            ),
+        }
+    }
+}
