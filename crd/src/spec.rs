@@ -26,6 +26,8 @@ pub const DEFAULT_OPENGAUSS_IMAGE: &str = "opengauss/opengauss-server:7.0.0-RC1"
 pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17";
 
 /// An openGauss (or PostgreSQL) primary/standby cluster with streaming replication.
+// Each printcolumn repeats `type_`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "ha.opengauss.dev",

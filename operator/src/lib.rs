@@ -2,8 +2,12 @@
 //! manager (`instance`), the platforms instances run on (`platform`) and the reconcile loop
 //! (`controller`).
 
+pub mod controller;
 pub mod engine;
 pub mod fsutil;
 pub mod instance;
+pub mod plan;
+pub mod platform;
 pub mod process;
+pub mod secrets;
 pub mod signals;

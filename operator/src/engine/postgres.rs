@@ -255,7 +255,7 @@ impl Dialect for Postgres {
         let ident = format!("\"{}\"", user.replace('"', "\"\""));
         let secret = verifier.replace('\'', "''");
         Some(format!(
-            "DO $operator$\nBEGIN\n  CREATE ROLE {ident} WITH LOGIN REPLICATION PASSWORD '{secret}';\n\
+            "SET synchronous_commit = local;\nDO $operator$\nBEGIN\n  CREATE ROLE {ident} WITH LOGIN REPLICATION PASSWORD '{secret}';\n\
              EXCEPTION WHEN duplicate_object THEN\n  ALTER ROLE {ident} WITH LOGIN REPLICATION PASSWORD '{secret}';\nEND\n$operator$"
         ))
     }

@@ -336,6 +336,7 @@ impl Manager {
         result?;
         self.apply_files(config)?;
         self.start_server(false).await?;
+        tracing::debug!("server accepts connections; creating the replication role");
         let password = read_secret(&cfg.replication_password_file)?;
         if let Some(sql) = cfg
             .dialect()
@@ -428,7 +429,7 @@ impl Manager {
             .await
             .probe(cfg, PROBE_TIMEOUT)
             .await;
-        if !already.as_ref().is_some_and(|p| !p.node.in_recovery) {
+        if already.as_ref().is_none_or(|p| p.node.in_recovery) {
             run_checked(&cfg.dialect().promote(&cfg.layout()), TOOL_TIMEOUT).await?;
         }
         self.wait_accepting(Some(false)).await?;
@@ -482,6 +483,7 @@ impl Manager {
     /// Starts the server and waits until it answers SQL.
     async fn start_server(&self, standby: bool) -> anyhow::Result<()> {
         self.server.lock().await.start(&self.cfg, standby)?;
+        tracing::debug!("server started; waiting until it accepts connections");
         self.wait_accepting(None).await
     }
 
@@ -489,6 +491,7 @@ impl Manager {
     async fn wait_accepting(&self, in_recovery: Option<bool>) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
+            tracing::trace!("probing");
             if let Some(p) = self.conn.lock().await.probe(&self.cfg, PROBE_TIMEOUT).await
                 && in_recovery.is_none_or(|want| p.node.in_recovery == want)
             {

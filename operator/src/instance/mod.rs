@@ -50,3 +50,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     manager.shutdown().await?;
     Ok(())
 }
+
+/// Whether a database server runs on `data_dir` (its postmaster is alive).
+pub fn server_is_running(data_dir: &Path) -> bool {
+    server::running_postmaster(data_dir).is_some()
+}

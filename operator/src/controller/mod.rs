@@ -1,0 +1,165 @@
+//! The reconcile loop shared by both platforms: observe (platform inventory and every instance
+//! manager's report), plan (pure), persist the new status, then act.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::future::join_all;
+use k8s_openapi::jiff::Timestamp;
+use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus};
+
+use crate::instance::client::{ManagerClient, Submitted};
+use crate::plan::{self, Action, Event, Observation, Observed, Plan, PlatformState, UserRequests};
+use crate::platform::{Inventory, PlatformInstance};
+
+/// What the controller needs from a platform.
+pub trait Platform: Sync {
+    /// Every instance the platform knows of.
+    fn inventory(&self) -> impl Future<Output = anyhow::Result<Inventory>> + Send;
+    /// Creates an instance (its process or pod and its storage).
+    fn create(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Starts a dead instance again.
+    fn restart(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Persists the cluster's status; actions run only after this succeeded.
+    fn save_status(
+        &self,
+        status: &OpenGaussClusterStatus,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Tells users what happened.
+    fn publish(&self, events: &[Event]) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Debug)]
+pub struct Controller<P> {
+    pub platform: P,
+    client: ManagerClient,
+    watching_since: Timestamp,
+}
+
+/// What one pass did.
+#[derive(Debug)]
+pub struct PassOutcome {
+    pub plan: Plan,
+    /// Actions that could not be carried out, with why.
+    pub failed_actions: Vec<(Action, String)>,
+}
+
+impl<P: Platform> Controller<P> {
+    pub fn new(platform: P, token: String, probe_timeout: Duration) -> anyhow::Result<Self> {
+        Ok(Self {
+            platform,
+            client: ManagerClient::new(token, probe_timeout)?,
+            watching_since: Timestamp::now(),
+        })
+    }
+
+    /// Reads every instance: the platform's view, the manager's report, and for an instance
+    /// whose manager is silent, whether its database port still answers.
+    pub async fn observe(&self, inventory: &Inventory, probe_timeout: Duration) -> Observation {
+        let probes = inventory.iter().map(|(name, inst)| async move {
+            let report = match (&inst.manager_url, inst.state) {
+                (Some(url), PlatformState::Running) => self.client.status(url).await.ok(),
+                _ => None,
+            };
+            let server_answers = report.is_none() && tcp_answers(inst, probe_timeout).await;
+            let observed = Observed {
+                platform: inst.state,
+                endpoint: inst.endpoint.clone(),
+                ha_port: inst.ha_port,
+                report,
+                server_answers,
+            };
+            (name.clone(), observed)
+        });
+        Observation {
+            instances: join_all(probes).await.into_iter().collect(),
+        }
+    }
+
+    /// One reconcile pass.
+    pub async fn pass(
+        &self,
+        cluster: &OpenGaussCluster,
+        status: &OpenGaussClusterStatus,
+        requests: &UserRequests,
+    ) -> anyhow::Result<PassOutcome> {
+        let timeout =
+            Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+        let inventory = self
+            .platform
+            .inventory()
+            .await
+            .context("reading the platform's inventory")?;
+        let observed = self.observe(&inventory, timeout).await;
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let plan = plan::decide(plan::Input {
+            cluster: &name,
+            generation: cluster.metadata.generation,
+            spec: &cluster.spec,
+            status,
+            observed: &observed,
+            requests,
+            now: Timestamp::now(),
+            watching_since: self.watching_since,
+        });
+        if plan.status != *status {
+            // Intent first: if it cannot be recorded, nothing is done.
+            self.platform
+                .save_status(&plan.status)
+                .await
+                .context("saving the cluster status")?;
+        }
+        self.platform.publish(&plan.events).await;
+        let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory))).await;
+        let failed_actions = plan
+            .actions
+            .iter()
+            .zip(results)
+            .filter_map(|(a, r)| r.err().map(|e| (a.clone(), format!("{e:#}"))))
+            .collect();
+        Ok(PassOutcome {
+            plan,
+            failed_actions,
+        })
+    }
+
+    async fn act(&self, action: &Action, inventory: &Inventory) -> anyhow::Result<()> {
+        match action {
+            Action::Create { instance } => self.platform.create(instance).await,
+            Action::Restart { instance } => self.platform.restart(instance).await,
+            Action::Send { instance, request } => {
+                let url = inventory
+                    .get(instance)
+                    .and_then(|i| i.manager_url.clone())
+                    .with_context(|| format!("{instance}'s manager address is not known yet"))?;
+                match self.client.submit(&url, request).await? {
+                    Submitted::Accepted(_) | Submitted::Busy(_) => Ok(()),
+                    Submitted::Refused(why) => {
+                        anyhow::bail!("{instance} refused {:?}: {why}", request.kind())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the database server itself answers: a TCP connection alone is not enough (the
+/// kernel accepts connections for a frozen server), so it must also reply to an SSL request,
+/// which both engines answer with one byte before authentication.
+async fn tcp_answers(inst: &PlatformInstance, timeout: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if inst.state != PlatformState::Running {
+        return false;
+    }
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let addr = (inst.endpoint.host.clone(), inst.endpoint.port);
+    let exchange = async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(&SSL_REQUEST).await?;
+        let mut reply = [0u8; 1];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(matches!(reply[0], b'S' | b'N'))
+    };
+    matches!(tokio::time::timeout(timeout, exchange).await, Ok(Ok(true)))
+}

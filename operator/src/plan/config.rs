@@ -1,0 +1,112 @@
+//! The configuration the controller wants on each instance: role, upstream, synchronous
+//! standby set, peers and user parameters.
+
+use opengauss_crd::{DataDurability, SyncMethod};
+
+use super::Input;
+use super::health::{members, report};
+use crate::engine::{DesiredConfig, Endpoint, Peer, SyncConfig};
+
+/// The role an instance should have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DesiredRole {
+    Primary,
+    /// A standby streaming from `upstream`, or detached when `None`.
+    Standby(Option<Endpoint>),
+}
+
+/// The synchronous standby set a primary named `primary` should wait for.
+///
+/// With `dataDurability: required` every other member that holds data is listed (a member
+/// still waiting for its first clone could never answer): `ANY n` (or `FIRST n`) then keeps
+/// writes flowing as long as `n` of them are up, and a lost or removed member never leaves
+/// writes waiting for it while another could answer. A member once listed stays listed while
+/// its manager is silent. With `preferred`, only standbys streaming right now are listed, so
+/// writes continue even with none.
+pub fn synchronous_set(
+    input: &Input<'_>,
+    previous: Option<&[String]>,
+    primary: &str,
+) -> Option<SyncConfig> {
+    let spec = input.spec;
+    if !spec.is_synchronous() {
+        return None;
+    }
+    let others = members(input).into_iter().filter(|m| m != primary);
+    let standbys: Vec<String> = match spec.failover.data_durability {
+        DataDurability::Required => others
+            .filter(|m| match report(input, m) {
+                Some(r) => r.initialized,
+                None => previous.is_some_and(|p| p.contains(m)),
+            })
+            .collect(),
+        DataDurability::Preferred => {
+            let streaming: Vec<String> = report(input, primary)
+                .map(|r| {
+                    r.replication
+                        .iter()
+                        .filter(|row| row.state == "streaming")
+                        .map(|row| row.instance.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            others.filter(|m| streaming.contains(m)).collect()
+        }
+    };
+    if standbys.is_empty() {
+        return None;
+    }
+    let sync = &spec.replication.synchronous;
+    Some(SyncConfig {
+        method: sync.method,
+        number: sync.number.min(standbys.len() as u32),
+        standbys,
+    })
+}
+
+/// The full desired configuration of `instance` in `role`.
+pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> DesiredConfig {
+    let previous_sync = input
+        .status
+        .synchronous
+        .as_ref()
+        .map(|s| s.standbys.as_slice());
+    let spec = input.spec;
+    let (standby, upstream) = match role {
+        DesiredRole::Primary => (false, None),
+        DesiredRole::Standby(up) => (true, up),
+    };
+    // A standby carries the set it would enforce once promoted, so the first write after a
+    // promotion already waits for a standby.
+    let synchronous = synchronous_set(input, previous_sync, instance);
+    let peers = members(input)
+        .into_iter()
+        .filter(|m| m != instance)
+        .filter_map(|m| {
+            input.observed.instances.get(&m).map(|o| Peer {
+                instance: m.clone(),
+                host: o.endpoint.host.clone(),
+                ha_port: o.ha_port,
+            })
+        })
+        .collect();
+    DesiredConfig {
+        standby,
+        upstream,
+        synchronous,
+        most_available_sync: spec.failover.data_durability == DataDurability::Preferred,
+        max_wal_senders: spec.replication.max_wal_senders,
+        wal_keep_segments: spec.replication.wal_keep_segments,
+        peers,
+        parameters: spec.parameters.clone(),
+    }
+}
+
+/// Whether an applied synchronous set differs from the wanted one in a way that matters.
+pub fn same_sync(a: Option<&SyncConfig>, b: Option<&SyncConfig>) -> bool {
+    let norm = |s: Option<&SyncConfig>| {
+        s.filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty())
+            .cloned()
+    };
+    norm(a) == norm(b)
+}

@@ -1,0 +1,582 @@
+//! Failover and switchover as a persisted sequence of steps: fence the old primary, detach the
+//! standbys so their positions are final, choose the standby holding every acknowledged commit,
+//! promote it, point the others at it. Each step is recorded in `status.transition` before it
+//! acts, so a restarted controller resumes where it stopped and never promotes twice.
+
+use std::cmp::Reverse;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::SignedDuration;
+use opengauss_crd::{
+    DataDurability, Phase, SyncMethod, SynchronousStatus, Transition, TransitionKind,
+    TransitionStep,
+};
+
+use super::config::{DesiredRole, desired_config};
+use super::health::{
+    InstanceHealth, classify, endpoint, members, operation_running, report, silent_for,
+};
+use super::steady::{fence_stray_primaries, reconcile, upkeep};
+use super::{Event, Input, Plan};
+use crate::engine::Lsn;
+use crate::instance::report::{
+    InstanceReport, ManagerPhase, OperationKind, OperationState, Request,
+};
+
+/// How long a switchover waits for its target to receive the old primary's last WAL before
+/// giving up and restarting the old primary.
+const SWITCHOVER_CATCH_UP: SignedDuration = SignedDuration::from_secs(60);
+
+/// Why the current primary counts as lost, if it does.
+fn primary_loss(input: &Input<'_>, plan: &Plan, primary: &str) -> Option<String> {
+    let delay = SignedDuration::from_secs(i64::from(input.spec.failover.delay_seconds));
+    match classify(input, primary) {
+        InstanceHealth::Missing => Some(format!("the primary {primary} is gone")),
+        InstanceHealth::Dead => Some(format!("the primary {primary}'s instance manager died")),
+        InstanceHealth::Unreachable {
+            server_answers: true,
+        } => None,
+        InstanceHealth::Unreachable {
+            server_answers: false,
+        } => {
+            let silent = silent_for(input, plan, primary, input.watching_since);
+            (silent >= delay).then(|| {
+                format!(
+                    "the primary {primary} has not answered for {}s",
+                    silent.as_secs()
+                )
+            })
+        }
+        InstanceHealth::Reachable(r) => {
+            if r.is_writable_primary() || operation_running(r) || r.is_running_standby() {
+                None
+            } else if !r.initialized {
+                Some(format!("the primary {primary} lost its data directory"))
+            } else if r.phase == ManagerPhase::AwaitingRole
+                && (r.server.crashed || r.control.as_ref().is_some_and(|c| !c.clean_shutdown))
+            {
+                Some(format!("the primary {primary}'s server crashed"))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Starts a failover when the primary is lost, or a switchover when one was requested. Returns
+/// true when a transition started (and acted) this pass.
+pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
+    let Some(primary) = plan.status.current_primary.clone() else {
+        return false;
+    };
+    if let Some(reason) = primary_loss(input, plan, &primary) {
+        let has_standby = members(input)
+            .iter()
+            .any(|m| *m != primary && report(input, m).is_some_and(|r| r.initialized));
+        if !has_standby && input.spec.instances > 1 {
+            plan.set_phase(
+                Phase::FailoverBlocked,
+                format!("{reason}; no standby has data to take over"),
+            );
+            upkeep(input, plan);
+            return true;
+        }
+        if input.spec.instances == 1 {
+            return false;
+        }
+        plan.event(Event::warning(
+            "FailingOver",
+            format!("{reason}; failing over"),
+        ));
+        begin(
+            input,
+            plan,
+            TransitionKind::Failover,
+            &primary,
+            None,
+            reason,
+        );
+        continue_transition(input, plan);
+        return true;
+    }
+    if let Some(target) = input.requests.switchover_to.clone() {
+        match switchover_refusal(input, plan, &primary, &target) {
+            Some(why) => {
+                plan.event(Event::warning("SwitchoverRefused", why.clone()));
+                plan.request_outcome = Some(Err(why));
+            }
+            None => {
+                let reason = format!("switchover to {target} requested");
+                plan.event(Event::normal(
+                    "SwitchingOver",
+                    format!("switching over from {primary} to {target}"),
+                ));
+                plan.request_outcome = Some(Ok(reason.clone()));
+                begin(
+                    input,
+                    plan,
+                    TransitionKind::Switchover,
+                    &primary,
+                    Some(target),
+                    reason,
+                );
+                continue_transition(input, plan);
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn switchover_refusal(
+    input: &Input<'_>,
+    plan: &Plan,
+    primary: &str,
+    target: &str,
+) -> Option<String> {
+    if !members(input).iter().any(|m| m == target) {
+        return Some(format!("{target} is not an instance of this cluster"));
+    }
+    if target == primary {
+        return Some(format!("{target} is already the primary"));
+    }
+    let ready = plan.status.instance(target).is_some_and(|r| r.ready);
+    let streaming = report(input, target).is_some_and(|r| r.is_running_standby());
+    let primary_ok = report(input, primary).is_some_and(|r| r.is_writable_primary());
+    if !primary_ok {
+        return Some(format!(
+            "the primary {primary} is not healthy; a failover handles that"
+        ));
+    }
+    if !(ready || streaming) {
+        return Some(format!("{target} is not a streaming standby"));
+    }
+    None
+}
+
+fn begin(
+    input: &Input<'_>,
+    plan: &mut Plan,
+    kind: TransitionKind,
+    from: &str,
+    to: Option<String>,
+    reason: String,
+) {
+    plan.status.target_primary = to.clone();
+    plan.status.transition = Some(Transition {
+        kind,
+        from: from.to_string(),
+        to,
+        step: TransitionStep::Fencing,
+        reason,
+        started_at: Time(input.now),
+        synchronous: plan.status.synchronous.clone(),
+    });
+}
+
+/// Advances the transition in flight by as many steps as this observation allows.
+pub fn continue_transition(input: &Input<'_>, plan: &mut Plan) {
+    upkeep(input, plan);
+    // A bounded loop: each step either waits (returns) or moves to a later step.
+    for _ in 0..4 {
+        let Some(t) = plan.status.transition.clone() else {
+            return;
+        };
+        let keep = match t.step {
+            TransitionStep::Promoting | TransitionStep::Repointing => t.to.as_deref(),
+            _ => None,
+        };
+        fence_stray_primaries(input, plan, keep);
+        let advanced = match (t.kind, t.step) {
+            (TransitionKind::Failover, TransitionStep::Fencing | TransitionStep::Detaching) => {
+                fence_and_choose(input, plan, &t)
+            }
+            (TransitionKind::Switchover, TransitionStep::Fencing | TransitionStep::Detaching) => {
+                demote_for_switchover(input, plan, &t)
+            }
+            (_, TransitionStep::Promoting) => promote(input, plan, &t),
+            (_, TransitionStep::Repointing) => repoint(input, plan, &t),
+        };
+        if !advanced {
+            return;
+        }
+    }
+}
+
+fn set_step(plan: &mut Plan, step: TransitionStep, to: Option<String>) {
+    if let Some(t) = plan.status.transition.as_mut() {
+        t.step = step;
+        if to.is_some() {
+            t.to = to.clone();
+        }
+    }
+    if to.is_some() {
+        plan.status.target_primary = to;
+    }
+}
+
+/// The WAL position a running server reports. A server that is down may hold more WAL than its
+/// control file shows, so its position counts as unknown.
+fn live_position(r: &InstanceReport) -> Option<(Lsn, Lsn)> {
+    if !r.server.accepting {
+        return None;
+    }
+    let node = r.node.as_ref()?;
+    let received = [
+        node.received_lsn,
+        node.replayed_lsn,
+        r.receiver.as_ref().and_then(|x| x.flushed_lsn),
+    ]
+    .into_iter()
+    .flatten()
+    .max()?;
+    Some((received, node.replayed_lsn.unwrap_or_default()))
+}
+
+fn detached(r: &InstanceReport) -> bool {
+    r.config.as_ref().is_some_and(|c| c.upstream.is_none())
+        && r.receiver
+            .as_ref()
+            .is_none_or(|rc| rc.status != "streaming")
+}
+
+/// Failover steps 1-3: fence the old primary, detach every reachable standby, choose.
+fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
+    let old = t.from.as_str();
+    let old_report = report(input, old);
+    if let Some(r) = old_report
+        && r.server.running
+        && !r
+            .operation
+            .as_ref()
+            .is_some_and(|o| o.kind == OperationKind::Fence && o.state == OperationState::Running)
+    {
+        plan.send(old, Request::Fence);
+    }
+    let old_quiet = old_report.is_none_or(|r| !r.server.running);
+    let mut all_detached = true;
+    for name in members(input).into_iter().filter(|n| n != old) {
+        let Some(r) = report(input, &name) else {
+            continue;
+        };
+        // Stopped standbys are detached too: their manager restarts them, and they must not
+        // come back streaming from the old primary.
+        if !r.initialized || !r.standby_configured {
+            continue;
+        }
+        let desired = desired_config(input, &name, DesiredRole::Standby(None));
+        if !detached(r) {
+            all_detached = false;
+            if !operation_running(r) {
+                plan.send(&name, Request::Configure { config: desired });
+            }
+        }
+    }
+    if t.step == TransitionStep::Fencing {
+        set_step(plan, TransitionStep::Detaching, None);
+    }
+    if !old_quiet || !all_detached {
+        return false;
+    }
+    match choose(input, t) {
+        Ok(candidate) => {
+            plan.event(Event::normal(
+                "FailoverTarget",
+                format!("promoting {candidate}: the most advanced standby, holding every acknowledged commit"),
+            ));
+            set_step(plan, TransitionStep::Promoting, Some(candidate));
+            true
+        }
+        Err(why) if input.spec.failover.data_durability == DataDurability::Preferred => {
+            match best_candidate(input, t) {
+                Some(candidate) => {
+                    plan.event(Event::warning(
+                        "FailoverWithPossibleLoss",
+                        format!(
+                            "{why}; dataDurability is preferred, so promoting {candidate} anyway"
+                        ),
+                    ));
+                    set_step(plan, TransitionStep::Promoting, Some(candidate));
+                    true
+                }
+                None => blocked_or_abort(input, plan, t, why),
+            }
+        }
+        Err(why) => blocked_or_abort(input, plan, t, why),
+    }
+}
+
+/// No standby can take over. If the old primary is reachable with its data, give it back its
+/// role (its data is the most complete there is); otherwise wait and say why.
+fn blocked_or_abort(input: &Input<'_>, plan: &mut Plan, t: &Transition, why: String) -> bool {
+    let old_back = report(input, &t.from).is_some_and(|r| r.initialized && !r.standby_configured);
+    if old_back {
+        plan.event(Event::warning(
+            "FailoverAborted",
+            format!(
+                "{why}; {} is reachable with its data, so it stays primary",
+                t.from
+            ),
+        ));
+        plan.status.transition = None;
+        plan.status.target_primary = Some(t.from.clone());
+        reconcile(input, plan);
+        return false;
+    }
+    plan.set_phase(
+        Phase::FailoverBlocked,
+        format!("cannot fail over from {}: {why}", t.from),
+    );
+    false
+}
+
+fn candidates<'a>(
+    input: &Input<'a>,
+    t: &Transition,
+) -> Vec<(String, &'a InstanceReport, (Lsn, Lsn))> {
+    let mut list: Vec<_> = members(input)
+        .into_iter()
+        .filter(|n| *n != t.from)
+        .filter_map(|n| {
+            let r = report(input, &n)?;
+            if !r.is_running_standby() || r.fenced || !detached(r) {
+                return None;
+            }
+            let pos = live_position(r)?;
+            Some((n, r, pos))
+        })
+        .collect();
+    // Highest received position, then highest replayed, then name.
+    list.sort_by_key(|(n, _, (received, replayed))| {
+        (Reverse(*received), Reverse(*replayed), n.clone())
+    });
+    list
+}
+
+fn best_candidate(input: &Input<'_>, t: &Transition) -> Option<String> {
+    candidates(input, t).into_iter().next().map(|(n, _, _)| n)
+}
+
+/// The standby to promote, or why none may be.
+fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
+    let list = candidates(input, t);
+    let Some((best, _, (best_pos, _))) = list.first().cloned() else {
+        return Err("no standby is running, reachable and detached".into());
+    };
+    let sync = t
+        .synchronous
+        .as_ref()
+        .filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
+    if let Some(sync) = sync {
+        durable_choice(input, sync, best_pos)?;
+    }
+    Ok(best)
+}
+
+/// Every acknowledged commit is on at least `number` members of the synchronous set. The
+/// candidate holds them all when fewer than `number` members are out of sight and it is at
+/// least as far as every member in sight.
+fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, best: Lsn) -> Result<(), String> {
+    let mut unknown = Vec::new();
+    let mut furthest: Option<(Lsn, &str)> = None;
+    for name in &sync.standbys {
+        match report(input, name).and_then(live_position) {
+            Some((pos, _)) => {
+                if furthest.is_none_or(|(f, _)| pos > f) {
+                    furthest = Some((pos, name));
+                }
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    if unknown.len() as u32 >= sync.number.max(1) {
+        return Err(format!(
+            "{} of the synchronous standbys ({}) cannot report their position, and an acknowledged commit may exist only there",
+            unknown.join(", "),
+            sync.standbys.join(", ")
+        ));
+    }
+    if let Some((pos, name)) = furthest
+        && pos > best
+    {
+        return Err(format!(
+            "{name} holds WAL up to {pos} that no promotable standby has"
+        ));
+    }
+    Ok(())
+}
+
+/// Switchover step 1: stop the old primary cleanly, then wait for the target to have received
+/// everything it wrote, including its shutdown checkpoint.
+fn demote_for_switchover(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
+    let old = t.from.as_str();
+    let target = t.to.clone().unwrap_or_default();
+    if t.step == TransitionStep::Fencing {
+        set_step(plan, TransitionStep::Detaching, None);
+    }
+    let Some(r) = report(input, old) else {
+        // The old primary vanished mid-switchover: that is a failover now.
+        if primary_loss(input, plan, old).is_some() {
+            convert_to_failover(plan, t, format!("{old} was lost during the switchover"));
+            return true;
+        }
+        return false;
+    };
+    if r.server.running {
+        if !operation_running(r) {
+            plan.send(old, Request::Fence);
+        }
+        return false;
+    }
+    let Some(control) = r.control.as_ref() else {
+        return false;
+    };
+    if !control.clean_shutdown {
+        convert_to_failover(plan, t, format!("{old} did not stop cleanly"));
+        return true;
+    }
+    let Some(final_lsn) = control.checkpoint_lsn else {
+        return false;
+    };
+    let caught_up = report(input, &target)
+        .and_then(live_position)
+        .is_some_and(|(pos, _)| pos > final_lsn);
+    if caught_up {
+        set_step(plan, TransitionStep::Promoting, Some(target));
+        return true;
+    }
+    if input.now.duration_since(t.started_at.0) > SWITCHOVER_CATCH_UP {
+        plan.event(Event::warning(
+            "SwitchoverFailed",
+            format!(
+                "{target} did not receive {old}'s last WAL within {}s; {old} stays primary",
+                SWITCHOVER_CATCH_UP.as_secs()
+            ),
+        ));
+        plan.status.transition = None;
+        plan.status.target_primary = Some(old.to_string());
+        reconcile(input, plan);
+    }
+    false
+}
+
+fn convert_to_failover(plan: &mut Plan, t: &Transition, why: String) {
+    plan.event(Event::warning(
+        "FailingOver",
+        format!("{why}; failing over instead"),
+    ));
+    plan.status.target_primary = None;
+    plan.status.transition = Some(Transition {
+        kind: TransitionKind::Failover,
+        to: None,
+        step: TransitionStep::Fencing,
+        reason: why,
+        ..t.clone()
+    });
+}
+
+/// Promote the chosen standby and wait until it accepts writes.
+fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
+    let Some(target) = t.to.clone() else {
+        set_step(plan, TransitionStep::Fencing, None);
+        return true;
+    };
+    match classify(input, &target) {
+        InstanceHealth::Reachable(r) if r.is_writable_primary() => {
+            let took = input.now.duration_since(t.started_at.0);
+            plan.status.current_primary = Some(target.clone());
+            plan.status.target_primary = Some(target.clone());
+            plan.event(Event::normal(
+                "Promoted",
+                format!(
+                    "{target} is the primary ({:?} from {}, {:.1}s after it started)",
+                    t.kind,
+                    t.from,
+                    took.as_secs_f64()
+                ),
+            ));
+            set_step(plan, TransitionStep::Repointing, None);
+            true
+        }
+        InstanceHealth::Reachable(r) => {
+            if r.is_running_standby() && !operation_running(r) {
+                let desired = desired_config(input, &target, DesiredRole::Primary);
+                plan.send(&target, Request::Promote { config: desired });
+            }
+            false
+        }
+        InstanceHealth::Dead | InstanceHealth::Missing => retarget(plan, t, &target),
+        InstanceHealth::Unreachable { .. } => {
+            let delay = SignedDuration::from_secs(i64::from(input.spec.failover.delay_seconds));
+            if silent_for(input, plan, &target, input.watching_since) >= delay {
+                return retarget(plan, t, &target);
+            }
+            false
+        }
+    }
+}
+
+/// The chosen standby was lost before it accepted writes: choose again. It cannot have
+/// acknowledged a commit meanwhile, since every other standby is detached.
+fn retarget(plan: &mut Plan, t: &Transition, lost: &str) -> bool {
+    plan.event(Event::warning(
+        "FailoverTargetLost",
+        format!("{lost} was lost before its promotion completed; choosing again"),
+    ));
+    plan.status.target_primary = None;
+    if let Some(tr) = plan.status.transition.as_mut() {
+        tr.kind = TransitionKind::Failover;
+        tr.to = None;
+        tr.step = TransitionStep::Fencing;
+        tr.reason = format!("{}; then {lost} was lost", t.reason);
+    }
+    true
+}
+
+/// Point every other standby at the new primary; done when all reachable ones follow it.
+fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
+    let Some(primary) = t.to.clone() else {
+        return false;
+    };
+    let Some(primary_ep) = endpoint(input, &primary).cloned() else {
+        return false;
+    };
+    let mut pending = Vec::new();
+    for name in members(input)
+        .into_iter()
+        .filter(|n| *n != primary && *n != t.from)
+    {
+        let Some(r) = report(input, &name) else {
+            continue;
+        };
+        if !r.initialized || !r.standby_configured {
+            continue;
+        }
+        let desired = desired_config(input, &name, DesiredRole::Standby(Some(primary_ep.clone())));
+        if r.config.as_ref().and_then(|c| c.upstream.as_ref()) != Some(&primary_ep) {
+            pending.push(name.clone());
+            if !operation_running(r) {
+                plan.send(&name, Request::Configure { config: desired });
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return false;
+    }
+    let took = input.now.duration_since(t.started_at.0);
+    let what = match t.kind {
+        TransitionKind::Failover => "FailoverCompleted",
+        TransitionKind::Switchover => "SwitchoverCompleted",
+    };
+    plan.event(Event::normal(
+        what,
+        format!(
+            "{primary} replaced {} as primary in {:.1}s; standbys follow it",
+            t.from,
+            took.as_secs_f64()
+        ),
+    ));
+    plan.status.transition = None;
+    reconcile(input, plan);
+    false
+}

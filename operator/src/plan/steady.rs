@@ -1,0 +1,245 @@
+//! Bootstrap and the steady state: create the first primary, clone standbys from it, keep
+//! every instance in its role with the right configuration, and bring back instances that
+//! return with a primary's data as standbys.
+
+use opengauss_crd::Phase;
+
+use super::config::{DesiredRole, desired_config, same_sync};
+use super::health::{
+    InstanceHealth, classify, endpoint, members, operation_failure, operation_running, report,
+};
+use super::{Action, Event, Input, Plan, PlatformState};
+use crate::instance::report::{InstanceReport, ManagerPhase, Request};
+
+/// Platform-level upkeep that applies in every phase: create what is missing, restart what
+/// died. Neither touches a database, so both are safe during a failover.
+pub fn upkeep(input: &Input<'_>, plan: &mut Plan) {
+    for name in members(input) {
+        match input.observed.instances.get(&name).map(|o| o.platform) {
+            None | Some(PlatformState::Missing) => plan.act(Action::Create { instance: name }),
+            Some(PlatformState::Dead) => plan.act(Action::Restart { instance: name }),
+            Some(PlatformState::Running) => {}
+        }
+    }
+}
+
+/// Fences any instance other than `keep` that accepts writes: two writable primaries must
+/// never coexist for longer than one probe.
+pub fn fence_stray_primaries(input: &Input<'_>, plan: &mut Plan, keep: Option<&str>) {
+    for (name, o) in &input.observed.instances {
+        if Some(name.as_str()) == keep {
+            continue;
+        }
+        if let Some(r) = &o.report
+            && r.is_writable_primary()
+            && !operation_running(r)
+        {
+            plan.event(Event::warning(
+                "FencingStrayPrimary",
+                format!("{name} accepts writes but is not the primary; stopping it"),
+            ));
+            plan.send(name, Request::Fence);
+        }
+    }
+}
+
+/// Creates the first primary, or adopts existing data when the status was lost.
+pub fn bootstrap(input: &Input<'_>, plan: &mut Plan) {
+    upkeep(input, plan);
+    if adopt_existing_data(input, plan) {
+        return;
+    }
+    let members = members(input);
+    let target = plan
+        .status
+        .target_primary
+        .clone()
+        .filter(|t| members.contains(t))
+        .unwrap_or_else(|| members[0].clone());
+    plan.status.target_primary = Some(target.clone());
+    let Some(r) = report(input, &target) else {
+        plan.set_phase(
+            Phase::Initializing,
+            format!("waiting for {target}'s instance manager"),
+        );
+        return;
+    };
+    if r.is_writable_primary() {
+        plan.status.initialized = true;
+        plan.status.current_primary = Some(target.clone());
+        plan.event(Event::normal(
+            "PrimaryInitialized",
+            format!("{target} initialised and accepts writes"),
+        ));
+        reconcile(input, plan);
+        return;
+    }
+    if let Some(failure) = operation_failure(r) {
+        plan.set_phase(
+            Phase::Initializing,
+            format!("initialising {target} failed (will retry): {failure}"),
+        );
+    }
+    if r.phase == ManagerPhase::AwaitingBootstrap && !operation_running(r) {
+        let config = desired_config(input, &target, DesiredRole::Primary);
+        plan.send(
+            &target,
+            Request::Bootstrap {
+                source: None,
+                config,
+            },
+        );
+    }
+}
+
+/// When the status says nothing was ever initialised but instances hold data (the status was
+/// lost or deleted), the cluster is resumed from that data rather than initialised again.
+fn adopt_existing_data(input: &Input<'_>, plan: &mut Plan) -> bool {
+    let with_data: Vec<(&String, &InstanceReport)> = input
+        .observed
+        .instances
+        .iter()
+        .filter_map(|(n, o)| o.report.as_ref().filter(|r| r.initialized).map(|r| (n, r)))
+        .collect();
+    if with_data.is_empty() {
+        return false;
+    }
+    // Prefer a running primary, then a primary's data, then the most advanced position.
+    let best = with_data
+        .iter()
+        .max_by_key(|(n, r)| {
+            let tl = r
+                .node
+                .as_ref()
+                .and_then(|x| x.timeline)
+                .or(r.control.as_ref().and_then(|c| c.timeline));
+            (
+                r.is_writable_primary(),
+                !r.standby_configured,
+                tl,
+                r.wal_position(),
+                std::cmp::Reverse((*n).clone()),
+            )
+        })
+        .map(|(n, _)| (*n).clone())
+        .expect("not empty");
+    plan.status.initialized = true;
+    plan.status.current_primary = Some(best.clone());
+    plan.status.target_primary = Some(best.clone());
+    plan.event(Event::warning(
+        "ResumedExistingData",
+        format!("the status recorded no initialised cluster but instances hold data; resuming with {best} as primary"),
+    ));
+    true
+}
+
+/// Keeps the cluster in shape around a healthy (or returning) primary.
+pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
+    upkeep(input, plan);
+    let Some(primary) = plan.status.current_primary.clone() else {
+        return;
+    };
+    plan.status.target_primary = Some(primary.clone());
+    fence_stray_primaries(input, plan, Some(&primary));
+    let primary_ready = match classify(input, &primary) {
+        InstanceHealth::Reachable(r) => reconcile_primary(input, plan, &primary, r),
+        _ => false,
+    };
+    if !primary_ready {
+        return;
+    }
+    let Some(primary_ep) = endpoint(input, &primary).cloned() else {
+        return;
+    };
+    for name in members(input).into_iter().filter(|n| *n != primary) {
+        let Some(r) = report(input, &name) else {
+            continue;
+        };
+        if operation_running(r) {
+            continue;
+        }
+        let desired = desired_config(input, &name, DesiredRole::Standby(Some(primary_ep.clone())));
+        if !r.initialized {
+            if r.phase == ManagerPhase::AwaitingBootstrap {
+                plan.send(
+                    &name,
+                    Request::Bootstrap {
+                        source: Some(primary_ep.clone()),
+                        config: desired,
+                    },
+                );
+            }
+        } else if !r.standby_configured {
+            // A primary's data on an instance that is not the primary: an old primary back.
+            plan.event(Event::normal(
+                "Rejoining",
+                format!("{name} held a primary's data; rejoining it as a standby of {primary}"),
+            ));
+            plan.send(
+                &name,
+                Request::Rejoin {
+                    source: primary_ep.clone(),
+                    config: desired,
+                },
+            );
+        } else if r.server.running {
+            if r.config.as_ref() != Some(&desired) {
+                plan.send(&name, Request::Configure { config: desired });
+            }
+        } else if matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped) {
+            plan.send(&name, Request::Start { config: desired });
+        }
+    }
+}
+
+/// Brings the current primary up and keeps its configuration current; true when it accepts
+/// writes.
+fn reconcile_primary(
+    input: &Input<'_>,
+    plan: &mut Plan,
+    primary: &str,
+    r: &InstanceReport,
+) -> bool {
+    if operation_running(r) {
+        return false;
+    }
+    let desired = desired_config(input, primary, DesiredRole::Primary);
+    if r.is_writable_primary() {
+        if r.config.as_ref() != Some(&desired) {
+            plan.send(primary, Request::Configure { config: desired });
+        }
+        if let Some(applied) = r.config.as_ref().and_then(|c| c.synchronous.clone()) {
+            plan.status.synchronous = Some(opengauss_crd::SynchronousStatus {
+                method: applied.method.as_str().to_string(),
+                number: applied.number,
+                standbys: applied.standbys,
+            });
+        } else if r
+            .config
+            .as_ref()
+            .is_some_and(|c| same_sync(c.synchronous.as_ref(), None))
+        {
+            plan.status.synchronous = None;
+        }
+        return true;
+    }
+    if !r.initialized {
+        return false;
+    }
+    if r.is_running_standby() {
+        // The recorded primary runs as a standby (its promotion was interrupted): finish it,
+        // unless someone else accepts writes.
+        let other_primary = input.observed.instances.iter().any(|(n, o)| {
+            n != primary && o.report.as_ref().is_some_and(|x| x.is_writable_primary())
+        });
+        if !other_primary {
+            plan.send(primary, Request::Promote { config: desired });
+        }
+        return false;
+    }
+    if !r.server.running && !r.standby_configured {
+        // Cleanly stopped (cluster restart), or fenced by an aborted failover: resume.
+        plan.send(primary, Request::Start { config: desired });
+    }
+    false
+}

@@ -1,0 +1,539 @@
+//! `opengauss-operator local up|down|status|switchover`.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use opengauss_crd::names::instance_ordinal;
+use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus, Phase, parse_cluster};
+
+use super::binaries::find_bin_dir;
+use super::procs::{self, Kubelet, choose_user};
+use super::statedir::{Identity, StateDir, pgpass_lines, world_traversable};
+use super::{DEFAULT_BASE_PORT, LOCAL_HOST, LocalPlatform, ports, superuser};
+use crate::controller::Controller;
+use crate::fsutil::write_atomic;
+use crate::instance::InstanceConfig;
+use crate::plan::UserRequests;
+
+/// Which cluster a command is about: by its file or by its state directory.
+#[derive(Clone, Debug)]
+pub enum Target {
+    File(PathBuf),
+    StateDir(PathBuf),
+}
+
+pub fn load_cluster_file(path: &Path) -> anyhow::Result<OpenGaussCluster> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_cluster(&text).with_context(|| format!("{} is not a valid cluster", path.display()))
+}
+
+fn default_state_dir(cluster: &str) -> PathBuf {
+    PathBuf::from(".opengauss").join(cluster)
+}
+
+impl Target {
+    pub fn state_dir(&self) -> anyhow::Result<StateDir> {
+        let dir = match self {
+            Target::StateDir(d) => d.clone(),
+            Target::File(f) => {
+                let c = load_cluster_file(f)?;
+                default_state_dir(c.metadata.name.as_deref().unwrap_or_default())
+            }
+        };
+        let dir = StateDir::new(dir);
+        if !dir.exists() {
+            bail!(
+                "{} holds no cluster (no identity.json): was `local up` ever run there?",
+                dir.root.display()
+            );
+        }
+        Ok(dir)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpArgs {
+    pub file: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub base_port: Option<u16>,
+    pub bin_dir: Option<PathBuf>,
+    pub run_as: Option<String>,
+}
+
+/// The lock a running `local up` holds on its state directory.
+fn try_lock(state: &StateDir) -> anyhow::Result<Option<Flock<File>>> {
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(state.lock_file())
+        .with_context(|| format!("cannot open {}", state.lock_file().display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(anyhow::anyhow!(
+            "cannot lock {}: {e}",
+            state.lock_file().display()
+        )),
+    }
+}
+
+fn controller_pid(state: &StateDir) -> Option<u32> {
+    std::fs::read_to_string(state.controller_pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Fails with a clear message when a port some instance needs is taken by something else.
+fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> anyhow::Result<()> {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let last = u32::from(base_port) + cluster.spec.instances - 1;
+    if last > u32::from(u16::MAX) - 1000 {
+        bail!(
+            "--base-port {base_port} leaves no room for {} instances",
+            cluster.spec.instances
+        );
+    }
+    for ordinal in 0..cluster.spec.instances {
+        let instance = opengauss_crd::names::instance_name(name, ordinal);
+        let data = state.instance_dir(&instance).join("data");
+        // Our own server, left running by an earlier controller, may hold its port.
+        if crate::instance::server_is_running(&data) {
+            continue;
+        }
+        let (port, _) = ports(base_port, ordinal);
+        if let Err(e) = TcpListener::bind((LOCAL_HOST, port)) {
+            bail!(
+                "port {port} (for instance {instance}) is not available on {LOCAL_HOST}: {e}; \
+                 stop what uses it or pass another --base-port"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the cluster in the foreground until SIGINT or SIGTERM.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let cluster = load_cluster_file(&args.file)?;
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let engine = cluster.spec.engine;
+    let state = StateDir::new(
+        args.state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&name)),
+    );
+    let bin_dir = find_bin_dir(engine, args.bin_dir.as_deref())?;
+    let run_as = choose_user(args.run_as.as_deref())?;
+    let base_port = if state.exists() {
+        let id = state.read_identity()?;
+        if id.cluster != name {
+            state.claim(&Identity {
+                cluster: name.clone(),
+                engine,
+                base_port: DEFAULT_BASE_PORT,
+            })?;
+        }
+        match args.base_port {
+            Some(p) if p != id.base_port => bail!(
+                "state directory {} was created with base port {}; it keeps it (omit --base-port or use another --state-dir)",
+                state.root.display(),
+                id.base_port
+            ),
+            _ => id.base_port,
+        }
+    } else {
+        args.base_port.unwrap_or(DEFAULT_BASE_PORT)
+    };
+    check_ports(&cluster, &state, base_port)?;
+    state.claim(&Identity {
+        cluster: name.clone(),
+        engine,
+        base_port,
+    })?;
+    let Some(_lock) = try_lock(&state)? else {
+        bail!(
+            "cluster {name} is already running from {} (pid {}); stop it with `opengauss-operator local down --state-dir {}`",
+            state.root.display(),
+            controller_pid(&state)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            state.root.display()
+        );
+    };
+    write_atomic(
+        &state.controller_pid_file(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )?;
+    std::fs::copy(&args.file, state.cluster_file()).context("recording the applied cluster")?;
+    let secrets = state.secrets()?;
+    let su = superuser(engine);
+    write_atomic(
+        &state.pgpass(),
+        pgpass_lines(su, super::REPLICATION_USER, &secrets).as_bytes(),
+        0o600,
+    )?;
+    let root = std::fs::canonicalize(&state.root)?;
+    if let Some(user) = &run_as
+        && let Err(blocked) = world_traversable(&root)
+    {
+        bail!(
+            "the instances run as {} and cannot reach {}: {} is not searchable by other users; \
+             use a --state-dir outside it",
+            user.name,
+            root.display(),
+            blocked.display()
+        );
+    }
+    let state = StateDir::new(root);
+    std::fs::create_dir_all(state.instances_dir())?;
+    std::fs::create_dir_all(state.requests_dir())?;
+    let platform = LocalPlatform::new(
+        state.clone(),
+        &cluster,
+        bin_dir.clone(),
+        base_port,
+        run_as.clone(),
+        secrets.clone(),
+    )?;
+    if let Some(u) = platform.kubelet.run_as() {
+        platform.kubelet.hand_over(&state.instances_dir())?;
+        println!(
+            "{} running databases as OS user {} (PostgreSQL refuses root)",
+            super::chrono_now(),
+            u.name
+        );
+    }
+    println!(
+        "{} starting cluster {name} ({engine}, {} instance(s), ports {}-{}) from {}",
+        super::chrono_now(),
+        cluster.spec.instances,
+        base_port,
+        base_port + cluster.spec.instances as u16 - 1,
+        state.root.display()
+    );
+    for instance in platform.configs.keys() {
+        platform.prepare(instance)?;
+        platform.kubelet.start(instance).await?;
+    }
+    let timeout =
+        Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+    let controller = Controller::new(platform, secrets.token.clone(), timeout)?;
+    let result = run_loop(&controller, &cluster, &state).await;
+    println!("{} stopping cluster {name}", super::chrono_now());
+    let stopped = stop_all(
+        &controller.platform.kubelet,
+        &controller.platform.configs,
+        &state,
+    )
+    .await;
+    let mut status = state.read_status()?.unwrap_or_default();
+    status.phase = Some(Phase::Stopped);
+    status.phase_reason = Some("stopped by `local down` or a signal".into());
+    status.ready_instances = 0;
+    for i in &mut status.instances {
+        i.ready = false;
+        i.state = "stopped".into();
+    }
+    state.write_status(&status)?;
+    let _ = std::fs::remove_file(state.controller_pid_file());
+    result.and(stopped)?;
+    println!(
+        "{} cluster {name} stopped; data kept in {}",
+        super::chrono_now(),
+        state.root.display()
+    );
+    Ok(())
+}
+
+async fn run_loop(
+    controller: &Controller<LocalPlatform>,
+    cluster: &OpenGaussCluster,
+    state: &StateDir,
+) -> anyhow::Result<()> {
+    let shutdown = crate::signals::shutdown_requested();
+    tokio::pin!(shutdown);
+    let platform = &controller.platform;
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let mut status = state.read_status()?.unwrap_or_default();
+    let interval =
+        Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
+    let mut announced = false;
+    loop {
+        let requests = UserRequests {
+            switchover_to: read_request(&state.switchover_request()),
+        };
+        let wait = match controller.pass(cluster, &status, &requests).await {
+            Ok(outcome) => {
+                let plan = outcome.plan;
+                if let Some(result) = &plan.request_outcome {
+                    let (accepted, message) = match result {
+                        Ok(m) => (true, m.clone()),
+                        Err(m) => (false, m.clone()),
+                    };
+                    let json = serde_json::json!({ "accepted": accepted, "message": message });
+                    write_atomic(
+                        &state.switchover_result(),
+                        json.to_string().as_bytes(),
+                        0o644,
+                    )?;
+                    let _ = std::fs::remove_file(state.switchover_request());
+                }
+                for (action, why) in &outcome.failed_actions {
+                    platform.say(
+                        &format!("action/{}", action.instance()),
+                        format!("{}: {why}", action.instance()),
+                    );
+                }
+                status = plan.status;
+                if let Some(phase) = status.phase {
+                    platform.say(
+                        "phase",
+                        format!(
+                            "phase {phase}: {}",
+                            status.phase_reason.clone().unwrap_or_default()
+                        ),
+                    );
+                }
+                if status.phase == Some(Phase::Healthy) && !announced {
+                    announced = true;
+                    print_connect_help(&name, &status, state);
+                }
+                if plan.urgent || status.phase != Some(Phase::Healthy) {
+                    interval.min(Duration::from_millis(200))
+                } else {
+                    interval
+                }
+            }
+            Err(e) => {
+                platform.say("error", format!("reconcile failed: {e:#}"));
+                interval
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn print_connect_help(name: &str, status: &OpenGaussClusterStatus, state: &StateDir) {
+    let primary = status.current_primary.clone().unwrap_or_default();
+    let addr = status
+        .instance(&primary)
+        .map(|i| i.address.clone())
+        .unwrap_or_default();
+    let (host, port) = addr.rsplit_once(':').unwrap_or((LOCAL_HOST, "15432"));
+    let standbys: Vec<String> = status
+        .instances
+        .iter()
+        .filter(|i| i.name != primary)
+        .map(|i| format!("{} on {}", i.name, i.address))
+        .collect();
+    println!(
+        "\nCluster {name} is ready: primary {primary} on {addr}; standbys {}.\n\
+         Connect:   PGPASSFILE={pgpass} psql \"host={host} port={port} user=postgres dbname=postgres\"\n\
+         Status:    opengauss-operator local status --state-dir {dir}\n\
+         Stop:      Ctrl-C here, or opengauss-operator local down --state-dir {dir}\n",
+        standbys.join(", "),
+        pgpass = state.pgpass().display(),
+        dir = state.root.display(),
+    );
+}
+
+fn read_request(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let t = text.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Stops every instance: the primary first (a fast shutdown sends its last WAL to connected
+/// standbys), then the standbys.
+async fn stop_all(
+    kubelet: &Kubelet,
+    configs: &std::collections::BTreeMap<String, InstanceConfig>,
+    state: &StateDir,
+) -> anyhow::Result<()> {
+    let primary = state
+        .read_status()
+        .ok()
+        .flatten()
+        .and_then(|s| s.current_primary);
+    let timeout = Duration::from_secs(90);
+    if let Some(p) = &primary
+        && configs.contains_key(p)
+    {
+        kubelet.stop(p, timeout).await?;
+    }
+    let others = configs
+        .keys()
+        .filter(|n| Some(*n) != primary.as_ref())
+        .map(|n| kubelet.stop(n, timeout));
+    for r in futures::future::join_all(others).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The instances recorded in a state directory, from their manager configs.
+fn recorded_instances(
+    state: &StateDir,
+) -> anyhow::Result<std::collections::BTreeMap<String, InstanceConfig>> {
+    let mut configs = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(state.instances_dir()) else {
+        return Ok(configs);
+    };
+    for e in entries.flatten() {
+        let path = procs::config_file(&e.path());
+        if path.exists() {
+            let cfg = InstanceConfig::load(&path)?;
+            configs.insert(cfg.instance.clone(), cfg);
+        }
+    }
+    Ok(configs)
+}
+
+/// Stops the cluster: asks a running `local up` to stop, or stops instances it left behind.
+pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
+    let state = target.state_dir()?;
+    let identity = state.read_identity()?;
+    match try_lock(&state)? {
+        None => {
+            let pid = controller_pid(&state)
+                .context("the cluster's controller runs but its pid file is missing")?;
+            println!(
+                "asking the controller of {} (pid {pid}) to stop the cluster",
+                identity.cluster
+            );
+            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM)
+                .context("signalling the controller")?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(180);
+            loop {
+                if let Some(lock) = try_lock(&state)? {
+                    drop(lock);
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("the controller (pid {pid}) did not stop within 180s");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(_lock) => {
+            let configs = recorded_instances(&state)?;
+            let dirs = configs
+                .iter()
+                .map(|(n, c)| (n.clone(), c.root.clone()))
+                .collect();
+            let kubelet = Kubelet::new(std::env::current_exe()?, None, dirs);
+            stop_all(&kubelet, &configs, &state).await?;
+            if let Some(mut status) = state.read_status()? {
+                status.phase = Some(Phase::Stopped);
+                status.phase_reason = Some("stopped by `local down`".into());
+                status.ready_instances = 0;
+                state.write_status(&status)?;
+            }
+        }
+    }
+    let configs = recorded_instances(&state)?;
+    if let Some((name, _)) = configs
+        .iter()
+        .find(|(_, c)| crate::instance::server_is_running(&c.data_dir()))
+    {
+        bail!("{name}'s database server is still running; not purging");
+    }
+    if purge {
+        std::fs::remove_dir_all(&state.root)
+            .with_context(|| format!("cannot remove {}", state.root.display()))?;
+        println!(
+            "cluster {} stopped and its state directory {} removed",
+            identity.cluster,
+            state.root.display()
+        );
+    } else {
+        println!(
+            "cluster {} stopped; data kept in {}",
+            identity.cluster,
+            state.root.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub fn status(target: Target, output: Output) -> anyhow::Result<String> {
+    let state = target.state_dir()?;
+    let identity = state.read_identity()?;
+    let status = state.read_status()?.unwrap_or_default();
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&status)? + "\n",
+        Output::Table => super::table::render(&identity.cluster, &status),
+    })
+}
+
+/// Asks the running controller to switch over to `instance`, then follows it to completion.
+pub async fn switchover(target: Target, instance: &str, timeout: Duration) -> anyhow::Result<()> {
+    let state = target.state_dir()?;
+    let identity = state.read_identity()?;
+    if instance_ordinal(&identity.cluster, instance).is_none() {
+        bail!(
+            "{instance} is not an instance of cluster {}",
+            identity.cluster
+        );
+    }
+    if let Some(lock) = try_lock(&state)? {
+        drop(lock);
+        bail!(
+            "cluster {} is not running: start it with `local up` first",
+            identity.cluster
+        );
+    }
+    let _ = std::fs::remove_file(state.switchover_result());
+    write_atomic(
+        &state.switchover_request(),
+        format!("{instance}\n").as_bytes(),
+        0o644,
+    )?;
+    println!("switchover to {instance} requested");
+    let deadline = std::time::Instant::now() + timeout;
+    let mut accepted = false;
+    loop {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the switchover to {instance} did not complete within {}s",
+                timeout.as_secs()
+            );
+        }
+        if !accepted && let Ok(text) = std::fs::read_to_string(state.switchover_result()) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let message = v["message"].as_str().unwrap_or_default().to_string();
+            if v["accepted"].as_bool() != Some(true) {
+                bail!("switchover refused: {message}");
+            }
+            println!("accepted: {message}");
+            accepted = true;
+        }
+        if accepted
+            && let Some(s) = state.read_status()?
+            && s.transition.is_none()
+            && s.current_primary.as_deref() == Some(instance)
+        {
+            println!("{instance} is the primary");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

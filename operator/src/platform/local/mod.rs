@@ -1,0 +1,214 @@
+//! The local platform: a cluster as plain processes on this machine. Instance `k` listens on
+//! `127.0.0.1:(base port + k)`; its manager is a child process, restarted like a kubelet
+//! restarts a container; the state directory stands in for the API server.
+
+pub mod binaries;
+pub mod commands;
+pub mod procs;
+pub mod statedir;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use opengauss_crd::names::instance_name;
+use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
+
+use crate::controller::Platform;
+use crate::engine::Endpoint;
+use crate::instance::InstanceConfig;
+use crate::plan::{Event, EventType, PlatformState};
+use crate::platform::{Inventory, PlatformInstance};
+use procs::Kubelet;
+use statedir::{Secrets, StateDir, pgpass_lines};
+
+pub const DEFAULT_BASE_PORT: u16 = 15432;
+pub const LOCAL_HOST: &str = "127.0.0.1";
+/// openGauss HA ports sit this far above the database ports, ten apart per instance (the HA
+/// listener also uses `ha port + 4` for heartbeats).
+const HA_PORT_OFFSET: u16 = 1000;
+
+pub fn superuser(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "postgres",
+        Engine::OpenGauss => "omm",
+    }
+}
+
+pub const REPLICATION_USER: &str = "replicator";
+
+/// Ports of instance `ordinal`: database and HA.
+pub fn ports(base_port: u16, ordinal: u32) -> (u16, u16) {
+    let k = u16::try_from(ordinal).unwrap_or(u16::MAX);
+    (
+        base_port.saturating_add(k),
+        base_port
+            .saturating_add(HA_PORT_OFFSET)
+            .saturating_add(k.saturating_mul(10)),
+    )
+}
+
+#[derive(Debug)]
+pub struct LocalPlatform {
+    pub state: StateDir,
+    pub kubelet: Kubelet,
+    pub configs: BTreeMap<String, InstanceConfig>,
+    secrets: Secrets,
+    /// Last line printed per topic, so repeated progress is printed once.
+    printed: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl LocalPlatform {
+    pub fn new(
+        state: StateDir,
+        cluster: &OpenGaussCluster,
+        bin_dir: PathBuf,
+        base_port: u16,
+        run_as: Option<procs::RunAs>,
+        secrets: Secrets,
+    ) -> anyhow::Result<Self> {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let engine = cluster.spec.engine;
+        let mut configs = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        for ordinal in 0..cluster.spec.instances {
+            let instance = instance_name(&name, ordinal);
+            let root = state.instance_dir(&instance);
+            let (port, ha_port) = ports(base_port, ordinal);
+            let cfg = InstanceConfig {
+                cluster: name.clone(),
+                instance: instance.clone(),
+                engine,
+                bin_dir: bin_dir.clone(),
+                root: root.clone(),
+                socket_dir: root.join("run"),
+                port,
+                listen_addresses: LOCAL_HOST.into(),
+                advertise_host: LOCAL_HOST.into(),
+                api_listen: "127.0.0.1:0".parse().expect("valid address"),
+                api_port_file: Some(procs::port_file(&root)),
+                superuser: superuser(engine).into(),
+                replication_user: REPLICATION_USER.into(),
+                token_file: root.join("api-token"),
+                superuser_password_file: root.join("superuser-password"),
+                replication_password_file: root.join("replication-password"),
+                passfile: root.join("pgpass"),
+                hba_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
+                ha_port,
+            };
+            dirs.insert(instance.clone(), root);
+            configs.insert(instance, cfg);
+        }
+        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, dirs);
+        Ok(Self {
+            state,
+            kubelet,
+            configs,
+            secrets,
+            printed: Default::default(),
+        })
+    }
+
+    /// Writes an instance's files (config, its copy of the secrets) so its manager can start.
+    pub fn prepare(&self, instance: &str) -> anyhow::Result<()> {
+        let cfg = self.config(instance)?;
+        let s = &self.secrets;
+        let files = vec![
+            (cfg.token_file.clone(), s.token.clone()),
+            (
+                cfg.superuser_password_file.clone(),
+                s.superuser_password.clone(),
+            ),
+            (
+                cfg.replication_password_file.clone(),
+                s.replication_password.clone(),
+            ),
+            (
+                cfg.passfile.clone(),
+                pgpass_lines(&cfg.superuser, &cfg.replication_user, s),
+            ),
+        ];
+        self.kubelet.prepare(cfg, &files)
+    }
+
+    fn config(&self, instance: &str) -> anyhow::Result<&InstanceConfig> {
+        self.configs
+            .get(instance)
+            .ok_or_else(|| anyhow::anyhow!("{instance} is not an instance of this cluster"))
+    }
+
+    pub fn endpoint(&self, instance: &str) -> Option<Endpoint> {
+        self.configs.get(instance).map(|c| Endpoint {
+            host: c.advertise_host.clone(),
+            port: c.port,
+        })
+    }
+
+    /// Prints `line` unless it is what was last printed for `topic`.
+    pub fn say(&self, topic: &str, line: String) {
+        let mut printed = self.printed.lock().expect("printed lock");
+        if printed.get(topic) != Some(&line) {
+            println!("{} {line}", chrono_now());
+            printed.insert(topic.to_string(), line);
+        }
+    }
+}
+
+/// Wall-clock time for progress lines.
+pub fn chrono_now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+impl Platform for LocalPlatform {
+    async fn inventory(&self) -> anyhow::Result<Inventory> {
+        let mut inv = Inventory::new();
+        for (name, cfg) in &self.configs {
+            let state = self.kubelet.state(name).await;
+            inv.insert(
+                name.clone(),
+                PlatformInstance {
+                    state,
+                    endpoint: Endpoint {
+                        host: cfg.advertise_host.clone(),
+                        port: cfg.port,
+                    },
+                    ha_port: cfg.ha_port,
+                    manager_url: if state == PlatformState::Running {
+                        self.kubelet.manager_url(name)
+                    } else {
+                        None
+                    },
+                },
+            );
+        }
+        Ok(inv)
+    }
+
+    async fn create(&self, instance: &str) -> anyhow::Result<()> {
+        self.prepare(instance)?;
+        self.kubelet.start(instance).await
+    }
+
+    async fn restart(&self, instance: &str) -> anyhow::Result<()> {
+        self.kubelet.start(instance).await
+    }
+
+    async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
+        self.state.write_status(status)
+    }
+
+    async fn publish(&self, events: &[Event]) {
+        for e in events {
+            let mark = match e.type_ {
+                EventType::Normal => "",
+                EventType::Warning => "WARNING ",
+            };
+            self.say(
+                &format!("event/{}", e.reason),
+                format!("{mark}{}: {}", e.reason, e.message),
+            );
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The local platform's kubelet: one instance-manager process per instance, started as an
+//! unprivileged user when run as root, in its own process group, restarted with a growing
+//! back-off when it dies, found again (adopted) after a controller restart.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Gid, Pid, Uid, User, chown};
+use tokio::process::Child;
+use tokio::sync::Mutex;
+
+use crate::fsutil::{create_dir_mode, write_atomic};
+use crate::instance::InstanceConfig;
+use crate::plan::PlatformState;
+
+/// The OS user instances run as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+}
+
+/// When running as root, the user to drop to: `explicit`, else `postgres`, else `nobody`.
+/// `None` when not root (instances run as the current user).
+pub fn choose_user(explicit: Option<&str>) -> anyhow::Result<Option<RunAs>> {
+    if !nix::unistd::geteuid().is_root() {
+        if let Some(name) = explicit {
+            bail!("--run-as {name} needs root; without it, instances run as the current user");
+        }
+        return Ok(None);
+    }
+    let wanted: Vec<&str> = match explicit {
+        Some(n) => vec![n],
+        None => vec!["postgres", "nobody"],
+    };
+    for name in &wanted {
+        if let Some(u) = User::from_name(name).context("looking up users")? {
+            if u.uid.is_root() {
+                bail!("--run-as {name} is root; the database refuses to run as root");
+            }
+            return Ok(Some(RunAs {
+                name: u.name,
+                uid: u.uid,
+                gid: u.gid,
+            }));
+        }
+    }
+    bail!(
+        "running as root needs an unprivileged OS user for the databases; none of {} exists: pass --run-as USER",
+        wanted.join(", ")
+    )
+}
+
+pub fn pid_file(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("manager.pid")
+}
+pub fn config_file(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("manager.json")
+}
+pub fn port_file(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("manager.port")
+}
+pub fn log_file(instance_dir: &Path) -> PathBuf {
+    instance_dir.join("manager.log")
+}
+
+/// Whether `pid` is alive and is an instance manager started with `config`.
+pub fn is_our_manager(pid: u32, config: &Path) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if kill(Pid::from_raw(raw), None).is_err() {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let config = config.to_string_lossy();
+    !zombie
+        && String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|a| a == config)
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[derive(Debug)]
+struct Slot {
+    child: Option<Child>,
+    pid: u32,
+    started: Instant,
+    /// Restarts since the manager last stayed up for a while.
+    restarts: u32,
+}
+
+/// Starts, watches and stops instance managers.
+#[derive(Debug)]
+pub struct Kubelet {
+    exe: PathBuf,
+    run_as: Option<RunAs>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Instance directories by name.
+    dirs: BTreeMap<String, PathBuf>,
+}
+
+/// How long to wait before the next restart after `restarts` quick ones: immediately the
+/// first time, then doubling up to half a minute (a kubelet starts at ten seconds; an
+/// instance that crashed once is usually worth restarting at once).
+fn restart_backoff(restarts: u32) -> Duration {
+    if restarts == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(500 * (1u64 << restarts.min(6))).min(Duration::from_secs(30))
+    }
+}
+
+impl Kubelet {
+    pub fn new(exe: PathBuf, run_as: Option<RunAs>, dirs: BTreeMap<String, PathBuf>) -> Self {
+        Self {
+            exe,
+            run_as,
+            slots: Mutex::new(BTreeMap::new()),
+            dirs,
+        }
+    }
+
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_ref()
+    }
+
+    fn dir(&self, name: &str) -> anyhow::Result<&PathBuf> {
+        self.dirs
+            .get(name)
+            .with_context(|| format!("unknown instance {name}"))
+    }
+
+    /// Gives a path to the instance user.
+    pub fn hand_over(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(u) = &self.run_as {
+            chown(path, Some(u.uid), Some(u.gid))
+                .with_context(|| format!("cannot hand {} to {}", path.display(), u.name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes an instance's directories, config and secret files, owned by the instance user.
+    pub fn prepare(&self, cfg: &InstanceConfig, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+        let dir = self.dir(&cfg.instance)?;
+        create_dir_mode(dir, 0o700)?;
+        self.hand_over(dir)?;
+        create_dir_mode(&cfg.socket_dir, 0o700)?;
+        self.hand_over(&cfg.socket_dir)?;
+        for (path, content) in files {
+            write_atomic(path, content.as_bytes(), 0o600)?;
+            self.hand_over(path)?;
+        }
+        let json = serde_json::to_vec_pretty(cfg)?;
+        let path = config_file(dir);
+        write_atomic(&path, &json, 0o600)?;
+        self.hand_over(&path)
+    }
+
+    /// Whether an instance's manager runs, died, or was never started here.
+    pub async fn state(&self, name: &str) -> PlatformState {
+        let Ok(dir) = self.dir(name) else {
+            return PlatformState::Missing;
+        };
+        if !config_file(dir).exists() {
+            return PlatformState::Missing;
+        }
+        let mut slots = self.slots.lock().await;
+        if let Some(slot) = slots.get_mut(name) {
+            let alive = match &mut slot.child {
+                Some(child) => matches!(child.try_wait(), Ok(None)),
+                None => is_our_manager(slot.pid, &config_file(dir)),
+            };
+            return if alive {
+                PlatformState::Running
+            } else {
+                PlatformState::Dead
+            };
+        }
+        // Not started by this controller: adopt a manager an earlier controller left running.
+        match read_pid(&pid_file(dir)) {
+            Some(pid) if is_our_manager(pid, &config_file(dir)) => {
+                slots.insert(
+                    name.to_string(),
+                    Slot {
+                        child: None,
+                        pid,
+                        started: Instant::now(),
+                        restarts: 0,
+                    },
+                );
+                PlatformState::Running
+            }
+            Some(_) => PlatformState::Dead,
+            None => PlatformState::Missing,
+        }
+    }
+
+    /// The manager's API address, once it has written it.
+    pub fn manager_url(&self, name: &str) -> Option<String> {
+        let port = read_pid(&port_file(self.dir(name).ok()?))?;
+        Some(format!("http://127.0.0.1:{port}"))
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        read_pid(&pid_file(self.dir(name).ok()?))
+    }
+
+    /// Starts the manager unless it runs; a restart soon after the last one waits out the
+    /// back-off (the controller asks again next pass).
+    pub async fn start(&self, name: &str) -> anyhow::Result<()> {
+        if self.state(name).await == PlatformState::Running {
+            return Ok(());
+        }
+        let dir = self.dir(name)?.clone();
+        let mut slots = self.slots.lock().await;
+        let restarts = match slots.get(name) {
+            Some(slot) => {
+                let quick = slot.started.elapsed() < Duration::from_secs(60);
+                let restarts = if quick { slot.restarts + 1 } else { 1 };
+                if slot.started.elapsed() < restart_backoff(restarts - 1) {
+                    return Ok(());
+                }
+                restarts
+            }
+            None => 0,
+        };
+        let _ = std::fs::remove_file(port_file(&dir));
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file(&dir))?;
+        self.hand_over(&log_file(&dir))?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("instance")
+            .arg("run")
+            .arg("--config")
+            .arg(config_file(&dir))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if let Some(u) = &self.run_as {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start the instance manager of {name}"))?;
+        let pid = child.id().context("instance manager exited at once")?;
+        write_atomic(&pid_file(&dir), format!("{pid}\n").as_bytes(), 0o644)?;
+        tracing::debug!(instance = name, pid, restarts, "instance manager started");
+        slots.insert(
+            name.to_string(),
+            Slot {
+                child: Some(child),
+                pid,
+                started: Instant::now(),
+                restarts,
+            },
+        );
+        Ok(())
+    }
+
+    /// Asks a manager to stop (it stops its server cleanly first) and waits; a manager that
+    /// does not exit within `timeout` is killed with its process group.
+    pub async fn stop(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let dir = self.dir(name)?.clone();
+        let state = self.state(name).await;
+        let mut slots = self.slots.lock().await;
+        let slot = slots.remove(name);
+        if state != PlatformState::Running {
+            let _ = std::fs::remove_file(pid_file(&dir));
+            return Ok(());
+        }
+        let Some(mut slot) = slot else { return Ok(()) };
+        let pid = Pid::from_raw(i32::try_from(slot.pid)?);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        let config = config_file(&dir);
+        loop {
+            let alive = match &mut slot.child {
+                Some(child) => matches!(child.try_wait(), Ok(None)),
+                None => is_our_manager(slot.pid, &config),
+            };
+            if !alive {
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    instance = name,
+                    "instance manager did not stop in time; killing it"
+                );
+                let _ = killpg(pid, Signal::SIGKILL);
+                if let Some(child) = &mut slot.child {
+                    let _ = child.wait().await;
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_file(pid_file(&dir));
+        let _ = std::fs::remove_file(port_file(&dir));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(restart_backoff(0), Duration::ZERO);
+        assert!(restart_backoff(1) < restart_backoff(2));
+        assert_eq!(restart_backoff(20), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_foreign_pid_is_not_ours() {
+        // PID 1 is alive but is not an instance manager of this config.
+        assert!(!is_our_manager(1, Path::new("/nonexistent/manager.json")));
+        assert!(!is_our_manager(u32::MAX, Path::new("/x")));
+    }
+}

@@ -1,0 +1,277 @@
+//! The local platform's state directory: the local stand-in for the API server (the applied
+//! cluster, its status, user requests) and the instances' homes.
+//!
+//! ```text
+//! <state-dir>/
+//!   identity.json     which cluster owns this directory, its engine and base port
+//!   cluster.yaml      the cluster as last applied
+//!   status.json       the cluster's .status (written by the controller only)
+//!   pgpass            libpq password file for users (mode 0600)
+//!   secrets/          generated passwords and the manager API token (mode 0700)
+//!   controller.lock   held by the running `local up`; controller.pid names it
+//!   requests/         user requests not part of the spec (switchover)
+//!   instances/<name>/ one instance: data/, run/ (socket), logs, manager.json, manager.pid
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use opengauss_crd::{Engine, OpenGaussClusterStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{create_dir_mode, write_atomic};
+use crate::secrets;
+
+/// Which cluster a state directory belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub cluster: String,
+    pub engine: Engine,
+    pub base_port: u16,
+}
+
+/// The superuser and replication passwords and the API token of one cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets {
+    pub superuser_password: String,
+    pub replication_password: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(redacted)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn identity_file(&self) -> PathBuf {
+        self.root.join("identity.json")
+    }
+    pub fn cluster_file(&self) -> PathBuf {
+        self.root.join("cluster.yaml")
+    }
+    pub fn status_file(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+    pub fn pgpass(&self) -> PathBuf {
+        self.root.join("pgpass")
+    }
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("controller.lock")
+    }
+    pub fn controller_pid_file(&self) -> PathBuf {
+        self.root.join("controller.pid")
+    }
+    pub fn requests_dir(&self) -> PathBuf {
+        self.root.join("requests")
+    }
+    pub fn switchover_request(&self) -> PathBuf {
+        self.requests_dir().join("switchover")
+    }
+    pub fn switchover_result(&self) -> PathBuf {
+        self.requests_dir().join("switchover.result")
+    }
+    pub fn instances_dir(&self) -> PathBuf {
+        self.root.join("instances")
+    }
+    pub fn instance_dir(&self, name: &str) -> PathBuf {
+        self.instances_dir().join(name)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.identity_file().exists()
+    }
+
+    pub fn read_identity(&self) -> anyhow::Result<Identity> {
+        let path = self.identity_file();
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!(
+                "{} is not a cluster state directory (no identity.json)",
+                self.root.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupted", path.display()))
+    }
+
+    /// Creates the directory for `identity`, or checks that an existing one belongs to the
+    /// same cluster. Never touches another cluster's directory.
+    pub fn claim(&self, identity: &Identity) -> anyhow::Result<()> {
+        if self.exists() {
+            let found = self.read_identity()?;
+            if found.cluster != identity.cluster {
+                bail!(
+                    "state directory {} belongs to cluster {:?}, not {:?}: pass another --state-dir",
+                    self.root.display(),
+                    found.cluster,
+                    identity.cluster
+                );
+            }
+            if found.engine != identity.engine {
+                bail!(
+                    "state directory {} holds a {} cluster; the file asks for engine {}",
+                    self.root.display(),
+                    found.engine,
+                    identity.engine
+                );
+            }
+            return Ok(());
+        }
+        if self.root.exists()
+            && fs::read_dir(&self.root)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            bail!(
+                "{} exists and is not empty, but is not a cluster state directory: refusing to use it",
+                self.root.display()
+            );
+        }
+        create_dir_mode(&self.root, 0o755)?;
+        let json = serde_json::to_vec_pretty(identity)?;
+        write_atomic(&self.identity_file(), &json, 0o644)
+    }
+
+    /// Records the base port of an existing directory (the first `up` chose it).
+    pub fn set_base_port(&self, base_port: u16) -> anyhow::Result<()> {
+        let mut id = self.read_identity()?;
+        id.base_port = base_port;
+        write_atomic(
+            &self.identity_file(),
+            &serde_json::to_vec_pretty(&id)?,
+            0o644,
+        )
+    }
+
+    /// The cluster's secrets, generated on first use.
+    pub fn secrets(&self) -> anyhow::Result<Secrets> {
+        let dir = self.secrets_dir();
+        create_dir_mode(&dir, 0o700)?;
+        let get = |name: &str, make: fn() -> String| -> anyhow::Result<String> {
+            let path = dir.join(name);
+            if let Ok(text) = fs::read_to_string(&path) {
+                let value = text.trim().to_string();
+                if !value.is_empty() {
+                    return Ok(value);
+                }
+            }
+            let value = make();
+            write_atomic(&path, value.as_bytes(), 0o600)?;
+            Ok(value)
+        };
+        Ok(Secrets {
+            superuser_password: get("superuser-password", || secrets::password(24))?,
+            replication_password: get("replication-password", || secrets::password(24))?,
+            token: get("api-token", secrets::token)?,
+        })
+    }
+
+    pub fn read_status(&self) -> anyhow::Result<Option<OpenGaussClusterStatus>> {
+        let path = self.status_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("{} is corrupted", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn write_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
+        let mut json = serde_json::to_vec_pretty(status)?;
+        json.push(b'\n');
+        write_atomic(&self.status_file(), &json, 0o644)
+    }
+}
+
+/// libpq password-file lines: `host:port:database:user:password`.
+pub fn pgpass_lines(superuser: &str, replication_user: &str, secrets: &Secrets) -> String {
+    format!(
+        "*:*:*:{superuser}:{}\n*:*:replication:{replication_user}:{}\n*:*:*:{replication_user}:{}\n",
+        secrets.superuser_password, secrets.replication_password, secrets.replication_password
+    )
+}
+
+/// Whether `path` can be traversed by a user who is neither its owner nor in its group, for
+/// every directory from the root down: what an unprivileged instance user needs.
+pub fn world_traversable(path: &Path) -> Result<(), PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut current = PathBuf::new();
+    for part in path.components() {
+        current.push(part);
+        if let Ok(meta) = fs::metadata(&current)
+            && meta.is_dir()
+            && meta.permissions().mode() & 0o001 == 0
+        {
+            return Err(current);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            cluster: name.into(),
+            engine: Engine::Postgres,
+            base_port: 15432,
+        }
+    }
+
+    #[test]
+    fn claim_refuses_another_clusters_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(tmp.path().join("s"));
+        dir.claim(&identity("one")).expect("first claim");
+        dir.claim(&identity("one")).expect("same cluster again");
+        let err = dir.claim(&identity("two")).unwrap_err().to_string();
+        assert!(err.contains("belongs to cluster \"one\""), "{err}");
+        assert!(dir.identity_file().exists(), "nothing deleted");
+    }
+
+    #[test]
+    fn claim_refuses_a_foreign_non_empty_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::write(tmp.path().join("precious"), "data").expect("write");
+        let err = StateDir::new(tmp.path())
+            .claim(&identity("one"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not empty"), "{err}");
+        assert!(tmp.path().join("precious").exists());
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_kept_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(tmp.path());
+        let a = dir.secrets().expect("secrets");
+        let b = dir.secrets().expect("secrets again");
+        assert_eq!(a, b);
+        assert_ne!(a.superuser_password, a.replication_password);
+        let mode = fs::metadata(dir.secrets_dir().join("api-token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(format!("{a:?}"), "Secrets(redacted)");
+    }
+}

@@ -1,0 +1,90 @@
+//! Generated credentials. Passwords satisfy openGauss's policy (at least 8 characters with
+//! upper case, lower case, digits and a special character) and avoid characters that need
+//! escaping in libpq password files or connection strings.
+
+use rand::RngExt;
+use rand::seq::SliceRandom;
+
+const UPPER: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
+const LOWER: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
+const DIGITS: &[u8] = b"23456789";
+const SPECIAL: &[u8] = b"#%+-_.";
+
+fn pick(rng: &mut impl rand::Rng, set: &[u8]) -> u8 {
+    set[rng.random_range(0..set.len())]
+}
+
+/// A random password of `len` (at least 8) characters with every required class.
+pub fn password(len: usize) -> String {
+    let len = len.max(8);
+    let mut rng = rand::rng();
+    let all: Vec<u8> = [UPPER, LOWER, DIGITS, SPECIAL].concat();
+    let mut chars = vec![
+        pick(&mut rng, UPPER),
+        pick(&mut rng, LOWER),
+        pick(&mut rng, DIGITS),
+        pick(&mut rng, SPECIAL),
+    ];
+    while chars.len() < len {
+        chars.push(pick(&mut rng, &all));
+    }
+    chars.shuffle(&mut rng);
+    String::from_utf8(chars).expect("ASCII")
+}
+
+/// A bearer token: 32 random bytes, hex.
+pub fn token() -> String {
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.random_range(0..=255u8)))
+        .collect()
+}
+
+/// Whether a password meets openGauss's rule.
+pub fn meets_policy(p: &str, user: &str) -> bool {
+    p.len() >= 8
+        && p.bytes().any(|b| b.is_ascii_uppercase())
+        && p.bytes().any(|b| b.is_ascii_lowercase())
+        && p.bytes().any(|b| b.is_ascii_digit())
+        && p.bytes().any(|b| !b.is_ascii_alphanumeric())
+        && !p.eq_ignore_ascii_case(user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_meet_the_policy_and_differ() {
+        let a = password(24);
+        let b = password(24);
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
+        for _ in 0..200 {
+            let p = password(8);
+            assert!(meets_policy(&p, "omm"), "{p}");
+            assert!(!p.contains([':', '\\', '\'', ' ']), "{p}");
+        }
+    }
+
+    #[test]
+    fn policy_rejects_weak_passwords() {
+        for weak in [
+            "Ab1#",
+            "abcdefg1#",
+            "ABCDEFG1#",
+            "Abcdefgh#",
+            "Abcdefg12",
+            "Omm12345#",
+        ] {
+            assert!(!meets_policy(weak, "omm12345#"), "{weak}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_hex_and_long() {
+        let t = token();
+        assert_eq!(t.len(), 64);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}
