@@ -384,7 +384,7 @@ impl Manager {
             result = match step {
                 CloneStep::Run(line) => run_checked(&line, COPY_TIMEOUT).await.map(drop),
                 CloneStep::WriteConfig => std::fs::set_permissions(
-                    &cfg.data_dir(),
+                    cfg.data_dir(),
                     std::os::unix::fs::PermissionsExt::from_mode(0o700),
                 )
                 .context("setting data directory permissions")
