@@ -1,0 +1,265 @@
+//! The local platform on real PostgreSQL: bootstrap, replication checks like the original
+//! Docker deployment's, and resume after `local down`.
+
+use std::time::Duration;
+
+use opengauss_crd::{Phase, Role};
+use opengauss_e2e::{LocalCluster, postgres_available};
+
+const BOOT: Duration = Duration::from_secs(90);
+
+fn require_postgres() {
+    assert!(
+        postgres_available(),
+        "these tests need the PostgreSQL server binaries (apt-get install postgresql)"
+    );
+}
+
+/// What the original deployment checked by hand: one primary, both standbys streaming with a
+/// quorum/sync state, writes replicated, writes on standbys refused, lag reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_replicate_like_the_original_deployment() {
+    require_postgres();
+    let mut c = LocalCluster::new("replicate", 3, "");
+    c.start();
+    let status = c.wait_healthy(BOOT).await.expect("healthy");
+
+    let writable = c.writable_instances().await;
+    assert_eq!(
+        writable.len(),
+        1,
+        "exactly one instance accepts writes: {writable:?}"
+    );
+    let primary = writable[0].clone();
+    assert_eq!(status.current_primary.as_deref(), Some(primary.as_str()));
+
+    let p = c.connect(&primary).await.expect("primary");
+    let rows = p
+        .query(
+            "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("pg_stat_replication");
+    let standbys: Vec<String> = (0..3)
+        .map(|k| c.instance(k))
+        .filter(|n| *n != primary)
+        .collect();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, standbys, "both standbys connected");
+    assert!(
+        rows.iter().all(|r| r.get::<_, String>(1) == "streaming"),
+        "both streaming"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| matches!(r.get::<_, String>(2).as_str(), "quorum" | "sync")),
+        "at least one synchronous standby"
+    );
+
+    // The status tells the same story.
+    assert_eq!(status.phase, Some(Phase::Healthy));
+    for i in &status.instances {
+        let want = if i.name == primary {
+            Role::Primary
+        } else {
+            Role::Standby
+        };
+        assert_eq!(i.role, want, "{}", i.name);
+        assert!(i.ready, "{} ready", i.name);
+    }
+
+    p.batch_execute("CREATE TABLE checks (id int PRIMARY KEY, note text); INSERT INTO checks VALUES (1, 'from the primary')")
+        .await
+        .expect("write on the primary");
+    for s in &standbys {
+        let client = c.connect(s).await.expect("standby");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = client
+                .query_opt("SELECT note FROM checks WHERE id = 1", &[])
+                .await
+                .ok()
+                .flatten();
+            if let Some(row) = found {
+                assert_eq!(row.get::<_, String>(0), "from the primary");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "row not replicated to {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let err = client
+            .batch_execute("INSERT INTO checks VALUES (2, 'from a standby')")
+            .await
+            .expect_err("standby refuses writes");
+        let code = err.code().map(|c| c.code().to_string());
+        assert_eq!(
+            code.as_deref(),
+            Some("25006"),
+            "read-only transaction error: {err}"
+        );
+    }
+
+    // Lag in bytes per standby, as the status reports it after the next probe.
+    let with_lag = c
+        .wait_for(
+            "lag reported for both standbys",
+            Duration::from_secs(10),
+            |s| {
+                s.instances
+                    .iter()
+                    .filter(|i| i.role == Role::Standby && i.lag_bytes.is_some())
+                    .count()
+                    == 2
+            },
+        )
+        .await
+        .expect("lag");
+    for i in with_lag
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Standby)
+    {
+        assert!(
+            i.lag_bytes.expect("lag") < 64 * 1024 * 1024,
+            "{}: lag {:?}",
+            i.name,
+            i.lag_bytes
+        );
+        assert!(
+            matches!(
+                i.sync_state.as_deref(),
+                Some("quorum" | "sync" | "potential" | "async")
+            ),
+            "{:?}",
+            i.sync_state
+        );
+    }
+
+    // The CLI's table and JSON views agree with the file.
+    let dir = c.state_dir.display().to_string();
+    let table = c.cli(&["local", "status", "--state-dir", &dir]);
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("Healthy") && table.contains("streaming"),
+        "{table}"
+    );
+    let json = c.cli(&["local", "status", "--state-dir", &dir, "-o", "json"]);
+    let parsed: opengauss_crd::OpenGaussClusterStatus =
+        serde_json::from_slice(&json.stdout).expect("status json");
+    assert_eq!(parsed.current_primary.as_deref(), Some(primary.as_str()));
+    let secret = c.superuser_password();
+    assert!(
+        !table.contains(&secret) && !String::from_utf8_lossy(&json.stdout).contains(&secret),
+        "no secrets in status output"
+    );
+    assert!(
+        !c.controller_output().contains(&secret),
+        "no secrets in the controller's output"
+    );
+
+    let down = c.down();
+    assert!(
+        down.status.success(),
+        "local down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}
+
+/// `local down` then `local up` resumes the same cluster: same system identifier, same data,
+/// same primary, no initdb.
+#[tokio::test(flavor = "multi_thread")]
+async fn down_then_up_resumes_the_same_cluster() {
+    require_postgres();
+    let mut c = LocalCluster::new("resume", 3, "");
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let primary = c.primary().expect("primary");
+    let p = c.connect(&primary).await.expect("primary");
+    let sysid: i64 = p
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await
+        .expect("sysid")
+        .get(0);
+    p.batch_execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before down')")
+        .await
+        .expect("write");
+    drop(p);
+
+    let down = c.down();
+    assert!(
+        down.status.success(),
+        "down failed: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let stopped = c.status().expect("status");
+    assert_eq!(stopped.phase, Some(Phase::Stopped));
+    for k in 0..3 {
+        let name = c.instance(k);
+        assert!(
+            c.instance_dir(&name).join("data/PG_VERSION").exists(),
+            "{name}'s data kept"
+        );
+        assert!(
+            c.server_pid(&name).is_none(),
+            "{name}'s server stopped (no postmaster.pid)"
+        );
+    }
+
+    c.start();
+    let status = c.wait_healthy(BOOT).await.expect("healthy again");
+    assert_eq!(
+        status.current_primary.as_deref(),
+        Some(primary.as_str()),
+        "same primary after a clean restart"
+    );
+    for k in 0..3 {
+        let client = c.connect(&c.instance(k)).await.expect("connect");
+        let again: i64 = client
+            .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+            .await
+            .expect("sysid")
+            .get(0);
+        assert_eq!(again, sysid, "same cluster, not re-initialised");
+        let v: String = client
+            .query_one("SELECT v FROM kept", &[])
+            .await
+            .expect("data")
+            .get(0);
+        assert_eq!(v, "before down");
+    }
+    let down = c.down();
+    assert!(down.status.success());
+}
+
+/// SIGTERM to the foreground `local up` stops every instance and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_exits_zero() {
+    require_postgres();
+    let mut c = LocalCluster::new("sigterm", 2, "");
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let pids: Vec<i32> = (0..2)
+        .flat_map(|k| [c.manager_pid(&c.instance(k)), c.server_pid(&c.instance(k))])
+        .flatten()
+        .collect();
+    assert_eq!(pids.len(), 4);
+    c.signal_controller(nix::sys::signal::Signal::SIGTERM);
+    let code = c.wait_controller(Duration::from_secs(120)).expect("exits");
+    assert_eq!(code, Some(0), "{}", c.controller_output());
+    for pid in pids {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "process {pid} still runs after local up exited"
+        );
+    }
+    assert!(
+        c.controller_output().contains("stopped"),
+        "{}",
+        c.controller_output()
+    );
+}
