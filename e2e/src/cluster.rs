@@ -229,10 +229,12 @@ impl LocalCluster {
     }
 
     pub fn superuser_password(&self) -> String {
-        std::fs::read_to_string(self.state_dir.join("secrets/superuser-password"))
-            .expect("password file")
-            .trim()
-            .to_string()
+        self.try_superuser_password().expect("password file")
+    }
+
+    fn try_superuser_password(&self) -> anyhow::Result<String> {
+        let path = self.state_dir.join("secrets/superuser-password");
+        Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
     }
 
     /// A superuser connection to `instance` over TCP with the generated password.
@@ -241,7 +243,7 @@ impl LocalCluster {
         cfg.host("127.0.0.1")
             .port(self.port_of(instance))
             .user("postgres")
-            .password(self.superuser_password())
+            .password(self.try_superuser_password()?)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(3));
         let (client, conn) = cfg

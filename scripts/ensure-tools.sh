@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs on a fresh machine, and nothing that is already there:
+# cargo-nextest, the PostgreSQL server (real-database tests) and, for the Kubernetes schema
+# checks, kubernetes-validate in a project-local virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+pg_found=false
+for d in /usr/lib/postgresql/*/bin /usr/pgsql/bin; do
+  if [ -x "$d/initdb" ] && [ -x "$d/pg_rewind" ] && [ -x "$d/pg_basebackup" ]; then pg_found=true; fi
+done
+if have initdb && have pg_rewind; then pg_found=true; fi
+if ! $pg_found; then
+  echo "installing the PostgreSQL server"
+  if [ "$(id -u)" -eq 0 ] && have apt-get; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "error: PostgreSQL server binaries (initdb, pg_rewind...) are missing; install PostgreSQL 12 or later" >&2
+    exit 1
+  fi
+fi
+
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && ! id nobody >/dev/null 2>&1; then
+  echo "error: running as root needs an unprivileged user (postgres or nobody) for the databases" >&2
+  exit 1
+fi
+
+if [ -f scripts/requirements-validate.txt ]; then
+  if [ ! -x .venv/bin/kubernetes-validate ]; then
+    echo "installing kubernetes-validate into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-validate.txt
+  fi
+fi
