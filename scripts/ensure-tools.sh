@@ -23,7 +23,7 @@ if ! $pg_found; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   else
-    echo "error: PostgreSQL server binaries (initdb, pg_rewind...) are missing; install PostgreSQL 12 or later" >&2
+    echo "error: PostgreSQL server binaries (initdb, pg_rewind...) are missing; install PostgreSQL 13 or later" >&2
     exit 1
   fi
 fi

@@ -13,8 +13,8 @@ pub use spec::{
     StorageSpec, SyncMethod, SynchronousSpec,
 };
 pub use status::{
-    InstanceStatus, OpenGaussClusterStatus, Phase, Role, SynchronousStatus, Transition,
-    TransitionKind, TransitionStep,
+    InstanceStatus, OpenGaussClusterStatus, Phase, Role, SynchronousStatus, Transition, TransitionKind,
+    TransitionStep,
 };
 pub use validate::{FieldError, InvalidCluster};
 
@@ -43,26 +43,13 @@ mod tests {
         let crd = OpenGaussCluster::crd();
         assert_eq!(crd.spec.group, GROUP);
         assert_eq!(crd.spec.names.kind, KIND);
-        assert_eq!(
-            crd.spec.names.short_names.as_deref(),
-            Some(&["ogc".to_string()][..])
-        );
+        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["ogc".to_string()][..]));
         assert_eq!(crd.spec.scope, "Namespaced");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, VERSION);
-        assert!(
-            version
-                .subresources
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .is_some()
-        );
-        let columns: Vec<&str> = version
-            .additional_printer_columns
-            .iter()
-            .flatten()
-            .map(|c| c.name.as_str())
-            .collect();
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<&str> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(columns, ["Phase", "Primary", "Ready", "Instances", "Age"]);
     }
 

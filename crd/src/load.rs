@@ -29,9 +29,7 @@ pub fn parse_cluster(text: &str) -> Result<OpenGaussCluster, LoadError> {
     if value.is_null() {
         return Err(LoadError::Empty);
     }
-    let field = |v: &serde_json::Value, k: &str| {
-        v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
-    };
+    let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     let (api_version, kind) = (field(&value, "apiVersion"), field(&value, "kind"));
     if api_version != API_VERSION || kind != KIND {
         return Err(LoadError::WrongKind { api_version, kind });
@@ -44,10 +42,7 @@ pub fn parse_cluster(text: &str) -> Result<OpenGaussCluster, LoadError> {
             p if p == "." => "(top level)".to_string(),
             p => p,
         };
-        LoadError::Field {
-            path,
-            message: e.inner().to_string(),
-        }
+        LoadError::Field { path, message: e.inner().to_string() }
     })?;
     // The generated type reads apiVersion and kind without keeping them; they were checked above.
     unknown.retain(|path| path != "apiVersion" && path != "kind");
@@ -100,30 +95,19 @@ mod tests {
     #[test]
     fn wrong_kind() {
         let err = parse_cluster("apiVersion: v1\nkind: Pod\n").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("found apiVersion \"v1\" and kind \"Pod\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("found apiVersion \"v1\" and kind \"Pod\""), "{err}");
     }
 
     #[test]
     fn zero_instances_is_refused() {
         let err = load("  instances: 0\n").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("spec.instances: must be between 1 and 9, got 0"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("spec.instances: must be between 1 and 9, got 0"), "{err}");
     }
 
     #[test]
     fn unknown_engine_names_the_choices() {
         let err = load("  engine: mysql\n").unwrap_err().to_string();
-        assert!(
-            err.contains("spec.engine") && err.contains("mysql") && err.contains("openGauss"),
-            "{err}"
-        );
+        assert!(err.contains("spec.engine") && err.contains("mysql") && err.contains("openGauss"), "{err}");
     }
 
     #[test]
@@ -134,28 +118,23 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field() {
-        let err = load("  replication:\n    maxWalSenders: many\n")
-            .unwrap_err()
-            .to_string();
+        let err = load("  replication:\n    maxWalSenders: many\n").unwrap_err().to_string();
         assert!(err.contains("spec.replication.maxWalSenders"), "{err}");
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let err = load("  instances: 12\n  port: 80\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("spec.instances") && err.contains("spec.port"),
-            "{err}"
-        );
+        let err = load("  instances: 12\n  port: 80\n").unwrap_err().to_string();
+        assert!(err.contains("spec.instances") && err.contains("spec.port"), "{err}");
     }
 
     #[test]
     fn missing_name() {
-        let err = parse_cluster("apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata: {}\nspec: {}\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse_cluster(
+            "apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata: {}\nspec: {}\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("metadata.name: is required"), "{err}");
     }
 }

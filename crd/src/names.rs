@@ -34,9 +34,7 @@ mod tests {
 
     #[test]
     fn foreign_names_have_no_ordinal() {
-        for name in [
-            "demo", "demo-", "demo-x", "demo-01", "other-1", "demox-1", "demo--1",
-        ] {
+        for name in ["demo", "demo-", "demo-x", "demo-01", "other-1", "demox-1", "demo--1"] {
             assert_eq!(instance_ordinal("demo", name), None, "{name}");
         }
     }

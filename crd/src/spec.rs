@@ -40,22 +40,10 @@ pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17";
     derive = "PartialEq",
     doc = "A primary/standby openGauss cluster with streaming replication and automated failover.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Primary",
-        type_ = "string",
-        json_path = ".status.currentPrimary"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "integer",
-        json_path = ".status.readyInstances"
-    ),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
     printcolumn(name = "Instances", type_ = "integer", json_path = ".spec.instances"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = kube::core::Rule::new(
     "self.instances == 1 || self.replication.synchronous.method == 'off' || self.replication.synchronous.number < self.instances"
@@ -67,7 +55,7 @@ pub struct OpenGaussClusterSpec {
     #[schemars(range(min = 1, max = 9))]
     pub instances: u32,
 
-    /// Database engine. `openGauss` is the product's purpose; `postgres` (12 or later) runs the
+    /// Database engine. `openGauss` is the product's purpose; `postgres` (13 or later) runs the
     /// same cluster on PostgreSQL.
     #[serde(default)]
     pub engine: Engine,
@@ -113,9 +101,7 @@ fn default_port() -> u16 {
     DEFAULT_PORT
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum Engine {
     #[default]
     #[serde(rename = "openGauss")]
@@ -160,10 +146,7 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self {
-            size: default_storage_size(),
-            storage_class_name: None,
-        }
+        Self { size: default_storage_size(), storage_class_name: None }
     }
 }
 
@@ -222,10 +205,7 @@ pub struct SynchronousSpec {
 
 impl Default for SynchronousSpec {
     fn default() -> Self {
-        Self {
-            method: SyncMethod::Any,
-            number: 1,
-        }
+        Self { method: SyncMethod::Any, number: 1 }
     }
 }
 
@@ -233,9 +213,7 @@ fn default_sync_number() -> u32 {
     1
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SyncMethod {
     #[default]
@@ -303,9 +281,7 @@ fn default_probe_timeout() -> u32 {
     DEFAULT_PROBE_TIMEOUT_MILLISECONDS
 }
 
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DataDurability {
     #[default]
@@ -316,9 +292,7 @@ pub enum DataDurability {
 impl OpenGaussClusterSpec {
     /// The image to run, the engine's default when none is given.
     pub fn image(&self) -> &str {
-        self.image
-            .as_deref()
-            .unwrap_or_else(|| self.engine.default_image())
+        self.image.as_deref().unwrap_or_else(|| self.engine.default_image())
     }
 
     /// Whether commits wait for standbys at all, given the current number of instances.

@@ -112,10 +112,7 @@ pub fn check_cluster_name(name: &str) -> Result<(), String> {
     if !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
         return Err("must end with a lowercase letter or digit".into());
     }
-    if !bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-    {
+    if !bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-') {
         return Err("may contain only lowercase letters, digits and '-'".into());
     }
     Ok(())
@@ -126,25 +123,13 @@ impl OpenGaussClusterSpec {
     pub fn problems(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut err = |field: &str, message: String| {
-            errors.push(FieldError {
-                field: format!("spec.{field}"),
-                message,
-            })
+            errors.push(FieldError { field: format!("spec.{field}"), message })
         };
         if self.instances == 0 || self.instances > MAX_INSTANCES {
-            err(
-                "instances",
-                format!(
-                    "must be between 1 and {MAX_INSTANCES}, got {}",
-                    self.instances
-                ),
-            );
+            err("instances", format!("must be between 1 and {MAX_INSTANCES}, got {}", self.instances));
         }
         if self.port < 1024 || self.port > 65000 {
-            err(
-                "port",
-                format!("must be between 1024 and 65000, got {}", self.port),
-            );
+            err("port", format!("must be between 1024 and 65000, got {}", self.port));
         }
         if let Some(image) = &self.image
             && image.trim().is_empty()
@@ -152,24 +137,12 @@ impl OpenGaussClusterSpec {
             err("image", "must not be empty when given".into());
         }
         if !is_quantity(&self.storage.size) {
-            err(
-                "storage.size",
-                format!(
-                    "{:?} is not a Kubernetes quantity such as 10Gi",
-                    self.storage.size
-                ),
-            );
+            err("storage.size", format!("{:?} is not a Kubernetes quantity such as 10Gi", self.storage.size));
         }
         let sync = &self.replication.synchronous;
         if sync.number == 0 || sync.number > 8 {
-            err(
-                "replication.synchronous.number",
-                format!("must be between 1 and 8, got {}", sync.number),
-            );
-        } else if self.instances > 1
-            && sync.method != SyncMethod::Off
-            && sync.number >= self.instances
-        {
+            err("replication.synchronous.number", format!("must be between 1 and 8, got {}", sync.number));
+        } else if self.instances > 1 && sync.method != SyncMethod::Off && sync.number >= self.instances {
             err(
                 "replication.synchronous.number",
                 format!(
@@ -183,10 +156,7 @@ impl OpenGaussClusterSpec {
         if repl.wal_keep_segments == 0 || repl.wal_keep_segments > 1_000_000 {
             err(
                 "replication.walKeepSegments",
-                format!(
-                    "must be between 1 and 1000000, got {}",
-                    repl.wal_keep_segments
-                ),
+                format!("must be between 1 and 1000000, got {}", repl.wal_keep_segments),
             );
         }
         if repl.max_wal_senders < 2 || repl.max_wal_senders > 100 {
@@ -210,10 +180,7 @@ impl OpenGaussClusterSpec {
             if !is_parameter_name(name) {
                 err(&field, "is not a valid parameter name".into());
             } else if MANAGED_PARAMETERS.contains(&name.as_str()) {
-                err(
-                    &field,
-                    "is managed by the operator and cannot be set here".into(),
-                );
+                err(&field, "is managed by the operator and cannot be set here".into());
             } else if let Some(why) = restricted_value(name, value) {
                 err(&field, why.into());
             }
@@ -223,27 +190,18 @@ impl OpenGaussClusterSpec {
         }
         let f = &self.failover;
         if f.delay_seconds == 0 || f.delay_seconds > 3600 {
-            err(
-                "failover.delaySeconds",
-                format!("must be between 1 and 3600, got {}", f.delay_seconds),
-            );
+            err("failover.delaySeconds", format!("must be between 1 and 3600, got {}", f.delay_seconds));
         }
         if !(100..=1000).contains(&f.probe_interval_milliseconds) {
             err(
                 "failover.probeIntervalMilliseconds",
-                format!(
-                    "must be between 100 and 1000, got {}",
-                    f.probe_interval_milliseconds
-                ),
+                format!("must be between 100 and 1000, got {}", f.probe_interval_milliseconds),
             );
         }
         if !(50..=10_000).contains(&f.probe_timeout_milliseconds) {
             err(
                 "failover.probeTimeoutMilliseconds",
-                format!(
-                    "must be between 50 and 10000, got {}",
-                    f.probe_timeout_milliseconds
-                ),
+                format!("must be between 50 and 10000, got {}", f.probe_timeout_milliseconds),
             );
         } else if u64::from(f.probe_timeout_milliseconds) >= u64::from(f.delay_seconds) * 1000 {
             err(
@@ -260,32 +218,20 @@ impl OpenGaussCluster {
     pub fn validate(&self) -> Result<(), InvalidCluster> {
         let mut errors = Vec::new();
         match self.metadata.name.as_deref() {
-            None => errors.push(FieldError {
-                field: "metadata.name".into(),
-                message: "is required".into(),
-            }),
+            None => errors.push(FieldError { field: "metadata.name".into(), message: "is required".into() }),
             Some(name) => {
                 if let Err(message) = check_cluster_name(name) {
-                    errors.push(FieldError {
-                        field: "metadata.name".into(),
-                        message,
-                    });
+                    errors.push(FieldError { field: "metadata.name".into(), message });
                 }
             }
         }
         errors.extend(self.spec.problems());
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(InvalidCluster { errors })
-        }
+        if errors.is_empty() { Ok(()) } else { Err(InvalidCluster { errors }) }
     }
 }
 
 fn is_quantity(s: &str) -> bool {
-    const SUFFIXES: &[&str] = &[
-        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "",
-    ];
+    const SUFFIXES: &[&str] = &["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", ""];
     SUFFIXES.iter().any(|suffix| {
         s.strip_suffix(suffix).is_some_and(|number| {
             let mut parts = number.splitn(2, '.');
@@ -339,11 +285,7 @@ mod tests {
         s.replication.synchronous.number = 3;
         let errs = s.problems();
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(
-            errs[0].message.contains("only 2 standby"),
-            "{}",
-            errs[0].message
-        );
+        assert!(errs[0].message.contains("only 2 standby"), "{}", errs[0].message);
         s.replication.synchronous.method = SyncMethod::Off;
         assert_eq!(s.problems(), vec![]);
     }
@@ -356,22 +298,11 @@ mod tests {
         s.parameters.insert("full_page_writes".into(), "off".into());
         s.parameters.insert("replconninfo3".into(), "x".into());
         s.parameters.insert("Bad Name".into(), "x".into());
-        s.parameters
-            .insert("work_mem".into(), "64MB\nport=1".into());
+        s.parameters.insert("work_mem".into(), "64MB\nport=1".into());
         s.parameters.insert("shared_buffers".into(), "256MB".into());
         let got = fields(&s);
-        for f in [
-            "port",
-            "wal_level",
-            "full_page_writes",
-            "replconninfo3",
-            "Bad Name",
-            "work_mem",
-        ] {
-            assert!(
-                got.contains(&format!("spec.parameters.{f}")),
-                "{f} not refused: {got:?}"
-            );
+        for f in ["port", "wal_level", "full_page_writes", "replconninfo3", "Bad Name", "work_mem"] {
+            assert!(got.contains(&format!("spec.parameters.{f}")), "{f} not refused: {got:?}");
         }
         assert!(!got.contains(&"spec.parameters.shared_buffers".to_string()));
     }

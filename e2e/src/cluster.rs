@@ -41,28 +41,18 @@ fn alive(pid: i32) -> bool {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
 /// Whether `pid` runs with `needle` somewhere on its command line: a guard against signalling
 /// a reused PID.
 fn cmdline_mentions(pid: i32, needle: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
 }
 
 impl LocalCluster {
@@ -70,16 +60,12 @@ impl LocalCluster {
     pub fn new(test: &str, instances: u32, extra: &str) -> Self {
         let name = "demo".to_string();
         let ports = reserve(u16::try_from(instances).expect("few instances"));
-        let root = std::env::temp_dir().join(format!(
-            "opengauss-e2e-{test}-{}-{}",
-            std::process::id(),
-            ports.base
-        ));
+        let root =
+            std::env::temp_dir().join(format!("opengauss-e2e-{test}-{}-{}", std::process::id(), ports.base));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("creating the test directory");
         let file = root.join("cluster.yaml");
-        std::fs::write(&file, cluster_yaml(&name, instances, extra))
-            .expect("writing the cluster file");
+        std::fs::write(&file, cluster_yaml(&name, instances, extra)).expect("writing the cluster file");
         Self {
             name,
             instances,
@@ -101,11 +87,8 @@ impl LocalCluster {
     }
 
     pub fn port_of(&self, instance: &str) -> u16 {
-        let ordinal: u16 = instance
-            .rsplit('-')
-            .next()
-            .and_then(|o| o.parse().ok())
-            .expect("instance ordinal");
+        let ordinal: u16 =
+            instance.rsplit('-').next().and_then(|o| o.parse().ok()).expect("instance ordinal");
         self.ports.base + ordinal
     }
 
@@ -134,11 +117,8 @@ impl LocalCluster {
     /// Starts `local up` in the background (its own process group), logging to a file.
     pub fn start(&mut self) {
         assert!(self.controller.is_none(), "already started");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.controller_log)
-            .expect("controller log");
+        let log =
+            File::options().create(true).append(true).open(&self.controller_log).expect("controller log");
         let child = Command::new(operator_binary())
             .args(self.up_args())
             .current_dir(&self.root)
@@ -234,7 +214,10 @@ impl LocalCluster {
 
     fn try_superuser_password(&self) -> anyhow::Result<String> {
         let path = self.state_dir.join("secrets/superuser-password");
-        Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_string())
     }
 
     /// A superuser connection to `instance` over TCP with the generated password.
@@ -246,10 +229,7 @@ impl LocalCluster {
             .password(self.try_superuser_password()?)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(3));
-        let (client, conn) = cfg
-            .connect(NoTls)
-            .await
-            .with_context(|| format!("connecting to {instance}"))?;
+        let (client, conn) = cfg.connect(NoTls).await.with_context(|| format!("connecting to {instance}"))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -288,14 +268,8 @@ impl LocalCluster {
         let manager = self.manager_pid(instance).context("no manager pid")?;
         let server = self.server_pid(instance).context("no server pid")?;
         let dir = self.state_dir.display().to_string();
-        anyhow::ensure!(
-            cmdline_mentions(manager, &dir),
-            "pid {manager} is not this cluster's manager"
-        );
-        anyhow::ensure!(
-            cmdline_mentions(server, &dir),
-            "pid {server} is not this cluster's server"
-        );
+        anyhow::ensure!(cmdline_mentions(manager, &dir), "pid {manager} is not this cluster's manager");
+        anyhow::ensure!(cmdline_mentions(server, &dir), "pid {server} is not this cluster's server");
         kill(Pid::from_raw(manager), signal)?;
         killpg(Pid::from_raw(server), signal)?;
         Ok(())
@@ -303,12 +277,7 @@ impl LocalCluster {
 
     /// `local down` through the CLI; returns its output.
     pub fn down(&mut self) -> Output {
-        let out = self.cli(&[
-            "local",
-            "down",
-            "--state-dir",
-            &self.state_dir.display().to_string(),
-        ]);
+        let out = self.cli(&["local", "down", "--state-dir", &self.state_dir.display().to_string()]);
         let _ = self.wait_controller(Duration::from_secs(120));
         out
     }
@@ -329,10 +298,7 @@ impl LocalCluster {
         let dir = self.state_dir.display().to_string();
         for k in 0..16 {
             let name = self.instance(k);
-            for pid in [self.manager_pid(&name), self.server_pid(&name)]
-                .into_iter()
-                .flatten()
-            {
+            for pid in [self.manager_pid(&name), self.server_pid(&name)].into_iter().flatten() {
                 if alive(pid) && cmdline_mentions(pid, &dir) {
                     // Thaw first, in case a test froze it.
                     let _ = killpg(Pid::from_raw(pid), Signal::SIGCONT);
@@ -356,8 +322,5 @@ impl Drop for LocalCluster {
 
 /// The role each instance reports in the status.
 pub fn roles(s: &OpenGaussClusterStatus) -> Vec<(String, Role)> {
-    s.instances
-        .iter()
-        .map(|i| (i.name.clone(), i.role))
-        .collect()
+    s.instances.iter().map(|i| (i.name.clone(), i.role)).collect()
 }

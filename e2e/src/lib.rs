@@ -19,10 +19,8 @@ pub fn operator_binary() -> PathBuf {
         if let Some(explicit) = std::env::var_os("OPENGAUSS_OPERATOR_BIN") {
             return PathBuf::from(explicit);
         }
-        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
-            .to_path_buf();
+        let workspace =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // The test runner's CARGO_* variables would change build-script fingerprints and make
         // this build and the next test build undo each other's work.
@@ -30,9 +28,7 @@ pub fn operator_binary() -> PathBuf {
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             let keep = matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
-            if (key.starts_with("CARGO_") || key.starts_with("NEXTEST") || key == "OUT_DIR")
-                && !keep
-            {
+            if (key.starts_with("CARGO_") || key.starts_with("NEXTEST") || key == "OUT_DIR") && !keep {
                 build.env_remove(key.as_ref());
             }
         }
@@ -52,9 +48,5 @@ pub fn operator_binary() -> PathBuf {
 
 /// Whether PostgreSQL server binaries exist here; real-database tests need them.
 pub fn postgres_available() -> bool {
-    opengauss_operator::platform::local::binaries::find_bin_dir(
-        opengauss_crd::Engine::Postgres,
-        None,
-    )
-    .is_ok()
+    opengauss_operator::platform::local::binaries::find_bin_dir(opengauss_crd::Engine::Postgres, None).is_ok()
 }

@@ -33,13 +33,9 @@ pub fn reserve(count: u16) -> PortBlock {
             .unwrap_or(0);
     let slots = (60000 - 20000) / 16;
     for attempt in 0..slots as u64 {
-        let slot = (seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(attempt * 7919))
-            % slots as u64;
+        let slot = (seed.wrapping_mul(6364136223846793005).wrapping_add(attempt * 7919)) % slots as u64;
         let base = 20000 + (slot as u16) * 16;
-        let file = File::create(lock_dir().join(format!("{base}.lock")))
-            .expect("creating a port lock file");
+        let file = File::create(lock_dir().join(format!("{base}.lock"))).expect("creating a port lock file");
         let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             continue;
         };

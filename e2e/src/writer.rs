@@ -43,10 +43,7 @@ impl Target {
             return None;
         }
         let primary = status.current_primary?;
-        self.ports
-            .iter()
-            .find(|(n, _)| *n == primary)
-            .map(|(_, p)| *p)
+        self.ports.iter().find(|(n, _)| *n == primary).map(|(_, p)| *p)
     }
 
     async fn connect(&self, port: u16) -> Option<tokio_postgres::Client> {
@@ -57,10 +54,8 @@ impl Target {
             .password(self.password.clone())
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2));
-        let (client, conn) = tokio::time::timeout(Duration::from_secs(3), cfg.connect(NoTls))
-            .await
-            .ok()?
-            .ok()?;
+        let (client, conn) =
+            tokio::time::timeout(Duration::from_secs(3), cfg.connect(NoTls)).await.ok()?.ok()?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -78,13 +73,13 @@ impl Writer {
             password: cluster.superuser_password(),
             status_file: cluster.state_dir.join("status.json"),
         };
-        let primary = cluster
-            .primary()
-            .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        let primary = cluster.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
         cluster
             .connect(&primary)
             .await?
-            .batch_execute("CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
+            )
             .await?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -135,19 +130,10 @@ impl Writer {
 }
 
 /// Ids in `acknowledged` missing from the primary's table.
-pub async fn missing_rows(
-    cluster: &LocalCluster,
-    acknowledged: &[i64],
-) -> anyhow::Result<Vec<i64>> {
-    let primary = cluster
-        .primary()
-        .ok_or_else(|| anyhow::anyhow!("no primary"))?;
+pub async fn missing_rows(cluster: &LocalCluster, acknowledged: &[i64]) -> anyhow::Result<Vec<i64>> {
+    let primary = cluster.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
     let client = cluster.connect(&primary).await?;
     let rows = client.query("SELECT id FROM acked", &[]).await?;
     let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    Ok(acknowledged
-        .iter()
-        .copied()
-        .filter(|id| !present.contains(id))
-        .collect())
+    Ok(acknowledged.iter().copied().filter(|id| !present.contains(id)).collect())
 }

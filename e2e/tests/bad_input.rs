@@ -14,15 +14,9 @@ fn stderr(out: &Output) -> String {
 /// Asserts a refused command: non-zero exit, no panic, and the message contains `needle`.
 fn assert_refused(out: &Output, needle: &str) {
     let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panicked: {err}");
-    assert!(
-        err.contains(needle),
-        "error should mention {needle:?}, got: {err}"
-    );
+    assert!(err.contains(needle), "error should mention {needle:?}, got: {err}");
 }
 
 fn up_with(c: &LocalCluster, yaml: &str) -> Output {
@@ -48,25 +42,18 @@ fn malformed_yaml_is_refused_with_its_position() {
 fn zero_instances_is_refused() {
     let c = LocalCluster::new("zero", 3, "");
     let yaml = opengauss_e2e::cluster::cluster_yaml("demo", 0, "");
-    assert_refused(
-        &up_with(&c, &yaml),
-        "spec.instances: must be between 1 and 9, got 0",
-    );
+    assert_refused(&up_with(&c, &yaml), "spec.instances: must be between 1 and 9, got 0");
     assert!(!c.state_dir.exists());
 }
 
 #[test]
 fn unknown_engine_is_refused() {
     let c = LocalCluster::new("engine", 3, "");
-    let yaml = opengauss_e2e::cluster::cluster_yaml("demo", 3, "")
-        .replace("engine: postgres", "engine: mysql");
+    let yaml =
+        opengauss_e2e::cluster::cluster_yaml("demo", 3, "").replace("engine: postgres", "engine: mysql");
     let out = up_with(&c, &yaml);
     assert_refused(&out, "spec.engine");
-    assert!(
-        stderr(&out).contains("mysql") && stderr(&out).contains("openGauss"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("mysql") && stderr(&out).contains("openGauss"), "{}", stderr(&out));
     assert!(!c.state_dir.exists());
 }
 
@@ -83,14 +70,8 @@ fn a_base_port_in_use_is_refused() {
     let busy = c.ports.base + 1;
     let _holder = TcpListener::bind(("127.0.0.1", busy)).expect("occupy a port");
     let out = up_with(&c, &opengauss_e2e::cluster::cluster_yaml("demo", 3, ""));
-    assert_refused(
-        &out,
-        &format!("port {busy} (for instance demo-1) is not available"),
-    );
-    assert!(
-        !c.state_dir.exists(),
-        "nothing created when a port is taken"
-    );
+    assert_refused(&out, &format!("port {busy} (for instance demo-1) is not available"));
+    assert!(!c.state_dir.exists(), "nothing created when a port is taken");
 }
 
 #[test]
@@ -104,11 +85,7 @@ fn missing_postgres_binaries_are_refused() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = c.cli(&args);
     assert_refused(&out, "lacks the postgres programs");
-    assert!(
-        stderr(&out).contains("initdb") && stderr(&out).contains("pg_rewind"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("initdb") && stderr(&out).contains("pg_rewind"), "{}", stderr(&out));
     assert!(!c.state_dir.exists());
 }
 
@@ -119,10 +96,7 @@ fn a_non_empty_foreign_directory_is_never_used() {
     std::fs::write(c.state_dir.join("precious.txt"), "keep me").expect("write");
     let out = up_with(&c, &opengauss_e2e::cluster::cluster_yaml("demo", 3, ""));
     assert_refused(&out, "is not a cluster state directory");
-    assert_eq!(
-        std::fs::read_to_string(c.state_dir.join("precious.txt")).expect("kept"),
-        "keep me"
-    );
+    assert_eq!(std::fs::read_to_string(c.state_dir.join("precious.txt")).expect("kept"), "keep me");
 }
 
 /// A state directory holding another cluster, and a second `up` of a running cluster, are both
@@ -132,9 +106,7 @@ async fn another_clusters_state_dir_and_a_second_up_are_refused() {
     assert!(postgres_available(), "needs the PostgreSQL server binaries");
     let mut c = LocalCluster::new("owned", 2, "");
     c.start();
-    c.wait_healthy(Duration::from_secs(90))
-        .await
-        .expect("healthy");
+    c.wait_healthy(Duration::from_secs(90)).await.expect("healthy");
     let identity = std::fs::read_to_string(c.state_dir.join("identity.json")).expect("identity");
 
     let again = c.cli(&c.up_args().iter().map(String::as_str).collect::<Vec<_>>());
@@ -156,23 +128,12 @@ async fn another_clusters_state_dir_and_a_second_up_are_refused() {
     ]);
     assert_refused(&out, "belongs to cluster \"demo\", not \"other\"");
 
-    assert_eq!(
-        std::fs::read_to_string(c.state_dir.join("identity.json")).expect("identity"),
-        identity
-    );
-    let status = c
-        .wait_healthy(Duration::from_secs(30))
-        .await
-        .expect("still healthy");
+    assert_eq!(std::fs::read_to_string(c.state_dir.join("identity.json")).expect("identity"), identity);
+    let status = c.wait_healthy(Duration::from_secs(30)).await.expect("still healthy");
     assert_eq!(status.ready_instances, 2);
     assert!(c.down().status.success());
     for k in 0..2 {
-        assert!(
-            c.instance_dir(&c.instance(k))
-                .join("data/PG_VERSION")
-                .exists(),
-            "data kept"
-        );
+        assert!(c.instance_dir(&c.instance(k)).join("data/PG_VERSION").exists(), "data kept");
     }
 }
 
@@ -181,12 +142,6 @@ fn status_of_an_unknown_directory_is_explained() {
     let c = LocalCluster::new("nostatus", 3, "");
     let out = c.cli(&["local", "status", "--state-dir", "/nonexistent/state"]);
     assert_refused(&out, "holds no cluster");
-    let out = c.cli(&[
-        "local",
-        "down",
-        "--state-dir",
-        "/nonexistent/state",
-        "--purge",
-    ]);
+    let out = c.cli(&["local", "down", "--state-dir", "/nonexistent/state", "--purge"]);
     assert_refused(&out, "holds no cluster");
 }

@@ -25,46 +25,28 @@ async fn three_instances_replicate_like_the_original_deployment() {
     let status = c.wait_healthy(BOOT).await.expect("healthy");
 
     let writable = c.writable_instances().await;
-    assert_eq!(
-        writable.len(),
-        1,
-        "exactly one instance accepts writes: {writable:?}"
-    );
+    assert_eq!(writable.len(), 1, "exactly one instance accepts writes: {writable:?}");
     let primary = writable[0].clone();
     assert_eq!(status.current_primary.as_deref(), Some(primary.as_str()));
 
     let p = c.connect(&primary).await.expect("primary");
     let rows = p
-        .query(
-            "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1",
-            &[],
-        )
+        .query("SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1", &[])
         .await
         .expect("pg_stat_replication");
-    let standbys: Vec<String> = (0..3)
-        .map(|k| c.instance(k))
-        .filter(|n| *n != primary)
-        .collect();
+    let standbys: Vec<String> = (0..3).map(|k| c.instance(k)).filter(|n| *n != primary).collect();
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(names, standbys, "both standbys connected");
+    assert!(rows.iter().all(|r| r.get::<_, String>(1) == "streaming"), "both streaming");
     assert!(
-        rows.iter().all(|r| r.get::<_, String>(1) == "streaming"),
-        "both streaming"
-    );
-    assert!(
-        rows.iter()
-            .any(|r| matches!(r.get::<_, String>(2).as_str(), "quorum" | "sync")),
+        rows.iter().any(|r| matches!(r.get::<_, String>(2).as_str(), "quorum" | "sync")),
         "at least one synchronous standby"
     );
 
     // The status tells the same story.
     assert_eq!(status.phase, Some(Phase::Healthy));
     for i in &status.instances {
-        let want = if i.name == primary {
-            Role::Primary
-        } else {
-            Role::Standby
-        };
+        let want = if i.name == primary { Role::Primary } else { Role::Standby };
         assert_eq!(i.role, want, "{}", i.name);
         assert!(i.ready, "{} ready", i.name);
     }
@@ -76,19 +58,12 @@ async fn three_instances_replicate_like_the_original_deployment() {
         let client = c.connect(s).await.expect("standby");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let found = client
-                .query_opt("SELECT note FROM checks WHERE id = 1", &[])
-                .await
-                .ok()
-                .flatten();
+            let found = client.query_opt("SELECT note FROM checks WHERE id = 1", &[]).await.ok().flatten();
             if let Some(row) = found {
                 assert_eq!(row.get::<_, String>(0), "from the primary");
                 break;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "row not replicated to {s}"
-            );
+            assert!(std::time::Instant::now() < deadline, "row not replicated to {s}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let err = client
@@ -96,44 +71,20 @@ async fn three_instances_replicate_like_the_original_deployment() {
             .await
             .expect_err("standby refuses writes");
         let code = err.code().map(|c| c.code().to_string());
-        assert_eq!(
-            code.as_deref(),
-            Some("25006"),
-            "read-only transaction error: {err}"
-        );
+        assert_eq!(code.as_deref(), Some("25006"), "read-only transaction error: {err}");
     }
 
     // Lag in bytes per standby, as the status reports it after the next probe.
     let with_lag = c
-        .wait_for(
-            "lag reported for both standbys",
-            Duration::from_secs(10),
-            |s| {
-                s.instances
-                    .iter()
-                    .filter(|i| i.role == Role::Standby && i.lag_bytes.is_some())
-                    .count()
-                    == 2
-            },
-        )
+        .wait_for("lag reported for both standbys", Duration::from_secs(10), |s| {
+            s.instances.iter().filter(|i| i.role == Role::Standby && i.lag_bytes.is_some()).count() == 2
+        })
         .await
         .expect("lag");
-    for i in with_lag
-        .instances
-        .iter()
-        .filter(|i| i.role == Role::Standby)
-    {
+    for i in with_lag.instances.iter().filter(|i| i.role == Role::Standby) {
+        assert!(i.lag_bytes.expect("lag") < 64 * 1024 * 1024, "{}: lag {:?}", i.name, i.lag_bytes);
         assert!(
-            i.lag_bytes.expect("lag") < 64 * 1024 * 1024,
-            "{}: lag {:?}",
-            i.name,
-            i.lag_bytes
-        );
-        assert!(
-            matches!(
-                i.sync_state.as_deref(),
-                Some("quorum" | "sync" | "potential" | "async")
-            ),
+            matches!(i.sync_state.as_deref(), Some("quorum" | "sync" | "potential" | "async")),
             "{:?}",
             i.sync_state
         );
@@ -144,10 +95,7 @@ async fn three_instances_replicate_like_the_original_deployment() {
     let table = c.cli(&["local", "status", "--state-dir", &dir]);
     assert!(table.status.success());
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        table.contains("Healthy") && table.contains("streaming"),
-        "{table}"
-    );
+    assert!(table.contains("Healthy") && table.contains("streaming"), "{table}");
     let json = c.cli(&["local", "status", "--state-dir", &dir, "-o", "json"]);
     let parsed: opengauss_crd::OpenGaussClusterStatus =
         serde_json::from_slice(&json.stdout).expect("status json");
@@ -157,17 +105,10 @@ async fn three_instances_replicate_like_the_original_deployment() {
         !table.contains(&secret) && !String::from_utf8_lossy(&json.stdout).contains(&secret),
         "no secrets in status output"
     );
-    assert!(
-        !c.controller_output().contains(&secret),
-        "no secrets in the controller's output"
-    );
+    assert!(!c.controller_output().contains(&secret), "no secrets in the controller's output");
 
     let down = c.down();
-    assert!(
-        down.status.success(),
-        "local down: {}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    assert!(down.status.success(), "local down: {}", String::from_utf8_lossy(&down.stderr));
 }
 
 /// `local down` then `local up` resumes the same cluster: same system identifier, same data,
@@ -180,34 +121,21 @@ async fn down_then_up_resumes_the_same_cluster() {
     c.wait_healthy(BOOT).await.expect("healthy");
     let primary = c.primary().expect("primary");
     let p = c.connect(&primary).await.expect("primary");
-    let sysid: i64 = p
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await
-        .expect("sysid")
-        .get(0);
+    let sysid: i64 =
+        p.query_one("SELECT system_identifier FROM pg_control_system()", &[]).await.expect("sysid").get(0);
     p.batch_execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('before down')")
         .await
         .expect("write");
     drop(p);
 
     let down = c.down();
-    assert!(
-        down.status.success(),
-        "down failed: {}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
     let stopped = c.status().expect("status");
     assert_eq!(stopped.phase, Some(Phase::Stopped));
     for k in 0..3 {
         let name = c.instance(k);
-        assert!(
-            c.instance_dir(&name).join("data/PG_VERSION").exists(),
-            "{name}'s data kept"
-        );
-        assert!(
-            c.server_pid(&name).is_none(),
-            "{name}'s server stopped (no postmaster.pid)"
-        );
+        assert!(c.instance_dir(&name).join("data/PG_VERSION").exists(), "{name}'s data kept");
+        assert!(c.server_pid(&name).is_none(), "{name}'s server stopped (no postmaster.pid)");
     }
 
     c.start();
@@ -225,11 +153,7 @@ async fn down_then_up_resumes_the_same_cluster() {
             .expect("sysid")
             .get(0);
         assert_eq!(again, sysid, "same cluster, not re-initialised");
-        let v: String = client
-            .query_one("SELECT v FROM kept", &[])
-            .await
-            .expect("data")
-            .get(0);
+        let v: String = client.query_one("SELECT v FROM kept", &[]).await.expect("data").get(0);
         assert_eq!(v, "before down");
     }
     let down = c.down();
@@ -257,9 +181,5 @@ async fn sigterm_stops_cleanly_and_exits_zero() {
             "process {pid} still runs after local up exited"
         );
     }
-    assert!(
-        c.controller_output().contains("stopped"),
-        "{}",
-        c.controller_output()
-    );
+    assert!(c.controller_output().contains("stopped"), "{}", c.controller_output());
 }

@@ -10,22 +10,11 @@ use anyhow::Context;
 
 /// Writes `contents` to `path` through a temporary file and a rename, with `mode` permissions.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("path has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
@@ -44,8 +33,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
 
 /// Creates `path` (and parents) and sets its mode.
 pub fn create_dir_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    fs::create_dir_all(path)
-        .with_context(|| format!("cannot create directory {}", path.display()))?;
+    fs::create_dir_all(path).with_context(|| format!("cannot create directory {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set permissions of {}", path.display()))
 }
@@ -61,14 +49,7 @@ mod tests {
         write_atomic(&p, b"one", 0o600).expect("write");
         write_atomic(&p, b"two", 0o600).expect("rewrite");
         assert_eq!(fs::read_to_string(&p).expect("read"), "two");
-        assert_eq!(
-            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::read_dir(dir.path()).expect("ls").count(),
-            1,
-            "no temporary left behind"
-        );
+        assert_eq!(fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1, "no temporary left behind");
     }
 }

@@ -124,9 +124,7 @@ enum InstanceCommand {
 fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -137,21 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", opengauss_crd::crd_yaml()),
         Command::Local(cmd) => match cmd {
-            LocalCommand::Up {
-                file,
-                state_dir,
-                base_port,
-                bin_dir,
-                run_as,
-            } => {
-                commands::up(UpArgs {
-                    file,
-                    state_dir,
-                    base_port,
-                    bin_dir,
-                    run_as,
-                })
-                .await?
+            LocalCommand::Up { file, state_dir, base_port, bin_dir, run_as } => {
+                commands::up(UpArgs { file, state_dir, base_port, bin_dir, run_as }).await?
             }
             LocalCommand::Down { which, purge } => commands::down(which.target(), purge).await?,
             LocalCommand::Status { which, output } => {
@@ -161,13 +146,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 print!("{}", commands::status(which.target(), output)?);
             }
-            LocalCommand::Switchover {
-                which,
-                instance,
-                timeout,
-            } => {
-                commands::switchover(which.target(), &instance, Duration::from_secs(timeout))
-                    .await?
+            LocalCommand::Switchover { which, instance, timeout } => {
+                commands::switchover(which.target(), &instance, Duration::from_secs(timeout)).await?
             }
         },
         Command::Instance(InstanceCommand::Run { config }) => {
@@ -184,10 +164,7 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

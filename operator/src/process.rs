@@ -26,16 +26,10 @@ pub async fn run_checked(line: &CommandLine, timeout: Duration) -> anyhow::Resul
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", line.program.display()))?;
+    let child = cmd.spawn().with_context(|| format!("cannot run {}", line.program.display()))?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(out) => out.with_context(|| format!("waiting for {} failed", line.name()))?,
-        Err(_) => bail!(
-            "{} did not finish within {}s",
-            line.name(),
-            timeout.as_secs()
-        ),
+        Err(_) => bail!("{} did not finish within {}s", line.name(), timeout.as_secs()),
     };
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
@@ -52,37 +46,22 @@ mod tests {
 
     #[tokio::test]
     async fn failure_carries_the_tools_words() {
-        let line =
-            CommandLine::new("/bin/sh").args(["-c", "echo first >&2; echo last words >&2; exit 3"]);
-        let err = run_checked(&line, Duration::from_secs(10))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("sh failed") && err.contains("last words") && err.contains('3'),
-            "{err}"
-        );
+        let line = CommandLine::new("/bin/sh").args(["-c", "echo first >&2; echo last words >&2; exit 3"]);
+        let err = run_checked(&line, Duration::from_secs(10)).await.unwrap_err().to_string();
+        assert!(err.contains("sh failed") && err.contains("last words") && err.contains('3'), "{err}");
     }
 
     #[tokio::test]
     async fn success_returns_stdout() {
         let line = CommandLine::new("/bin/sh").args(["-c", "echo hello"]);
-        assert_eq!(
-            run_checked(&line, Duration::from_secs(10))
-                .await
-                .expect("runs"),
-            "hello\n"
-        );
+        assert_eq!(run_checked(&line, Duration::from_secs(10)).await.expect("runs"), "hello\n");
     }
 
     #[tokio::test]
     async fn timeout_kills_and_reports() {
         let line = CommandLine::new("/bin/sleep").arg("30");
         let started = std::time::Instant::now();
-        let err = run_checked(&line, Duration::from_millis(200))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = run_checked(&line, Duration::from_millis(200)).await.unwrap_err().to_string();
         assert!(err.contains("did not finish"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -90,12 +69,7 @@ mod tests {
     #[tokio::test]
     async fn missing_program_is_named() {
         let line = CommandLine::new("/nonexistent/initdb");
-        let err = format!(
-            "{:#}",
-            run_checked(&line, Duration::from_secs(1))
-                .await
-                .unwrap_err()
-        );
+        let err = format!("{:#}", run_checked(&line, Duration::from_secs(1)).await.unwrap_err());
         assert!(err.contains("/nonexistent/initdb"), "{err}");
     }
 }

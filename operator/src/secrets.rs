@@ -19,12 +19,8 @@ pub fn password(len: usize) -> String {
     let len = len.max(8);
     let mut rng = rand::rng();
     let all: Vec<u8> = [UPPER, LOWER, DIGITS, SPECIAL].concat();
-    let mut chars = vec![
-        pick(&mut rng, UPPER),
-        pick(&mut rng, LOWER),
-        pick(&mut rng, DIGITS),
-        pick(&mut rng, SPECIAL),
-    ];
+    let mut chars =
+        vec![pick(&mut rng, UPPER), pick(&mut rng, LOWER), pick(&mut rng, DIGITS), pick(&mut rng, SPECIAL)];
     while chars.len() < len {
         chars.push(pick(&mut rng, &all));
     }
@@ -35,9 +31,7 @@ pub fn password(len: usize) -> String {
 /// A bearer token: 32 random bytes, hex.
 pub fn token() -> String {
     let mut rng = rand::rng();
-    (0..32)
-        .map(|_| format!("{:02x}", rng.random_range(0..=255u8)))
-        .collect()
+    (0..32).map(|_| format!("{:02x}", rng.random_range(0..=255u8))).collect()
 }
 
 /// Whether a password meets openGauss's rule.
@@ -69,14 +63,7 @@ mod tests {
 
     #[test]
     fn policy_rejects_weak_passwords() {
-        for weak in [
-            "Ab1#",
-            "abcdefg1#",
-            "ABCDEFG1#",
-            "Abcdefgh#",
-            "Abcdefg12",
-            "Omm12345#",
-        ] {
+        for weak in ["Ab1#", "abcdefg1#", "ABCDEFG1#", "Abcdefgh#", "Abcdefg12", "Omm12345#"] {
             assert!(!meets_policy(weak, "omm12345#"), "{weak}");
         }
     }

@@ -3,10 +3,7 @@
 use std::path::PathBuf;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
 }
 
 fn sample(name: &str) -> opengauss_crd::OpenGaussCluster {
@@ -24,11 +21,7 @@ fn deploy_crds_matches_opengauss_operator_crd() {
         .expect("run crd");
     assert!(out.status.success());
     let generated = String::from_utf8(out.stdout).expect("utf-8");
-    assert_eq!(
-        generated,
-        opengauss_crd::crd_yaml(),
-        "the command prints the library's CRD"
-    );
+    assert_eq!(generated, opengauss_crd::crd_yaml(), "the command prints the library's CRD");
     assert!(
         checked_in == generated,
         "{} is stale: run `make generate` (opengauss-operator crd > {})",
@@ -39,11 +32,8 @@ fn deploy_crds_matches_opengauss_operator_crd() {
 
 #[test]
 fn samples_are_valid_clusters() {
-    for name in [
-        "deploy/samples/local.yaml",
-        "deploy/samples/opengauss.yaml",
-        "deploy/samples/postgres.yaml",
-    ] {
+    for name in ["deploy/samples/local.yaml", "deploy/samples/opengauss.yaml", "deploy/samples/postgres.yaml"]
+    {
         assert_eq!(sample(name).spec.instances, 3, "{name}");
     }
     assert_eq!(

@@ -16,11 +16,17 @@ fn median(v: &mut [f64]) -> f64 {
 fn summary(name: &str, v: &mut [f64]) {
     let worst = v.iter().copied().fold(f64::MIN, f64::max);
     let best = v.iter().copied().fold(f64::MAX, f64::min);
-    println!("{name:<58} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})", median(v), v.len());
+    println!(
+        "{name:<58} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})",
+        median(v),
+        v.len()
+    );
 }
 
 async fn streaming_standbys(c: &LocalCluster, primary: &str) -> usize {
-    let Ok(client) = c.connect(primary).await else { return 0 };
+    let Ok(client) = c.connect(primary).await else {
+        return 0;
+    };
     client
         .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])
         .await
@@ -59,8 +65,15 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let which = args.iter().find(|a| !a.starts_with("--") && a.parse::<usize>().is_err()).cloned().unwrap_or_else(|| "all".into());
-    println!("benchmarks on {} core(s), {runs} run(s) each", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    println!(
+        "benchmarks on {} core(s), {runs} run(s) each",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     if matches!(which.as_str(), "all" | "bootstrap") {
         bootstrap(runs).await?;
     }

@@ -22,19 +22,24 @@ pub trait Platform: Sync {
     /// Starts a dead instance again.
     fn restart(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Persists the cluster's status; actions run only after this succeeded.
-    fn save_status(
-        &self,
-        status: &OpenGaussClusterStatus,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn save_status(&self, status: &OpenGaussClusterStatus)
+    -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Tells users what happened.
     fn publish(&self, events: &[Event]) -> impl Future<Output = ()> + Send;
 }
+
+/// Probe time-out for an instance that did not answer last time: a frozen or vanished
+/// instance must not hold every pass up by the full time-out.
+const SILENT_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 #[derive(Debug)]
 pub struct Controller<P> {
     pub platform: P,
     client: ManagerClient,
+    /// Client with the short time-out for instances that were silent last pass.
+    quick_client: ManagerClient,
     watching_since: Timestamp,
+    silent: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What one pass did.
@@ -49,32 +54,45 @@ impl<P: Platform> Controller<P> {
     pub fn new(platform: P, token: String, probe_timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             platform,
-            client: ManagerClient::new(token, probe_timeout)?,
+            client: ManagerClient::new(token.clone(), probe_timeout)?,
+            quick_client: ManagerClient::new(token, probe_timeout.min(SILENT_PROBE_TIMEOUT))?,
             watching_since: Timestamp::now(),
+            silent: Default::default(),
         })
     }
 
     /// Reads every instance: the platform's view, the manager's report, and for an instance
     /// whose manager is silent, whether its database port still answers.
     pub async fn observe(&self, inventory: &Inventory, probe_timeout: Duration) -> Observation {
-        let probes = inventory.iter().map(|(name, inst)| async move {
-            let report = match (&inst.manager_url, inst.state) {
-                (Some(url), PlatformState::Running) => self.client.status(url).await.ok(),
-                _ => None,
-            };
-            let server_answers = report.is_none() && tcp_answers(inst, probe_timeout).await;
-            let observed = Observed {
-                platform: inst.state,
-                endpoint: inst.endpoint.clone(),
-                ha_port: inst.ha_port,
-                report,
-                server_answers,
-            };
-            (name.clone(), observed)
+        let silent = self.silent.lock().expect("silent lock").clone();
+        let probes = inventory.iter().map(|(name, inst)| {
+            let quick = silent.contains(name);
+            async move {
+                let client = if quick { &self.quick_client } else { &self.client };
+                let timeout = if quick { probe_timeout.min(SILENT_PROBE_TIMEOUT) } else { probe_timeout };
+                let report = match (&inst.manager_url, inst.state) {
+                    (Some(url), PlatformState::Running) => client.status(url).await.ok(),
+                    _ => None,
+                };
+                let server_answers = report.is_none() && tcp_answers(inst, timeout).await;
+                let observed = Observed {
+                    platform: inst.state,
+                    endpoint: inst.endpoint.clone(),
+                    ha_port: inst.ha_port,
+                    report,
+                    server_answers,
+                };
+                (name.clone(), observed)
+            }
         });
-        Observation {
-            instances: join_all(probes).await.into_iter().collect(),
-        }
+        let observation = Observation { instances: join_all(probes).await.into_iter().collect() };
+        *self.silent.lock().expect("silent lock") = observation
+            .instances
+            .iter()
+            .filter(|(_, o)| o.report.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        observation
     }
 
     /// One reconcile pass.
@@ -84,13 +102,8 @@ impl<P: Platform> Controller<P> {
         status: &OpenGaussClusterStatus,
         requests: &UserRequests,
     ) -> anyhow::Result<PassOutcome> {
-        let timeout =
-            Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
-        let inventory = self
-            .platform
-            .inventory()
-            .await
-            .context("reading the platform's inventory")?;
+        let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+        let inventory = self.platform.inventory().await.context("reading the platform's inventory")?;
         let observed = self.observe(&inventory, timeout).await;
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let plan = plan::decide(plan::Input {
@@ -105,10 +118,7 @@ impl<P: Platform> Controller<P> {
         });
         if plan.status != *status {
             // Intent first: if it cannot be recorded, nothing is done.
-            self.platform
-                .save_status(&plan.status)
-                .await
-                .context("saving the cluster status")?;
+            self.platform.save_status(&plan.status).await.context("saving the cluster status")?;
         }
         self.platform.publish(&plan.events).await;
         let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory))).await;
@@ -118,10 +128,7 @@ impl<P: Platform> Controller<P> {
             .zip(results)
             .filter_map(|(a, r)| r.err().map(|e| (a.clone(), format!("{e:#}"))))
             .collect();
-        Ok(PassOutcome {
-            plan,
-            failed_actions,
-        })
+        Ok(PassOutcome { plan, failed_actions })
     }
 
     async fn act(&self, action: &Action, inventory: &Inventory) -> anyhow::Result<()> {

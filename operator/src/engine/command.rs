@@ -13,11 +13,7 @@ pub struct CommandLine {
 
 impl CommandLine {
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        Self {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-        }
+        Self { program: program.into(), args: Vec::new(), env: Vec::new() }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -58,14 +54,8 @@ impl CommandLine {
 }
 
 fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
 impl fmt::Display for CommandLine {
@@ -90,10 +80,7 @@ mod tests {
         let c = CommandLine::new("/usr/bin/tool")
             .args(["-D", "/data dir", "it's", ""])
             .env("PGPASSFILE", "/x/pgpass");
-        assert_eq!(
-            c.to_string(),
-            r"PGPASSFILE=/x/pgpass /usr/bin/tool -D '/data dir' 'it'\''s' ''"
-        );
+        assert_eq!(c.to_string(), r"PGPASSFILE=/x/pgpass /usr/bin/tool -D '/data dir' 'it'\''s' ''");
         assert_eq!(c.name(), "tool");
     }
 }

@@ -1,9 +1,9 @@
 //! Quoting for `postgresql.conf` values and libpq connection strings.
 
 /// A configuration value as a single-quoted string; both engines accept every parameter type
-/// in this form.
+/// in this form. Their parsers read `\` as an escape, so it is doubled.
 pub fn quote_conf_value(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// One `name = 'value'` line.
@@ -14,28 +14,15 @@ pub fn conf_line(name: &str, value: &str) -> String {
 /// A value inside a libpq `key=value` connection string.
 pub fn conninfo_value(value: &str) -> String {
     let plain = !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']);
-    if plain {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\\', r"\\").replace('\'', r"\'"))
-    }
+    if plain { value.to_string() } else { format!("'{}'", value.replace('\\', r"\\").replace('\'', r"\'")) }
 }
 
 /// An identifier inside `synchronous_standby_names`, double-quoted when it is not a plain
 /// lowercase name.
 pub fn quote_standby_name(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 #[cfg(test)]
@@ -43,8 +30,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn conf_values_double_single_quotes() {
+    fn conf_values_double_single_quotes_and_backslashes() {
         assert_eq!(conf_line("a", "it's"), "a = 'it''s'\n");
+        assert_eq!(conf_line("b", r"C:\x"), "b = 'C:\\\\x'\n");
     }
 
     #[test]

@@ -45,9 +45,7 @@ impl Layout {
 }
 
 /// Where a peer's database can be reached.
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -166,10 +164,13 @@ pub struct StatusSql {
     /// One row: in_recovery bool, current_lsn text, received_lsn text, replayed_lsn text,
     /// timeline int4, synchronous_standby_names text.
     pub node: &'static str,
-    /// Zero or one row: status text, upstream_host text, upstream_port int4, flushed_lsn text.
+    /// Zero or one row: status text (`streaming` while receiving), upstream_host text,
+    /// upstream_port int4 (NULL when the engine cannot name the upstream's SQL endpoint),
+    /// flushed_lsn text.
     pub receiver: &'static str,
-    /// One row per standby connection: application_name, client_addr, state, sync_state,
-    /// sent_lsn, write_lsn, flush_lsn, replay_lsn (text) and lag_bytes int8.
+    /// One row per standby connection: application_name, client_addr, state (lower case),
+    /// sync_state, sent_lsn, write_lsn, flush_lsn, replay_lsn (text), lag_bytes int8 and
+    /// lag_seconds float8 (NULL where the engine does not measure it).
     pub replication: &'static str,
 }
 

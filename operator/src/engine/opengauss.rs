@@ -7,8 +7,7 @@ use std::path::Path;
 use super::conf::conf_line;
 use super::postgres::sync_names;
 use super::{
-    CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql,
-    StopMode,
+    CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql, StopMode,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +54,8 @@ impl Dialect for OpenGauss {
     }
 
     /// `gs_ctl build` needs a data directory whose configuration already names the primary, so
-    /// the standby is initialised first, configured, then rebuilt from the primary.
+    /// the standby is initialised first, configured, then rebuilt from the primary. `-q` keeps
+    /// `gs_ctl` from starting the server: the instance manager starts and supervises it.
     fn clone_steps(&self, l: &Layout, _source: &Endpoint, pwfile: &Path) -> Vec<CloneStep> {
         vec![
             CloneStep::Run(self.initdb(l, pwfile)),
@@ -68,6 +68,7 @@ impl Dialect for OpenGauss {
                 "full",
                 "-M",
                 "standby",
+                "-q",
             ])),
             CloneStep::WriteConfig,
         ]
@@ -82,6 +83,7 @@ impl Dialect for OpenGauss {
             "incremental",
             "-M",
             "standby",
+            "-q",
         ])
     }
 
@@ -102,9 +104,7 @@ impl Dialect for OpenGauss {
     }
 
     fn controldata(&self, l: &Layout) -> CommandLine {
-        CommandLine::new(l.tool("pg_controldata"))
-            .arg(data(l))
-            .env("LC_ALL", "C")
+        CommandLine::new(l.tool("pg_controldata")).arg(data(l)).env("LC_ALL", "C")
     }
 
     fn managed_conf(&self, c: &ServerConfig) -> String {
@@ -129,18 +129,11 @@ impl Dialect for OpenGauss {
             "synchronous_standby_names",
             &sync_names(c.synchronous.as_ref(), |s| self.application_name(s), ""),
         );
-        out += &conf_line(
-            "most_available_sync",
-            if c.most_available_sync { "on" } else { "off" },
-        );
+        out += &conf_line("most_available_sync", if c.most_available_sync { "on" } else { "off" });
         // A detached standby lists no peers, so it cannot reconnect to an old primary while a
         // failover chooses the new one. An attached standby lists its upstream first.
         let detached = c.standby && c.upstream.is_none();
-        let mut peers: Vec<_> = if detached {
-            Vec::new()
-        } else {
-            c.peers.iter().collect()
-        };
+        let mut peers: Vec<_> = if detached { Vec::new() } else { c.peers.iter().collect() };
         if let Some(up) = &c.upstream {
             peers.sort_by_key(|p| p.host != up.host);
         }
@@ -191,10 +184,15 @@ impl Dialect for OpenGauss {
                    pg_last_xlog_replay_location()::text, \
                    NULL::int4, \
                    current_setting('synchronous_standby_names')",
-            receiver: "SELECT state, split_part(split_part(channel, '<--', 2), ':', 1), \
-                       NULLIF(split_part(split_part(channel, '<--', 2), ':', 2), '')::int4, \
-                       receiver_flush_location::text FROM pg_stat_get_wal_receiver()",
-            replication: "SELECT application_name, client_addr::text, state, sync_state, \
+            // The receiver reports a database state (Normal, Catchup...) rather than a
+            // connection state, and its channel names the upstream by IP and HA port, which
+            // cannot be compared with the upstream's SQL endpoint: the host and port are left
+            // unknown.
+            receiver: "SELECT CASE WHEN state IN ('Normal', 'Catchup') THEN 'streaming' ELSE lower(state) END, \
+                       NULL::text, NULL::int4, receiver_flush_location::text FROM pg_stat_get_wal_receiver()",
+            // application_name reads `WalSender to Standby[<name>]`; states are capitalised.
+            replication: "SELECT COALESCE(substring(application_name from '\\[(.*)\\]$'), application_name), \
+                          client_addr::text, lower(state), sync_state, \
                           sender_sent_location::text, receiver_write_location::text, \
                           receiver_flush_location::text, receiver_replay_location::text, \
                           pg_xlog_location_diff(pg_current_xlog_location(), receiver_replay_location)::int8, \

@@ -1,12 +1,12 @@
-//! PostgreSQL (12 and later): `initdb`, `pg_basebackup`, `pg_rewind`, `pg_ctl`, `primary_conninfo`
+//! PostgreSQL (13 and later: `wal_keep_size` and `pg_stat_wal_receiver.flushed_lsn`): `initdb`, `pg_basebackup`, `pg_rewind`, `pg_ctl`, `primary_conninfo`
 //! plus `standby.signal`.
 
 use std::path::Path;
 
 use super::conf::{conf_line, conninfo_value, quote_standby_name};
 use super::{
-    CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql,
-    StopMode, SyncConfig, SyncMethod,
+    CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql, StopMode,
+    SyncConfig, SyncMethod,
 };
 
 /// PostgreSQL's default WAL segment size, to express `walKeepSegments` as `wal_keep_size`.
@@ -20,11 +20,7 @@ fn data(l: &Layout) -> String {
 }
 
 /// `ANY 1 ("demo-1", "demo-2")`, or empty when no standby is synchronous.
-pub(super) fn sync_names(
-    sync: Option<&SyncConfig>,
-    name: impl Fn(&str) -> String,
-    space: &str,
-) -> String {
+pub(super) fn sync_names(sync: Option<&SyncConfig>, name: impl Fn(&str) -> String, space: &str) -> String {
     let Some(sync) = sync.filter(|s| !s.standbys.is_empty() && s.method != SyncMethod::Off) else {
         return String::new();
     };
@@ -32,37 +28,20 @@ pub(super) fn sync_names(
         SyncMethod::First => "FIRST",
         _ => "ANY",
     };
-    let names: Vec<String> = sync
-        .standbys
-        .iter()
-        .map(|s| quote_standby_name(&name(s)))
-        .collect();
+    let names: Vec<String> = sync.standbys.iter().map(|s| quote_standby_name(&name(s))).collect();
     let number = sync.number.min(sync.standbys.len() as u32);
     format!("{method} {number}{space}({})", names.join(", "))
 }
 
 impl Postgres {
-    fn conninfo(
-        &self,
-        source: &Endpoint,
-        user: &str,
-        passfile: &Path,
-        extra: &[(&str, &str)],
-    ) -> String {
+    fn conninfo(&self, source: &Endpoint, user: &str, passfile: &Path, extra: &[(&str, &str)]) -> String {
         let mut parts = vec![
             format!("host={}", conninfo_value(&source.host)),
             format!("port={}", source.port),
             format!("user={}", conninfo_value(user)),
-            format!(
-                "passfile={}",
-                conninfo_value(&passfile.display().to_string())
-            ),
+            format!("passfile={}", conninfo_value(&passfile.display().to_string())),
         ];
-        parts.extend(
-            extra
-                .iter()
-                .map(|(k, v)| format!("{k}={}", conninfo_value(v))),
-        );
+        parts.extend(extra.iter().map(|(k, v)| format!("{k}={}", conninfo_value(v))));
         parts.join(" ")
     }
 }
@@ -139,16 +118,7 @@ impl Dialect for Postgres {
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
         };
-        CommandLine::new(l.tool("pg_ctl")).args([
-            "stop",
-            "-D",
-            &data(l),
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            "60",
-        ])
+        CommandLine::new(l.tool("pg_ctl")).args(["stop", "-D", &data(l), "-m", mode, "-w", "-t", "60"])
     }
 
     fn reload(&self, l: &Layout) -> CommandLine {
@@ -156,9 +126,7 @@ impl Dialect for Postgres {
     }
 
     fn controldata(&self, l: &Layout) -> CommandLine {
-        CommandLine::new(l.tool("pg_controldata"))
-            .args(["-D", &data(l)])
-            .env("LC_ALL", "C")
+        CommandLine::new(l.tool("pg_controldata")).args(["-D", &data(l)]).env("LC_ALL", "C")
     }
 
     fn managed_conf(&self, c: &ServerConfig) -> String {
@@ -171,20 +139,14 @@ impl Dialect for Postgres {
         }
         out += &conf_line("listen_addresses", &c.listen_addresses);
         out += &conf_line("port", &c.port.to_string());
-        out += &conf_line(
-            "unix_socket_directories",
-            &c.socket_dir.display().to_string(),
-        );
+        out += &conf_line("unix_socket_directories", &c.socket_dir.display().to_string());
         if !c.parameters.contains_key("wal_level") {
             out += &conf_line("wal_level", "replica");
         }
         out += &conf_line("hot_standby", "on");
         out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
         out += &conf_line("max_replication_slots", &c.max_wal_senders.to_string());
-        out += &conf_line(
-            "wal_keep_size",
-            &format!("{}MB", u64::from(c.wal_keep_segments) * WAL_SEGMENT_MB),
-        );
+        out += &conf_line("wal_keep_size", &format!("{}MB", u64::from(c.wal_keep_segments) * WAL_SEGMENT_MB));
         out += &conf_line("wal_log_hints", "on");
         out += &conf_line(
             "synchronous_standby_names",
@@ -196,10 +158,7 @@ impl Dialect for Postgres {
                 up,
                 &c.replication_user,
                 &c.passfile,
-                &[
-                    ("application_name", &self.application_name(&c.instance)),
-                    ("connect_timeout", "2"),
-                ],
+                &[("application_name", &self.application_name(&c.instance)), ("connect_timeout", "2")],
             ),
             _ => String::new(),
         };
@@ -216,10 +175,7 @@ impl Dialect for Postgres {
              local   all          all                                      trust\n",
         );
         for net in &h.networks {
-            out += &format!(
-                "host    replication  {:<16} {net:<23} scram-sha-256\n",
-                h.replication_user
-            );
+            out += &format!("host    replication  {:<16} {net:<23} scram-sha-256\n", h.replication_user);
             out += &format!("host    all          all              {net:<23} scram-sha-256\n");
         }
         out

@@ -20,10 +20,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     let private = Router::new()
         .route(STATUS_PATH, get(status))
         .route(REQUESTS_PATH, post(submit))
-        .route_layer(middleware::from_fn_with_state(
-            manager.clone(),
-            require_token,
-        ));
+        .route_layer(middleware::from_fn_with_state(manager.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -55,11 +52,7 @@ async fn ready(State(m): State<Arc<Manager>>) -> Response {
     if report.server.accepting {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database server not accepting connections",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "database server not accepting connections").into_response()
     }
 }
 
@@ -73,9 +66,7 @@ async fn submit(State(m): State<Arc<Manager>>, Json(request): Json<Request>) -> 
         Err(e @ (Refusal::Busy(_) | Refusal::BackingOff { .. })) => {
             (StatusCode::CONFLICT, e.to_string()).into_response()
         }
-        Err(e @ Refusal::Invalid(_)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
-        }
+        Err(e @ Refusal::Invalid(_)) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
     }
 }
 

@@ -35,12 +35,7 @@ impl ManagerClient {
     }
 
     pub async fn status(&self, base: &str) -> anyhow::Result<InstanceReport> {
-        let resp = self
-            .http
-            .get(format!("{base}{STATUS_PATH}"))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+        let resp = self.http.get(format!("{base}{STATUS_PATH}")).bearer_auth(&self.token).send().await?;
         if !resp.status().is_success() {
             bail!("status request answered {}", resp.status());
         }
@@ -60,10 +55,7 @@ impl ManagerClient {
             202 => Ok(Submitted::Accepted(resp.json().await?)),
             409 => Ok(Submitted::Busy(resp.text().await.unwrap_or_default())),
             422 => Ok(Submitted::Refused(resp.text().await.unwrap_or_default())),
-            _ => bail!(
-                "request answered {status}: {}",
-                resp.text().await.unwrap_or_default()
-            ),
+            _ => bail!("request answered {status}: {}", resp.text().await.unwrap_or_default()),
         }
     }
 }

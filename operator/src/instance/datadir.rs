@@ -55,22 +55,14 @@ pub fn write_server_files(cfg: &InstanceConfig, desired: &DesiredConfig) -> anyh
     let config = &cfg.server_config(desired);
     let dialect = cfg.dialect();
     let data = cfg.data_dir();
-    write_atomic(
-        &data.join(MANAGED_CONF),
-        dialect.managed_conf(config).as_bytes(),
-        0o600,
-    )?;
+    write_atomic(&data.join(MANAGED_CONF), dialect.managed_conf(config).as_bytes(), 0o600)?;
     ensure_include(&data.join("postgresql.conf"), &dialect.include_directive())?;
     let hba = HbaConfig {
         superuser: cfg.superuser.clone(),
         replication_user: cfg.replication_user.clone(),
         networks: cfg.hba_networks.clone(),
     };
-    write_atomic(
-        &data.join("pg_hba.conf"),
-        dialect.hba(&hba).as_bytes(),
-        0o600,
-    )?;
+    write_atomic(&data.join("pg_hba.conf"), dialect.hba(&hba).as_bytes(), 0o600)?;
     let signal = data.join(dialect.standby_signal());
     if config.standby {
         write_atomic(&signal, b"", 0o600)?;
@@ -83,8 +75,7 @@ pub fn write_server_files(cfg: &InstanceConfig, desired: &DesiredConfig) -> anyh
 
 /// Appends the include directive unless `postgresql.conf` already ends with it.
 fn ensure_include(conf: &Path, directive: &str) -> anyhow::Result<()> {
-    let text =
-        fs::read_to_string(conf).with_context(|| format!("cannot read {}", conf.display()))?;
+    let text = fs::read_to_string(conf).with_context(|| format!("cannot read {}", conf.display()))?;
     if text.lines().any(|l| l.trim() == directive.trim()) {
         return Ok(());
     }
@@ -105,8 +96,7 @@ pub fn set_aside(cfg: &InstanceConfig, suffix: &str) -> anyhow::Result<Option<Pa
     }
     let target = cfg.root.join(format!("data.{suffix}"));
     if target.exists() {
-        fs::remove_dir_all(&target)
-            .with_context(|| format!("cannot remove {}", target.display()))?;
+        fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
     }
     fs::rename(&data, &target)
         .with_context(|| format!("cannot move {} to {}", data.display(), target.display()))?;

@@ -11,8 +11,8 @@ use super::config::{InstanceConfig, read_secret};
 use super::datadir::{self, is_fenced, is_initialized, is_standby_configured};
 use super::probe::LocalConnection;
 use super::report::{
-    ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState,
-    Request, ServerProcessReport,
+    ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState, Request,
+    ServerProcessReport,
 };
 use super::server::{ServerProcess, running_postmaster};
 use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode};
@@ -109,25 +109,12 @@ impl Manager {
                 (pid.is_some(), pid, false)
             }
         };
-        let probe = if running {
-            self.status_conn
-                .lock()
-                .await
-                .probe(cfg, PROBE_TIMEOUT)
-                .await
-        } else {
-            None
-        };
-        let control = if !running && initialized {
-            self.control_data().await
-        } else {
-            None
-        };
+        let probe =
+            if running { self.status_conn.lock().await.probe(cfg, PROBE_TIMEOUT).await } else { None };
+        let control = if !running && initialized { self.control_data().await } else { None };
         let standby_configured = is_standby_configured(cfg);
         let operation = self.current_operation();
-        let busy = operation
-            .as_ref()
-            .is_some_and(|o| o.state == OperationState::Running);
+        let busy = operation.as_ref().is_some_and(|o| o.state == OperationState::Running);
         let phase = if !initialized {
             ManagerPhase::AwaitingBootstrap
         } else if running || busy {
@@ -148,12 +135,7 @@ impl Manager {
             initialized,
             standby_configured,
             fenced,
-            server: ServerProcessReport {
-                running,
-                pid,
-                accepting: node.is_some(),
-                crashed,
-            },
+            server: ServerProcessReport { running, pid, accepting: node.is_some(), crashed },
             node,
             receiver,
             replication,
@@ -184,16 +166,12 @@ impl Manager {
                 return Err(Refusal::Busy(op.kind));
             }
             self.check(&request)?;
-            if let Some((id, at, failures)) =
-                self.last_failure.lock().expect("failure lock").as_ref()
+            if let Some((id, at, failures)) = self.last_failure.lock().expect("failure lock").as_ref()
                 && *id == request_id
             {
                 let wait = retry_backoff(*failures).saturating_sub(at.elapsed());
                 if !wait.is_zero() {
-                    return Err(Refusal::BackingOff {
-                        failures: *failures,
-                        wait_ms: wait.as_millis(),
-                    });
+                    return Err(Refusal::BackingOff { failures: *failures, wait_ms: wait.as_millis() });
                 }
             }
             let report = OperationReport {
@@ -250,17 +228,13 @@ impl Manager {
         let standby = is_standby_configured(cfg);
         let invalid = |m: &str| Err(Refusal::Invalid(m.to_string()));
         match request {
-            Request::Bootstrap { .. } if initialized => {
-                invalid("the data directory is already initialised")
+            Request::Bootstrap { .. } if initialized => invalid("the data directory is already initialised"),
+            Request::Bootstrap { source: None, config } if config.standby => {
+                invalid("a new primary cannot be configured as a standby")
             }
-            Request::Bootstrap {
-                source: None,
-                config,
-            } if config.standby => invalid("a new primary cannot be configured as a standby"),
-            Request::Bootstrap {
-                source: Some(_),
-                config,
-            } if !config.standby => invalid("a clone must be configured as a standby"),
+            Request::Bootstrap { source: Some(_), config } if !config.standby => {
+                invalid("a clone must be configured as a standby")
+            }
             Request::Start { .. }
             | Request::Configure { .. }
             | Request::Promote { .. }
@@ -269,9 +243,7 @@ impl Manager {
             {
                 invalid("the data directory is not initialised yet")
             }
-            Request::Start { config } | Request::Configure { config }
-                if config.standby != standby =>
-            {
+            Request::Start { config } | Request::Configure { config } if config.standby != standby => {
                 invalid(if standby {
                     "this instance is a standby: promote it to make it a primary"
                 } else {
@@ -290,14 +262,8 @@ impl Manager {
 
     async fn execute(&self, request: Request) -> anyhow::Result<String> {
         match request {
-            Request::Bootstrap {
-                source: None,
-                config,
-            } => self.initialize(&config).await,
-            Request::Bootstrap {
-                source: Some(source),
-                config,
-            } => self.clone_from(&source, &config).await,
+            Request::Bootstrap { source: None, config } => self.initialize(&config).await,
+            Request::Bootstrap { source: Some(source), config } => self.clone_from(&source, &config).await,
             Request::Start { config } => self.start(&config).await,
             Request::Configure { config } => self.configure(&config).await,
             Request::Promote { config } => self.promote(&config).await,
@@ -325,11 +291,7 @@ impl Manager {
         self.clear_incomplete()?;
         create_dir_mode(&cfg.data_dir(), 0o700)?;
         let pwfile = cfg.root.join(".initdb-password");
-        write_atomic(
-            &pwfile,
-            read_secret(&cfg.superuser_password_file)?.as_bytes(),
-            0o600,
-        )?;
+        write_atomic(&pwfile, read_secret(&cfg.superuser_password_file)?.as_bytes(), 0o600)?;
         let line = cfg.dialect().initdb(&cfg.layout(), &pwfile);
         let result = run_checked(&line, TOOL_TIMEOUT).await;
         let _ = std::fs::remove_file(&pwfile);
@@ -338,26 +300,14 @@ impl Manager {
         self.start_server(false).await?;
         tracing::debug!("server accepts connections; creating the replication role");
         let password = read_secret(&cfg.replication_password_file)?;
-        if let Some(sql) = cfg
-            .dialect()
-            .replication_role_sql(&cfg.replication_user, &password)
-        {
-            self.conn
-                .lock()
-                .await
-                .execute(cfg, &sql)
-                .await
-                .context("creating the replication role")?;
+        if let Some(sql) = cfg.dialect().replication_role_sql(&cfg.replication_user, &password) {
+            self.conn.lock().await.execute(cfg, &sql).await.context("creating the replication role")?;
         }
         datadir::mark_bootstrapped(cfg)?;
         Ok("initialised a new primary".into())
     }
 
-    async fn clone_from(
-        &self,
-        source: &Endpoint,
-        config: &DesiredConfig,
-    ) -> anyhow::Result<String> {
+    async fn clone_from(&self, source: &Endpoint, config: &DesiredConfig) -> anyhow::Result<String> {
         let cfg = &self.cfg;
         self.clear_incomplete()?;
         self.run_clone_steps(source, config).await?;
@@ -366,18 +316,10 @@ impl Manager {
         Ok(format!("cloned from {source} and started as a standby"))
     }
 
-    async fn run_clone_steps(
-        &self,
-        source: &Endpoint,
-        config: &DesiredConfig,
-    ) -> anyhow::Result<()> {
+    async fn run_clone_steps(&self, source: &Endpoint, config: &DesiredConfig) -> anyhow::Result<()> {
         let cfg = &self.cfg;
         let pwfile = cfg.root.join(".initdb-password");
-        write_atomic(
-            &pwfile,
-            read_secret(&cfg.superuser_password_file)?.as_bytes(),
-            0o600,
-        )?;
+        write_atomic(&pwfile, read_secret(&cfg.superuser_password_file)?.as_bytes(), 0o600)?;
         let steps = cfg.dialect().clone_steps(&cfg.layout(), source, &pwfile);
         let mut result = Ok(());
         for step in steps {
@@ -402,10 +344,7 @@ impl Manager {
         self.apply_files(config)?;
         datadir::set_fenced(&self.cfg, false)?;
         self.start_server(config.standby).await?;
-        Ok(format!(
-            "started as {}",
-            if config.standby { "standby" } else { "primary" }
-        ))
+        Ok(format!("started as {}", if config.standby { "standby" } else { "primary" }))
     }
 
     async fn configure(&self, config: &DesiredConfig) -> anyhow::Result<String> {
@@ -423,12 +362,7 @@ impl Manager {
         if !self.server.lock().await.is_running() {
             bail!("the server is not running");
         }
-        let already = self
-            .status_conn
-            .lock()
-            .await
-            .probe(cfg, PROBE_TIMEOUT)
-            .await;
+        let already = self.status_conn.lock().await.probe(cfg, PROBE_TIMEOUT).await;
         if already.as_ref().is_none_or(|p| p.node.in_recovery) {
             run_checked(&cfg.dialect().promote(&cfg.layout()), TOOL_TIMEOUT).await?;
         }
@@ -458,9 +392,7 @@ impl Manager {
                 if let Some(m) = moved {
                     tracing::warn!(to = %m.display(), "kept the old data directory");
                 }
-                self.run_clone_steps(source, config)
-                    .await
-                    .context("re-cloning after a failed rewind")?;
+                self.run_clone_steps(source, config).await.context("re-cloning after a failed rewind")?;
                 datadir::mark_bootstrapped(cfg)?;
                 "re-cloned"
             }
@@ -472,11 +404,7 @@ impl Manager {
 
     async fn fence(&self) -> anyhow::Result<String> {
         datadir::set_fenced(&self.cfg, true)?;
-        self.server
-            .lock()
-            .await
-            .stop(&self.cfg, StopMode::Fast)
-            .await?;
+        self.server.lock().await.stop(&self.cfg, StopMode::Fast).await?;
         Ok("fenced: server stopped".into())
     }
 
@@ -498,16 +426,10 @@ impl Manager {
                 return Ok(());
             }
             if !self.server.lock().await.is_running() {
-                bail!(
-                    "the database server exited while starting; see {}",
-                    self.cfg.server_log().display()
-                );
+                bail!("the database server exited while starting; see {}", self.cfg.server_log().display());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "the database server did not become ready within {}s",
-                    START_TIMEOUT.as_secs()
-                );
+                bail!("the database server did not become ready within {}s", START_TIMEOUT.as_secs());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -523,9 +445,7 @@ impl Manager {
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            let busy = self
-                .current_operation()
-                .is_some_and(|o| o.state == OperationState::Running);
+            let busy = self.current_operation().is_some_and(|o| o.state == OperationState::Running);
             let cfg = &self.cfg;
             if busy || !is_initialized(cfg) || is_fenced(cfg) || !is_standby_configured(cfg) {
                 continue;
@@ -547,21 +467,14 @@ impl Manager {
 
     /// Stops the server cleanly for shutdown.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.server
-            .lock()
-            .await
-            .stop(&self.cfg, StopMode::Fast)
-            .await
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.server.lock().await.stop(&self.cfg, StopMode::Fast).await
     }
 }
 
 /// A stable identity for a request: its content.
 fn request_id_of(m: &Manager) -> String {
-    m.current_operation()
-        .map(|o| o.request_id)
-        .unwrap_or_default()
+    m.current_operation().map(|o| o.request_id).unwrap_or_default()
 }
 
 fn request_id(request: &Request) -> String {
@@ -575,10 +488,8 @@ fn request_id(request: &Request) -> String {
 /// Reads the fields the controller needs from `pg_controldata` output (run with `LC_ALL=C`).
 pub fn parse_controldata(out: &str) -> ControlReport {
     let field = |name: &str| {
-        out.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .map(|rest| rest.trim_start_matches(':').trim().to_string())
-        })
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_string()))
     };
     let state = field("Database cluster state").unwrap_or_default();
     ControlReport {
@@ -603,16 +514,9 @@ mod tests {
         let c = parse_controldata(out);
         assert_eq!(c.state, "in production");
         assert!(!c.clean_shutdown);
-        assert_eq!(
-            c.checkpoint_lsn.map(|l| l.to_string()).as_deref(),
-            Some("0/3000060")
-        );
+        assert_eq!(c.checkpoint_lsn.map(|l| l.to_string()).as_deref(), Some("0/3000060"));
         assert_eq!(c.timeline, Some(2));
-        assert!(
-            parse_controldata("Database cluster state:               shut down\n").clean_shutdown
-        );
-        assert!(
-            parse_controldata("Database cluster state:   shut down in recovery\n").clean_shutdown
-        );
+        assert!(parse_controldata("Database cluster state:               shut down\n").clean_shutdown);
+        assert!(parse_controldata("Database cluster state:   shut down in recovery\n").clean_shutdown);
     }
 }

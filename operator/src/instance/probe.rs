@@ -16,9 +16,7 @@ pub struct LocalConnection {
 
 impl std::fmt::Debug for LocalConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalConnection")
-            .field("open", &self.client.is_some())
-            .finish()
+        f.debug_struct("LocalConnection").field("open", &self.client.is_some()).finish()
     }
 }
 
@@ -30,10 +28,7 @@ pub struct Probe {
     pub replication: Vec<ReplicationRow>,
 }
 
-pub async fn connect(
-    cfg: &InstanceConfig,
-    timeout: Duration,
-) -> Result<Client, tokio_postgres::Error> {
+pub async fn connect(cfg: &InstanceConfig, timeout: Duration) -> Result<Client, tokio_postgres::Error> {
     let mut pg = tokio_postgres::Config::new();
     pg.host_path(&cfg.socket_dir)
         .port(cfg.port)
@@ -50,8 +45,7 @@ pub async fn connect(
 }
 
 fn lsn(row: &Row, idx: usize) -> Option<Lsn> {
-    row.get::<_, Option<String>>(idx)
-        .and_then(|s| s.parse().ok())
+    row.get::<_, Option<String>>(idx).and_then(|s| s.parse().ok())
 }
 
 impl LocalConnection {
@@ -100,22 +94,15 @@ impl LocalConnection {
             current_lsn: lsn(&row, 1),
             received_lsn: lsn(&row, 2),
             replayed_lsn: lsn(&row, 3),
-            timeline: row
-                .get::<_, Option<i32>>(4)
-                .and_then(|t| u32::try_from(t).ok()),
+            timeline: row.get::<_, Option<i32>>(4).and_then(|t| u32::try_from(t).ok()),
             synchronous_standby_names: row.get(5),
         };
-        let receiver = client
-            .query_opt(sql.receiver, &[])
-            .await?
-            .map(|r| ReceiverReport {
-                status: r.get::<_, Option<String>>(0).unwrap_or_default(),
-                upstream_host: r.get(1),
-                upstream_port: r
-                    .get::<_, Option<i32>>(2)
-                    .and_then(|p| u16::try_from(p).ok()),
-                flushed_lsn: lsn(&r, 3),
-            });
+        let receiver = client.query_opt(sql.receiver, &[]).await?.map(|r| ReceiverReport {
+            status: r.get::<_, Option<String>>(0).unwrap_or_default(),
+            upstream_host: r.get(1),
+            upstream_port: r.get::<_, Option<i32>>(2).and_then(|p| u16::try_from(p).ok()),
+            flushed_lsn: lsn(&r, 3),
+        });
         let replication = if node.in_recovery {
             Vec::new()
         } else {
@@ -124,28 +111,18 @@ impl LocalConnection {
                 .await?
                 .iter()
                 .map(|r| ReplicationRow {
-                    instance: dialect
-                        .instance_of(&r.get::<_, Option<String>>(0).unwrap_or_default()),
+                    instance: dialect.instance_of(&r.get::<_, Option<String>>(0).unwrap_or_default()),
                     client_addr: r.get(1),
                     state: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                    sync_state: r
-                        .get::<_, Option<String>>(3)
-                        .unwrap_or_default()
-                        .to_lowercase(),
+                    sync_state: r.get::<_, Option<String>>(3).unwrap_or_default().to_lowercase(),
                     sent_lsn: lsn(r, 4),
                     flush_lsn: lsn(r, 6),
                     replay_lsn: lsn(r, 7),
-                    lag_bytes: r
-                        .get::<_, Option<i64>>(8)
-                        .and_then(|b| u64::try_from(b).ok()),
+                    lag_bytes: r.get::<_, Option<i64>>(8).and_then(|b| u64::try_from(b).ok()),
                     lag_seconds: r.get(9),
                 })
                 .collect()
         };
-        Ok(Probe {
-            node,
-            receiver,
-            replication,
-        })
+        Ok(Probe { node, receiver, replication })
     }
 }

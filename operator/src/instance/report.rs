@@ -71,15 +71,6 @@ impl InstanceReport {
         ];
         candidates.into_iter().flatten().max()
     }
-
-    /// Streaming from exactly this upstream.
-    pub fn streams_from(&self, upstream: &Endpoint) -> bool {
-        self.receiver.as_ref().is_some_and(|r| {
-            r.status == "streaming"
-                && r.upstream_host.as_deref() == Some(upstream.host.as_str())
-                && r.upstream_port == Some(upstream.port)
-        })
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,10 +183,7 @@ pub struct OperationReport {
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Request {
     /// Initialise a new primary (`source` empty) or clone a standby from `source`.
-    Bootstrap {
-        source: Option<Endpoint>,
-        config: DesiredConfig,
-    },
+    Bootstrap { source: Option<Endpoint>, config: DesiredConfig },
     /// Start the server with this configuration: as primary only if the data directory is a
     /// primary's, as standby otherwise.
     Start { config: DesiredConfig },
@@ -204,10 +192,7 @@ pub enum Request {
     /// Promote this standby.
     Promote { config: DesiredConfig },
     /// Stop, rewind from `source` (re-clone if that fails), and start as its standby.
-    Rejoin {
-        source: Endpoint,
-        config: DesiredConfig,
-    },
+    Rejoin { source: Endpoint, config: DesiredConfig },
     /// Stop the server and keep it stopped until a `Start` or `Rejoin`.
     Fence,
 }

@@ -43,10 +43,7 @@ pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
@@ -54,11 +51,7 @@ impl ServerProcess {
     /// Takes over a server left running by an earlier manager process.
     pub fn adopt(cfg: &InstanceConfig) -> Self {
         let pid = running_postmaster(&cfg.data_dir());
-        Self {
-            child: None,
-            pid,
-            crashed: false,
-        }
+        Self { child: None, pid, crashed: false }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -78,8 +71,7 @@ impl ServerProcess {
         let alive = match (&mut self.child, self.pid) {
             (Some(child), _) => matches!(child.try_wait(), Ok(None)),
             (None, Some(pid)) => {
-                i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
-                    && !is_zombie(pid)
+                i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok()) && !is_zombie(pid)
             }
             (None, None) => false,
         };
@@ -109,14 +101,8 @@ impl ServerProcess {
         let line = cfg.dialect().server(&cfg.layout(), standby);
         tracing::info!(command = %line, "starting database server");
         let mut cmd = line.to_tokio();
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", line.program.display()))?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).kill_on_drop(false);
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", line.program.display()))?;
         self.pid = child.id();
         self.child = Some(child);
         self.crashed = false;
@@ -131,8 +117,7 @@ impl ServerProcess {
             return Ok(());
         }
         let dialect = cfg.dialect();
-        let stopped =
-            run_checked(&dialect.stop(&cfg.layout(), mode), Duration::from_secs(90)).await;
+        let stopped = run_checked(&dialect.stop(&cfg.layout(), mode), Duration::from_secs(90)).await;
         if let Err(e) = stopped {
             tracing::warn!(error = %e, "fast stop failed; stopping immediately");
             if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
@@ -146,9 +131,7 @@ impl ServerProcess {
             }
         } else if let Some(pid) = self.pid {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok())
-                && !is_zombie(pid)
-            {
+            while i32::try_from(pid).is_ok_and(|p| kill(Pid::from_raw(p), None).is_ok()) && !is_zombie(pid) {
                 if tokio::time::Instant::now() > deadline {
                     bail!("database server {pid} did not exit after being stopped");
                 }

@@ -23,11 +23,7 @@ pub enum DesiredRole {
 /// writes waiting for it while another could answer. A member once listed stays listed while
 /// its manager is silent. With `preferred`, only standbys streaming right now are listed, so
 /// writes continue even with none.
-pub fn synchronous_set(
-    input: &Input<'_>,
-    previous: Option<&[String]>,
-    primary: &str,
-) -> Option<SyncConfig> {
+pub fn synchronous_set(input: &Input<'_>, previous: Option<&[String]>, primary: &str) -> Option<SyncConfig> {
     let spec = input.spec;
     if !spec.is_synchronous() {
         return None;
@@ -57,20 +53,12 @@ pub fn synchronous_set(
         return None;
     }
     let sync = &spec.replication.synchronous;
-    Some(SyncConfig {
-        method: sync.method,
-        number: sync.number.min(standbys.len() as u32),
-        standbys,
-    })
+    Some(SyncConfig { method: sync.method, number: sync.number.min(standbys.len() as u32), standbys })
 }
 
 /// The full desired configuration of `instance` in `role`.
 pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> DesiredConfig {
-    let previous_sync = input
-        .status
-        .synchronous
-        .as_ref()
-        .map(|s| s.standbys.as_slice());
+    let previous_sync = input.status.synchronous.as_ref().map(|s| s.standbys.as_slice());
     let spec = input.spec;
     let (standby, upstream) = match role {
         DesiredRole::Primary => (false, None),
@@ -104,9 +92,7 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
 
 /// Whether an applied synchronous set differs from the wanted one in a way that matters.
 pub fn same_sync(a: Option<&SyncConfig>, b: Option<&SyncConfig>) -> bool {
-    let norm = |s: Option<&SyncConfig>| {
-        s.filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty())
-            .cloned()
-    };
+    let norm =
+        |s: Option<&SyncConfig>| s.filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty()).cloned();
     norm(a) == norm(b)
 }

@@ -8,20 +8,15 @@ use std::cmp::Reverse;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
 use opengauss_crd::{
-    DataDurability, Phase, SyncMethod, SynchronousStatus, Transition, TransitionKind,
-    TransitionStep,
+    DataDurability, Phase, SyncMethod, SynchronousStatus, Transition, TransitionKind, TransitionStep,
 };
 
 use super::config::{DesiredRole, desired_config};
-use super::health::{
-    InstanceHealth, classify, endpoint, members, operation_running, report, silent_for,
-};
+use super::health::{InstanceHealth, classify, endpoint, members, operation_running, report, silent_for};
 use super::steady::{fence_stray_primaries, reconcile, upkeep};
 use super::{Event, Input, Plan};
 use crate::engine::Lsn;
-use crate::instance::report::{
-    InstanceReport, ManagerPhase, OperationKind, OperationState, Request,
-};
+use crate::instance::report::{InstanceReport, ManagerPhase, OperationKind, OperationState, Request};
 
 /// How long a switchover waits for its target to receive the old primary's last WAL before
 /// giving up and restarting the old primary.
@@ -33,19 +28,11 @@ fn primary_loss(input: &Input<'_>, plan: &Plan, primary: &str) -> Option<String>
     match classify(input, primary) {
         InstanceHealth::Missing => Some(format!("the primary {primary} is gone")),
         InstanceHealth::Dead => Some(format!("the primary {primary}'s instance manager died")),
-        InstanceHealth::Unreachable {
-            server_answers: true,
-        } => None,
-        InstanceHealth::Unreachable {
-            server_answers: false,
-        } => {
+        InstanceHealth::Unreachable { server_answers: true } => None,
+        InstanceHealth::Unreachable { server_answers: false } => {
             let silent = silent_for(input, plan, primary, input.watching_since);
-            (silent >= delay).then(|| {
-                format!(
-                    "the primary {primary} has not answered for {}s",
-                    silent.as_secs()
-                )
-            })
+            (silent >= delay)
+                .then(|| format!("the primary {primary} has not answered for {}s", silent.as_secs()))
         }
         InstanceHealth::Reachable(r) => {
             if r.is_writable_primary() || operation_running(r) || r.is_running_standby() {
@@ -70,32 +57,18 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
         return false;
     };
     if let Some(reason) = primary_loss(input, plan, &primary) {
-        let has_standby = members(input)
-            .iter()
-            .any(|m| *m != primary && report(input, m).is_some_and(|r| r.initialized));
+        let has_standby =
+            members(input).iter().any(|m| *m != primary && report(input, m).is_some_and(|r| r.initialized));
         if !has_standby && input.spec.instances > 1 {
-            plan.set_phase(
-                Phase::FailoverBlocked,
-                format!("{reason}; no standby has data to take over"),
-            );
+            plan.set_phase(Phase::FailoverBlocked, format!("{reason}; no standby has data to take over"));
             upkeep(input, plan);
             return true;
         }
         if input.spec.instances == 1 {
             return false;
         }
-        plan.event(Event::warning(
-            "FailingOver",
-            format!("{reason}; failing over"),
-        ));
-        begin(
-            input,
-            plan,
-            TransitionKind::Failover,
-            &primary,
-            None,
-            reason,
-        );
+        plan.event(Event::warning("FailingOver", format!("{reason}; failing over")));
+        begin(input, plan, TransitionKind::Failover, &primary, None, reason);
         continue_transition(input, plan);
         return true;
     }
@@ -112,14 +85,7 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
                     format!("switching over from {primary} to {target}"),
                 ));
                 plan.request_outcome = Some(Ok(reason.clone()));
-                begin(
-                    input,
-                    plan,
-                    TransitionKind::Switchover,
-                    &primary,
-                    Some(target),
-                    reason,
-                );
+                begin(input, plan, TransitionKind::Switchover, &primary, Some(target), reason);
                 continue_transition(input, plan);
                 return true;
             }
@@ -128,12 +94,7 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
     false
 }
 
-fn switchover_refusal(
-    input: &Input<'_>,
-    plan: &Plan,
-    primary: &str,
-    target: &str,
-) -> Option<String> {
+fn switchover_refusal(input: &Input<'_>, plan: &Plan, primary: &str, target: &str) -> Option<String> {
     if !members(input).iter().any(|m| m == target) {
         return Some(format!("{target} is not an instance of this cluster"));
     }
@@ -144,9 +105,7 @@ fn switchover_refusal(
     let streaming = report(input, target).is_some_and(|r| r.is_running_standby());
     let primary_ok = report(input, primary).is_some_and(|r| r.is_writable_primary());
     if !primary_ok {
-        return Some(format!(
-            "the primary {primary} is not healthy; a failover handles that"
-        ));
+        return Some(format!("the primary {primary} is not healthy; a failover handles that"));
     }
     if !(ready || streaming) {
         return Some(format!("{target} is not a streaming standby"));
@@ -222,22 +181,16 @@ fn live_position(r: &InstanceReport) -> Option<(Lsn, Lsn)> {
         return None;
     }
     let node = r.node.as_ref()?;
-    let received = [
-        node.received_lsn,
-        node.replayed_lsn,
-        r.receiver.as_ref().and_then(|x| x.flushed_lsn),
-    ]
-    .into_iter()
-    .flatten()
-    .max()?;
+    let received = [node.received_lsn, node.replayed_lsn, r.receiver.as_ref().and_then(|x| x.flushed_lsn)]
+        .into_iter()
+        .flatten()
+        .max()?;
     Some((received, node.replayed_lsn.unwrap_or_default()))
 }
 
 fn detached(r: &InstanceReport) -> bool {
     r.config.as_ref().is_some_and(|c| c.upstream.is_none())
-        && r.receiver
-            .as_ref()
-            .is_none_or(|rc| rc.status != "streaming")
+        && r.receiver.as_ref().is_none_or(|rc| rc.status != "streaming")
 }
 
 /// Failover steps 1-3: fence the old primary, detach every reachable standby, choose.
@@ -282,7 +235,9 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         Ok(candidate) => {
             plan.event(Event::normal(
                 "FailoverTarget",
-                format!("promoting {candidate}: the most advanced standby, holding every acknowledged commit"),
+                format!(
+                    "promoting {candidate}: the most advanced standby, holding every acknowledged commit"
+                ),
             ));
             set_step(plan, TransitionStep::Promoting, Some(candidate));
             true
@@ -292,9 +247,7 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
                 Some(candidate) => {
                     plan.event(Event::warning(
                         "FailoverWithPossibleLoss",
-                        format!(
-                            "{why}; dataDurability is preferred, so promoting {candidate} anyway"
-                        ),
+                        format!("{why}; dataDurability is preferred, so promoting {candidate} anyway"),
                     ));
                     set_step(plan, TransitionStep::Promoting, Some(candidate));
                     true
@@ -313,27 +266,18 @@ fn blocked_or_abort(input: &Input<'_>, plan: &mut Plan, t: &Transition, why: Str
     if old_back {
         plan.event(Event::warning(
             "FailoverAborted",
-            format!(
-                "{why}; {} is reachable with its data, so it stays primary",
-                t.from
-            ),
+            format!("{why}; {} is reachable with its data, so it stays primary", t.from),
         ));
         plan.status.transition = None;
         plan.status.target_primary = Some(t.from.clone());
         reconcile(input, plan);
         return false;
     }
-    plan.set_phase(
-        Phase::FailoverBlocked,
-        format!("cannot fail over from {}: {why}", t.from),
-    );
+    plan.set_phase(Phase::FailoverBlocked, format!("cannot fail over from {}: {why}", t.from));
     false
 }
 
-fn candidates<'a>(
-    input: &Input<'a>,
-    t: &Transition,
-) -> Vec<(String, &'a InstanceReport, (Lsn, Lsn))> {
+fn candidates<'a>(input: &Input<'a>, t: &Transition) -> Vec<(String, &'a InstanceReport, (Lsn, Lsn))> {
     let mut list: Vec<_> = members(input)
         .into_iter()
         .filter(|n| *n != t.from)
@@ -347,9 +291,7 @@ fn candidates<'a>(
         })
         .collect();
     // Highest received position, then highest replayed, then name.
-    list.sort_by_key(|(n, _, (received, replayed))| {
-        (Reverse(*received), Reverse(*replayed), n.clone())
-    });
+    list.sort_by_key(|(n, _, (received, replayed))| (Reverse(*received), Reverse(*replayed), n.clone()));
     list
 }
 
@@ -363,10 +305,8 @@ fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
     let Some((best, _, (best_pos, _))) = list.first().cloned() else {
         return Err("no standby is running, reachable and detached".into());
     };
-    let sync = t
-        .synchronous
-        .as_ref()
-        .filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
+    let sync =
+        t.synchronous.as_ref().filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
     if let Some(sync) = sync {
         durable_choice(input, sync, best_pos)?;
     }
@@ -399,9 +339,7 @@ fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, best: Lsn) -> Res
     if let Some((pos, name)) = furthest
         && pos > best
     {
-        return Err(format!(
-            "{name} holds WAL up to {pos} that no promotable standby has"
-        ));
+        return Err(format!("{name} holds WAL up to {pos} that no promotable standby has"));
     }
     Ok(())
 }
@@ -438,9 +376,7 @@ fn demote_for_switchover(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> 
     let Some(final_lsn) = control.checkpoint_lsn else {
         return false;
     };
-    let caught_up = report(input, &target)
-        .and_then(live_position)
-        .is_some_and(|(pos, _)| pos > final_lsn);
+    let caught_up = report(input, &target).and_then(live_position).is_some_and(|(pos, _)| pos > final_lsn);
     if caught_up {
         set_step(plan, TransitionStep::Promoting, Some(target));
         return true;
@@ -461,10 +397,7 @@ fn demote_for_switchover(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> 
 }
 
 fn convert_to_failover(plan: &mut Plan, t: &Transition, why: String) {
-    plan.event(Event::warning(
-        "FailingOver",
-        format!("{why}; failing over instead"),
-    ));
+    plan.event(Event::warning("FailingOver", format!("{why}; failing over instead")));
     plan.status.target_primary = None;
     plan.status.transition = Some(Transition {
         kind: TransitionKind::Failover,
@@ -542,10 +475,7 @@ fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
         return false;
     };
     let mut pending = Vec::new();
-    for name in members(input)
-        .into_iter()
-        .filter(|n| *n != primary && *n != t.from)
-    {
+    for name in members(input).into_iter().filter(|n| *n != primary && *n != t.from) {
         let Some(r) = report(input, &name) else {
             continue;
         };
@@ -570,11 +500,7 @@ fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
     };
     plan.event(Event::normal(
         what,
-        format!(
-            "{primary} replaced {} as primary in {:.1}s; standbys follow it",
-            t.from,
-            took.as_secs_f64()
-        ),
+        format!("{primary} replaced {} as primary in {:.1}s; standbys follow it", t.from, took.as_secs_f64()),
     ));
     plan.status.transition = None;
     reconcile(input, plan);

@@ -28,17 +28,12 @@ pub fn endpoint<'a>(input: &Input<'a>, name: &str) -> Option<&'a Endpoint> {
 }
 
 pub fn operation_running(r: &InstanceReport) -> bool {
-    r.operation
-        .as_ref()
-        .is_some_and(|o| o.state == OperationState::Running)
+    r.operation.as_ref().is_some_and(|o| o.state == OperationState::Running)
 }
 
 /// The last failed operation's message, if the last operation failed.
 pub fn operation_failure(r: &InstanceReport) -> Option<&str> {
-    r.operation
-        .as_ref()
-        .filter(|o| o.state == OperationState::Failed)
-        .map(|o| o.message.as_str())
+    r.operation.as_ref().filter(|o| o.state == OperationState::Failed).map(|o| o.message.as_str())
 }
 
 /// How an instance looks from the controller in this pass.
@@ -62,21 +57,16 @@ pub fn classify<'a>(input: &Input<'a>, name: &str) -> InstanceHealth<'a> {
             (PlatformState::Missing, _) => InstanceHealth::Missing,
             (_, Some(r)) => InstanceHealth::Reachable(r),
             (PlatformState::Dead, None) => InstanceHealth::Dead,
-            (PlatformState::Running, None) => InstanceHealth::Unreachable {
-                server_answers: o.server_answers,
-            },
+            (PlatformState::Running, None) => {
+                InstanceHealth::Unreachable { server_answers: o.server_answers }
+            }
         },
     }
 }
 
 /// How long an instance has not answered at all, counted from when this controller started
 /// watching at the earliest (a controller restart is not evidence against anyone).
-pub fn silent_for(
-    input: &Input<'_>,
-    plan: &Plan,
-    name: &str,
-    watching_since: Timestamp,
-) -> SignedDuration {
+pub fn silent_for(input: &Input<'_>, plan: &Plan, name: &str, watching_since: Timestamp) -> SignedDuration {
     let seen = plan
         .status
         .instance(name)
@@ -89,11 +79,7 @@ pub fn silent_for(
 
 pub fn validate(input: &Input<'_>) -> Result<(), Vec<FieldError>> {
     let problems = input.spec.problems();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
 pub fn invalid_spec(input: &Input<'_>, plan: &mut Plan, problems: &[FieldError]) {
@@ -120,27 +106,15 @@ pub fn row_mut<'p>(plan: &'p mut Plan, name: &str) -> &'p mut InstanceStatus {
     let idx = match rows.iter().position(|r| r.name == name) {
         Some(i) => i,
         None => {
-            rows.push(InstanceStatus {
-                name: name.to_string(),
-                ..InstanceStatus::default()
-            });
+            rows.push(InstanceStatus { name: name.to_string(), ..InstanceStatus::default() });
             rows.sort_by_key(|r| (r.name.len(), r.name.clone()));
-            rows.iter()
-                .position(|r| r.name == name)
-                .expect("just inserted")
+            rows.iter().position(|r| r.name == name).expect("just inserted")
         }
     };
     &mut rows[idx]
 }
 
-pub fn set_condition(
-    input: &Input<'_>,
-    plan: &mut Plan,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) {
+pub fn set_condition(input: &Input<'_>, plan: &mut Plan, type_: &str, ok: bool, reason: &str, message: &str) {
     let status = if ok { "True" } else { "False" }.to_string();
     let conditions = &mut plan.status.conditions;
     let previous = conditions.iter().find(|c| c.type_ == type_).cloned();
@@ -177,17 +151,12 @@ fn operation_word(kind: OperationKind) -> &'static str {
 fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
     let previous = plan.status.instance(name).cloned().unwrap_or_default();
     let primary = plan.status.current_primary.clone();
-    let primary_report = primary
-        .as_deref()
-        .and_then(|p| report(input, p))
-        .filter(|r| r.is_writable_primary());
-    let repl_row =
-        primary_report.and_then(|pr| pr.replication.iter().find(|row| row.instance == name));
+    let primary_report =
+        primary.as_deref().and_then(|p| report(input, p)).filter(|r| r.is_writable_primary());
+    let repl_row = primary_report.and_then(|pr| pr.replication.iter().find(|row| row.instance == name));
     let mut row = InstanceStatus {
         name: name.to_string(),
-        address: endpoint(input, name)
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        address: endpoint(input, name).map(ToString::to_string).unwrap_or_default(),
         last_seen: previous.last_seen,
         ..InstanceStatus::default()
     };
@@ -212,19 +181,14 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
                 None if primary.as_deref() == Some(name) => Role::Primary,
                 None => Role::Unknown,
             };
-            row.timeline = node
-                .and_then(|n| n.timeline)
-                .or(r.control.as_ref().and_then(|c| c.timeline));
+            row.timeline = node.and_then(|n| n.timeline).or(r.control.as_ref().and_then(|c| c.timeline));
             row.current_lsn = node.and_then(|n| n.current_lsn).map(|l| l.to_string());
             row.received_lsn = node
                 .and_then(|n| n.received_lsn)
                 .or(r.receiver.as_ref().and_then(|rc| rc.flushed_lsn))
                 .map(|l| l.to_string());
             row.replayed_lsn = node.and_then(|n| n.replayed_lsn).map(|l| l.to_string());
-            let op = r
-                .operation
-                .as_ref()
-                .filter(|o| o.state == OperationState::Running);
+            let op = r.operation.as_ref().filter(|o| o.state == OperationState::Running);
             row.state = if let Some(op) = op {
                 operation_word(op.kind).into()
             } else if r.fenced {
@@ -233,8 +197,7 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
                 match r.phase {
                     ManagerPhase::AwaitingBootstrap => "pending".into(),
                     ManagerPhase::AwaitingRole
-                        if r.server.crashed
-                            || r.control.as_ref().is_some_and(|c| !c.clean_shutdown) =>
+                        if r.server.crashed || r.control.as_ref().is_some_and(|c| !c.clean_shutdown) =>
                     {
                         "crashed".into()
                     }
@@ -284,12 +247,8 @@ pub fn summarize(input: &Input<'_>, plan: &mut Plan) {
         .filter(|r| members.contains(&r.name) && !r.ready)
         .map(|r| format!("{} ({})", r.name, r.state))
         .collect();
-    let primary_ok = plan
-        .status
-        .current_primary
-        .as_deref()
-        .and_then(|p| plan.status.instance(p))
-        .is_some_and(|r| r.ready);
+    let primary_ok =
+        plan.status.current_primary.as_deref().and_then(|p| plan.status.instance(p)).is_some_and(|r| r.ready);
     if let Some((phase, reason)) = plan_phase(plan) {
         plan.status.phase = Some(phase);
         plan.status.phase_reason = Some(reason);
@@ -299,10 +258,7 @@ pub fn summarize(input: &Input<'_>, plan: &mut Plan) {
             TransitionKind::Switchover => (Phase::SwitchingOver, "switching over"),
         };
         plan.status.phase = Some(phase);
-        plan.status.phase_reason = Some(format!(
-            "{what} from {} ({:?}): {}",
-            t.from, t.step, t.reason
-        ));
+        plan.status.phase_reason = Some(format!("{what} from {} ({:?}): {}", t.from, t.step, t.reason));
     } else if !plan.status.initialized {
         plan.status.phase = Some(Phase::Initializing);
         if plan.status.phase_reason.is_none() {
@@ -310,21 +266,12 @@ pub fn summarize(input: &Input<'_>, plan: &mut Plan) {
         }
     } else if primary_ok && not_ready.is_empty() {
         plan.status.phase = Some(Phase::Healthy);
-        plan.status.phase_reason = Some(format!(
-            "{} instance(s) ready, every standby streaming",
-            members.len()
-        ));
+        plan.status.phase_reason =
+            Some(format!("{} instance(s) ready, every standby streaming", members.len()));
     } else {
-        let never_bootstrapped = plan
-            .status
-            .instances
-            .iter()
-            .any(|r| members.contains(&r.name) && r.state == "pending");
-        let phase = if primary_ok && never_bootstrapped {
-            Phase::CreatingStandbys
-        } else {
-            Phase::Degraded
-        };
+        let never_bootstrapped =
+            plan.status.instances.iter().any(|r| members.contains(&r.name) && r.state == "pending");
+        let phase = if primary_ok && never_bootstrapped { Phase::CreatingStandbys } else { Phase::Degraded };
         plan.status.phase = Some(phase);
         let mut reason = Vec::new();
         if !primary_ok {
@@ -347,16 +294,10 @@ pub fn summarize(input: &Input<'_>, plan: &mut Plan) {
     let (why, text) = if writable {
         (
             "PrimaryAvailable",
-            format!(
-                "{} accepts writes",
-                plan.status.current_primary.as_deref().unwrap_or("")
-            ),
+            format!("{} accepts writes", plan.status.current_primary.as_deref().unwrap_or("")),
         )
     } else {
-        (
-            "NoPrimary",
-            "no instance accepts writes right now".to_string(),
-        )
+        ("NoPrimary", "no instance accepts writes right now".to_string())
     };
     set_condition(input, plan, "PrimaryAvailable", writable, why, &text);
 }

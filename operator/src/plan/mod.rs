@@ -92,9 +92,9 @@ pub enum Action {
 impl Action {
     pub fn instance(&self) -> &str {
         match self {
-            Action::Create { instance }
-            | Action::Restart { instance }
-            | Action::Send { instance, .. } => instance,
+            Action::Create { instance } | Action::Restart { instance } | Action::Send { instance, .. } => {
+                instance
+            }
         }
     }
 
@@ -102,10 +102,7 @@ impl Action {
     pub fn is_disruptive(&self) -> bool {
         matches!(
             self,
-            Action::Send {
-                request: Request::Fence | Request::Promote { .. } | Request::Rejoin { .. },
-                ..
-            }
+            Action::Send { request: Request::Fence | Request::Promote { .. } | Request::Rejoin { .. }, .. }
         )
     }
 }
@@ -126,19 +123,11 @@ pub struct Event {
 
 impl Event {
     pub fn normal(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            type_: EventType::Normal,
-            reason,
-            message: message.into(),
-        }
+        Self { type_: EventType::Normal, reason, message: message.into() }
     }
 
     pub fn warning(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            type_: EventType::Warning,
-            reason,
-            message: message.into(),
-        }
+        Self { type_: EventType::Warning, reason, message: message.into() }
     }
 }
 
@@ -166,10 +155,7 @@ impl Plan {
     }
 
     fn send(&mut self, instance: &str, request: Request) {
-        self.act(Action::Send {
-            instance: instance.to_string(),
-            request,
-        });
+        self.act(Action::Send { instance: instance.to_string(), request });
     }
 
     fn event(&mut self, event: Event) {
@@ -183,10 +169,7 @@ impl Plan {
 
 /// Decides one reconcile pass.
 pub fn decide(input: Input<'_>) -> Plan {
-    let mut plan = Plan {
-        status: input.status.clone(),
-        ..Plan::default()
-    };
+    let mut plan = Plan { status: input.status.clone(), ..Plan::default() };
     plan.status.observed_generation = input.generation;
     if let Err(problems) = health::validate(&input) {
         health::invalid_spec(&input, &mut plan, &problems);

@@ -58,37 +58,22 @@ pub fn bootstrap(input: &Input<'_>, plan: &mut Plan) {
         .unwrap_or_else(|| members[0].clone());
     plan.status.target_primary = Some(target.clone());
     let Some(r) = report(input, &target) else {
-        plan.set_phase(
-            Phase::Initializing,
-            format!("waiting for {target}'s instance manager"),
-        );
+        plan.set_phase(Phase::Initializing, format!("waiting for {target}'s instance manager"));
         return;
     };
     if r.is_writable_primary() {
         plan.status.initialized = true;
         plan.status.current_primary = Some(target.clone());
-        plan.event(Event::normal(
-            "PrimaryInitialized",
-            format!("{target} initialised and accepts writes"),
-        ));
+        plan.event(Event::normal("PrimaryInitialized", format!("{target} initialised and accepts writes")));
         reconcile(input, plan);
         return;
     }
     if let Some(failure) = operation_failure(r) {
-        plan.set_phase(
-            Phase::Initializing,
-            format!("initialising {target} failed (will retry): {failure}"),
-        );
+        plan.set_phase(Phase::Initializing, format!("initialising {target} failed (will retry): {failure}"));
     }
     if r.phase == ManagerPhase::AwaitingBootstrap && !operation_running(r) {
         let config = desired_config(input, &target, DesiredRole::Primary);
-        plan.send(
-            &target,
-            Request::Bootstrap {
-                source: None,
-                config,
-            },
-        );
+        plan.send(&target, Request::Bootstrap { source: None, config });
     }
 }
 
@@ -108,11 +93,7 @@ fn adopt_existing_data(input: &Input<'_>, plan: &mut Plan) -> bool {
     let best = with_data
         .iter()
         .max_by_key(|(n, r)| {
-            let tl = r
-                .node
-                .as_ref()
-                .and_then(|x| x.timeline)
-                .or(r.control.as_ref().and_then(|c| c.timeline));
+            let tl = r.node.as_ref().and_then(|x| x.timeline).or(r.control.as_ref().and_then(|c| c.timeline));
             (
                 r.is_writable_primary(),
                 !r.standby_configured,
@@ -161,13 +142,7 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
         let desired = desired_config(input, &name, DesiredRole::Standby(Some(primary_ep.clone())));
         if !r.initialized {
             if r.phase == ManagerPhase::AwaitingBootstrap {
-                plan.send(
-                    &name,
-                    Request::Bootstrap {
-                        source: Some(primary_ep.clone()),
-                        config: desired,
-                    },
-                );
+                plan.send(&name, Request::Bootstrap { source: Some(primary_ep.clone()), config: desired });
             }
         } else if !r.standby_configured {
             // A primary's data on an instance that is not the primary: an old primary back.
@@ -175,13 +150,7 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
                 "Rejoining",
                 format!("{name} held a primary's data; rejoining it as a standby of {primary}"),
             ));
-            plan.send(
-                &name,
-                Request::Rejoin {
-                    source: primary_ep.clone(),
-                    config: desired,
-                },
-            );
+            plan.send(&name, Request::Rejoin { source: primary_ep.clone(), config: desired });
         } else if r.server.running {
             if r.config.as_ref() != Some(&desired) {
                 plan.send(&name, Request::Configure { config: desired });
@@ -194,12 +163,7 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
 
 /// Brings the current primary up and keeps its configuration current; true when it accepts
 /// writes.
-fn reconcile_primary(
-    input: &Input<'_>,
-    plan: &mut Plan,
-    primary: &str,
-    r: &InstanceReport,
-) -> bool {
+fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &InstanceReport) -> bool {
     if operation_running(r) {
         return false;
     }
@@ -214,11 +178,7 @@ fn reconcile_primary(
                 number: applied.number,
                 standbys: applied.standbys,
             });
-        } else if r
-            .config
-            .as_ref()
-            .is_some_and(|c| same_sync(c.synchronous.as_ref(), None))
-        {
+        } else if r.config.as_ref().is_some_and(|c| same_sync(c.synchronous.as_ref(), None)) {
             plan.status.synchronous = None;
         }
         return true;
@@ -229,9 +189,11 @@ fn reconcile_primary(
     if r.is_running_standby() {
         // The recorded primary runs as a standby (its promotion was interrupted): finish it,
         // unless someone else accepts writes.
-        let other_primary = input.observed.instances.iter().any(|(n, o)| {
-            n != primary && o.report.as_ref().is_some_and(|x| x.is_writable_primary())
-        });
+        let other_primary = input
+            .observed
+            .instances
+            .iter()
+            .any(|(n, o)| n != primary && o.report.as_ref().is_some_and(|x| x.is_writable_primary()));
         if !other_primary {
             plan.send(primary, Request::Promote { config: desired });
         }

@@ -8,14 +8,7 @@ use opengauss_crd::Engine;
 /// Programs each engine needs on the local platform.
 pub fn required_tools(engine: Engine) -> &'static [&'static str] {
     match engine {
-        Engine::Postgres => &[
-            "initdb",
-            "postgres",
-            "pg_ctl",
-            "pg_basebackup",
-            "pg_rewind",
-            "pg_controldata",
-        ],
+        Engine::Postgres => &["initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"],
         Engine::OpenGauss => &["gs_initdb", "gaussdb", "gs_ctl", "pg_controldata"],
     }
 }
@@ -26,9 +19,8 @@ fn has_all(dir: &Path, tools: &[&str]) -> bool {
 
 /// Directories where the engine's programs are commonly installed, best first.
 fn candidates(engine: Engine) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     match engine {
         Engine::Postgres => {
             // Debian and Ubuntu keep server programs out of PATH, one directory per version.
@@ -67,17 +59,8 @@ fn find_in(engine: Engine, explicit: Option<&Path>, dirs: &[PathBuf]) -> anyhow:
         if has_all(dir, tools) {
             return Ok(dir.to_path_buf());
         }
-        let missing: Vec<&str> = tools
-            .iter()
-            .copied()
-            .filter(|t| !dir.join(t).is_file())
-            .collect();
-        bail!(
-            "{} lacks the {} programs {}",
-            dir.display(),
-            engine,
-            missing.join(", ")
-        );
+        let missing: Vec<&str> = tools.iter().copied().filter(|t| !dir.join(t).is_file()).collect();
+        bail!("{} lacks the {} programs {}", dir.display(), engine, missing.join(", "));
     }
     if let Some(found) = dirs.iter().find(|d| has_all(d, tools)) {
         return Ok(found.clone());
@@ -85,7 +68,7 @@ fn find_in(engine: Engine, explicit: Option<&Path>, dirs: &[PathBuf]) -> anyhow:
     let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let hint = match engine {
         Engine::Postgres => {
-            "install the PostgreSQL server (12 or later; e.g. apt-get install postgresql) or pass --bin-dir"
+            "install the PostgreSQL server (13 or later; e.g. apt-get install postgresql) or pass --bin-dir"
         }
         Engine::OpenGauss => {
             "install openGauss and set GAUSSHOME, or pass --bin-dir; the sample deploy/samples/local.yaml uses engine postgres"
@@ -107,37 +90,21 @@ mod tests {
     fn explicit_directory_must_hold_every_tool() {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join("initdb"), "").expect("write");
-        let err = find_bin_dir(Engine::Postgres, Some(tmp.path()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("lacks") && err.contains("pg_rewind") && !err.contains("initdb,"),
-            "{err}"
-        );
+        let err = find_bin_dir(Engine::Postgres, Some(tmp.path())).unwrap_err().to_string();
+        assert!(err.contains("lacks") && err.contains("pg_rewind") && !err.contains("initdb,"), "{err}");
         for t in required_tools(Engine::Postgres) {
             std::fs::write(tmp.path().join(t), "").expect("write");
         }
-        assert_eq!(
-            find_bin_dir(Engine::Postgres, Some(tmp.path())).expect("found"),
-            tmp.path()
-        );
+        assert_eq!(find_bin_dir(Engine::Postgres, Some(tmp.path())).expect("found"), tmp.path());
     }
 
     #[test]
     fn missing_binaries_are_explained() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dirs = vec![tmp.path().join("a"), tmp.path().join("b")];
-        let err = find_in(Engine::OpenGauss, None, &dirs)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("openGauss binaries not found") && err.contains("gs_initdb"),
-            "{err}"
-        );
-        assert!(
-            err.contains(&dirs[1].display().to_string()),
-            "names where it looked: {err}"
-        );
+        let err = find_in(Engine::OpenGauss, None, &dirs).unwrap_err().to_string();
+        assert!(err.contains("openGauss binaries not found") && err.contains("gs_initdb"), "{err}");
+        assert!(err.contains(&dirs[1].display().to_string()), "names where it looked: {err}");
     }
 
     #[test]
@@ -151,9 +118,6 @@ mod tests {
         for t in required_tools(Engine::Postgres) {
             std::fs::write(full.join(t), "").expect("write");
         }
-        assert_eq!(
-            find_in(Engine::Postgres, None, &[partial, full.clone()]).expect("found"),
-            full
-        );
+        assert_eq!(find_in(Engine::Postgres, None, &[partial, full.clone()]).expect("found"), full);
     }
 }

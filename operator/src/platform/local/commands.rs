@@ -29,8 +29,7 @@ pub enum Target {
 }
 
 pub fn load_cluster_file(path: &Path) -> anyhow::Result<OpenGaussCluster> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_cluster(&text).with_context(|| format!("{} is not a valid cluster", path.display()))
 }
 
@@ -77,19 +76,12 @@ fn try_lock(state: &StateDir) -> anyhow::Result<Option<Flock<File>>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(Some(lock)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(anyhow::anyhow!(
-            "cannot lock {}: {e}",
-            state.lock_file().display()
-        )),
+        Err((_, e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", state.lock_file().display())),
     }
 }
 
 fn controller_pid(state: &StateDir) -> Option<u32> {
-    std::fs::read_to_string(state.controller_pid_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(state.controller_pid_file()).ok()?.trim().parse().ok()
 }
 
 /// Fails with a clear message when a port some instance needs is taken by something else.
@@ -97,10 +89,7 @@ fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> 
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let last = u32::from(base_port) + cluster.spec.instances - 1;
     if last > u32::from(u16::MAX) - 1000 {
-        bail!(
-            "--base-port {base_port} leaves no room for {} instances",
-            cluster.spec.instances
-        );
+        bail!("--base-port {base_port} leaves no room for {} instances", cluster.spec.instances);
     }
     for ordinal in 0..cluster.spec.instances {
         let instance = opengauss_crd::names::instance_name(name, ordinal);
@@ -125,21 +114,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let cluster = load_cluster_file(&args.file)?;
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let engine = cluster.spec.engine;
-    let state = StateDir::new(
-        args.state_dir
-            .clone()
-            .unwrap_or_else(|| default_state_dir(&name)),
-    );
+    let state = StateDir::new(args.state_dir.clone().unwrap_or_else(|| default_state_dir(&name)));
     let bin_dir = find_bin_dir(engine, args.bin_dir.as_deref())?;
     let run_as = choose_user(args.run_as.as_deref())?;
     let base_port = if state.exists() {
         let id = state.read_identity()?;
         if id.cluster != name {
-            state.claim(&Identity {
-                cluster: name.clone(),
-                engine,
-                base_port: DEFAULT_BASE_PORT,
-            })?;
+            state.claim(&Identity { cluster: name.clone(), engine, base_port: DEFAULT_BASE_PORT })?;
         }
         match args.base_port {
             Some(p) if p != id.base_port => bail!(
@@ -153,34 +134,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         args.base_port.unwrap_or(DEFAULT_BASE_PORT)
     };
     check_ports(&cluster, &state, base_port)?;
-    state.claim(&Identity {
-        cluster: name.clone(),
-        engine,
-        base_port,
-    })?;
+    state.claim(&Identity { cluster: name.clone(), engine, base_port })?;
     let Some(_lock) = try_lock(&state)? else {
         bail!(
             "cluster {name} is already running from {} (pid {}); stop it with `opengauss-operator local down --state-dir {}`",
             state.root.display(),
-            controller_pid(&state)
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "unknown".into()),
+            controller_pid(&state).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
             state.root.display()
         );
     };
-    write_atomic(
-        &state.controller_pid_file(),
-        format!("{}\n", std::process::id()).as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&state.controller_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     std::fs::copy(&args.file, state.cluster_file()).context("recording the applied cluster")?;
     let secrets = state.secrets()?;
     let su = superuser(engine);
-    write_atomic(
-        &state.pgpass(),
-        pgpass_lines(su, super::REPLICATION_USER, &secrets).as_bytes(),
-        0o600,
-    )?;
+    write_atomic(&state.pgpass(), pgpass_lines(su, super::REPLICATION_USER, &secrets).as_bytes(), 0o600)?;
     let root = std::fs::canonicalize(&state.root)?;
     if let Some(user) = &run_as
         && let Err(blocked) = world_traversable(&root)
@@ -206,11 +173,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     )?;
     if let Some(u) = platform.kubelet.run_as() {
         platform.kubelet.hand_over(&state.instances_dir())?;
-        println!(
-            "{} running databases as OS user {} (PostgreSQL refuses root)",
-            super::chrono_now(),
-            u.name
-        );
+        println!("{} running databases as OS user {} (PostgreSQL refuses root)", super::chrono_now(), u.name);
     }
     println!(
         "{} starting cluster {name} ({engine}, {} instance(s), ports {}-{}) from {}",
@@ -224,17 +187,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         platform.prepare(instance)?;
         platform.kubelet.start(instance).await?;
     }
-    let timeout =
-        Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+    let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
     let controller = Controller::new(platform, secrets.token.clone(), timeout)?;
     let result = run_loop(&controller, &cluster, &state).await;
     println!("{} stopping cluster {name}", super::chrono_now());
-    let stopped = stop_all(
-        &controller.platform.kubelet,
-        &controller.platform.configs,
-        &state,
-    )
-    .await;
+    let stopped = stop_all(&controller.platform.kubelet, &controller.platform.configs, &state).await;
     let mut status = state.read_status()?.unwrap_or_default();
     status.phase = Some(Phase::Stopped);
     status.phase_reason = Some("stopped by `local down` or a signal".into());
@@ -246,11 +203,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     state.write_status(&status)?;
     let _ = std::fs::remove_file(state.controller_pid_file());
     result.and(stopped)?;
-    println!(
-        "{} cluster {name} stopped; data kept in {}",
-        super::chrono_now(),
-        state.root.display()
-    );
+    println!("{} cluster {name} stopped; data kept in {}", super::chrono_now(), state.root.display());
     Ok(())
 }
 
@@ -264,13 +217,10 @@ async fn run_loop(
     let platform = &controller.platform;
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let mut status = state.read_status()?.unwrap_or_default();
-    let interval =
-        Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
+    let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
     let mut announced = false;
     loop {
-        let requests = UserRequests {
-            switchover_to: read_request(&state.switchover_request()),
-        };
+        let requests = UserRequests { switchover_to: read_request(&state.switchover_request()) };
         let wait = match controller.pass(cluster, &status, &requests).await {
             Ok(outcome) => {
                 let plan = outcome.plan;
@@ -280,11 +230,7 @@ async fn run_loop(
                         Err(m) => (false, m.clone()),
                     };
                     let json = serde_json::json!({ "accepted": accepted, "message": message });
-                    write_atomic(
-                        &state.switchover_result(),
-                        json.to_string().as_bytes(),
-                        0o644,
-                    )?;
+                    write_atomic(&state.switchover_result(), json.to_string().as_bytes(), 0o644)?;
                     let _ = std::fs::remove_file(state.switchover_request());
                 }
                 for (action, why) in &outcome.failed_actions {
@@ -297,10 +243,7 @@ async fn run_loop(
                 if let Some(phase) = status.phase {
                     platform.say(
                         "phase",
-                        format!(
-                            "phase {phase}: {}",
-                            status.phase_reason.clone().unwrap_or_default()
-                        ),
+                        format!("phase {phase}: {}", status.phase_reason.clone().unwrap_or_default()),
                     );
                 }
                 if status.phase == Some(Phase::Healthy) && !announced {
@@ -327,10 +270,7 @@ async fn run_loop(
 
 fn print_connect_help(name: &str, status: &OpenGaussClusterStatus, state: &StateDir) {
     let primary = status.current_primary.clone().unwrap_or_default();
-    let addr = status
-        .instance(&primary)
-        .map(|i| i.address.clone())
-        .unwrap_or_default();
+    let addr = status.instance(&primary).map(|i| i.address.clone()).unwrap_or_default();
     let (host, port) = addr.rsplit_once(':').unwrap_or((LOCAL_HOST, "15432"));
     let standbys: Vec<String> = status
         .instances
@@ -362,21 +302,14 @@ async fn stop_all(
     configs: &std::collections::BTreeMap<String, InstanceConfig>,
     state: &StateDir,
 ) -> anyhow::Result<()> {
-    let primary = state
-        .read_status()
-        .ok()
-        .flatten()
-        .and_then(|s| s.current_primary);
+    let primary = state.read_status().ok().flatten().and_then(|s| s.current_primary);
     let timeout = Duration::from_secs(90);
     if let Some(p) = &primary
         && configs.contains_key(p)
     {
         kubelet.stop(p, timeout).await?;
     }
-    let others = configs
-        .keys()
-        .filter(|n| Some(*n) != primary.as_ref())
-        .map(|n| kubelet.stop(n, timeout));
+    let others = configs.keys().filter(|n| Some(*n) != primary.as_ref()).map(|n| kubelet.stop(n, timeout));
     for r in futures::future::join_all(others).await {
         r?;
     }
@@ -409,12 +342,8 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
         None => {
             let pid = controller_pid(&state)
                 .context("the cluster's controller runs but its pid file is missing")?;
-            println!(
-                "asking the controller of {} (pid {pid}) to stop the cluster",
-                identity.cluster
-            );
-            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM)
-                .context("signalling the controller")?;
+            println!("asking the controller of {} (pid {pid}) to stop the cluster", identity.cluster);
+            kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGTERM).context("signalling the controller")?;
             let deadline = std::time::Instant::now() + Duration::from_secs(180);
             loop {
                 if let Some(lock) = try_lock(&state)? {
@@ -429,10 +358,7 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
         }
         Some(_lock) => {
             let configs = recorded_instances(&state)?;
-            let dirs = configs
-                .iter()
-                .map(|(n, c)| (n.clone(), c.root.clone()))
-                .collect();
+            let dirs = configs.iter().map(|(n, c)| (n.clone(), c.root.clone())).collect();
             let kubelet = Kubelet::new(std::env::current_exe()?, None, dirs);
             stop_all(&kubelet, &configs, &state).await?;
             if let Some(mut status) = state.read_status()? {
@@ -444,10 +370,7 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
         }
     }
     let configs = recorded_instances(&state)?;
-    if let Some((name, _)) = configs
-        .iter()
-        .find(|(_, c)| crate::instance::server_is_running(&c.data_dir()))
-    {
+    if let Some((name, _)) = configs.iter().find(|(_, c)| crate::instance::server_is_running(&c.data_dir())) {
         bail!("{name}'s database server is still running; not purging");
     }
     if purge {
@@ -459,11 +382,7 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
             state.root.display()
         );
     } else {
-        println!(
-            "cluster {} stopped; data kept in {}",
-            identity.cluster,
-            state.root.display()
-        );
+        println!("cluster {} stopped; data kept in {}", identity.cluster, state.root.display());
     }
     Ok(())
 }
@@ -489,33 +408,20 @@ pub async fn switchover(target: Target, instance: &str, timeout: Duration) -> an
     let state = target.state_dir()?;
     let identity = state.read_identity()?;
     if instance_ordinal(&identity.cluster, instance).is_none() {
-        bail!(
-            "{instance} is not an instance of cluster {}",
-            identity.cluster
-        );
+        bail!("{instance} is not an instance of cluster {}", identity.cluster);
     }
     if let Some(lock) = try_lock(&state)? {
         drop(lock);
-        bail!(
-            "cluster {} is not running: start it with `local up` first",
-            identity.cluster
-        );
+        bail!("cluster {} is not running: start it with `local up` first", identity.cluster);
     }
     let _ = std::fs::remove_file(state.switchover_result());
-    write_atomic(
-        &state.switchover_request(),
-        format!("{instance}\n").as_bytes(),
-        0o644,
-    )?;
+    write_atomic(&state.switchover_request(), format!("{instance}\n").as_bytes(), 0o644)?;
     println!("switchover to {instance} requested");
     let deadline = std::time::Instant::now() + timeout;
     let mut accepted = false;
     loop {
         if std::time::Instant::now() > deadline {
-            bail!(
-                "the switchover to {instance} did not complete within {}s",
-                timeout.as_secs()
-            );
+            bail!("the switchover to {instance} did not complete within {}s", timeout.as_secs());
         }
         if !accepted && let Ok(text) = std::fs::read_to_string(state.switchover_result()) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();

@@ -42,9 +42,7 @@ pub fn ports(base_port: u16, ordinal: u32) -> (u16, u16) {
     let k = u16::try_from(ordinal).unwrap_or(u16::MAX);
     (
         base_port.saturating_add(k),
-        base_port
-            .saturating_add(HA_PORT_OFFSET)
-            .saturating_add(k.saturating_mul(10)),
+        base_port.saturating_add(HA_PORT_OFFSET).saturating_add(k.saturating_mul(10)),
     )
 }
 
@@ -100,13 +98,7 @@ impl LocalPlatform {
             configs.insert(instance, cfg);
         }
         let kubelet = Kubelet::new(std::env::current_exe()?, run_as, dirs);
-        Ok(Self {
-            state,
-            kubelet,
-            configs,
-            secrets,
-            printed: Default::default(),
-        })
+        Ok(Self { state, kubelet, configs, secrets, printed: Default::default() })
     }
 
     /// Writes an instance's files (config, its copy of the secrets) so its manager can start.
@@ -115,18 +107,9 @@ impl LocalPlatform {
         let s = &self.secrets;
         let files = vec![
             (cfg.token_file.clone(), s.token.clone()),
-            (
-                cfg.superuser_password_file.clone(),
-                s.superuser_password.clone(),
-            ),
-            (
-                cfg.replication_password_file.clone(),
-                s.replication_password.clone(),
-            ),
-            (
-                cfg.passfile.clone(),
-                pgpass_lines(&cfg.superuser, &cfg.replication_user, s),
-            ),
+            (cfg.superuser_password_file.clone(), s.superuser_password.clone()),
+            (cfg.replication_password_file.clone(), s.replication_password.clone()),
+            (cfg.passfile.clone(), pgpass_lines(&cfg.superuser, &cfg.replication_user, s)),
         ];
         self.kubelet.prepare(cfg, &files)
     }
@@ -138,10 +121,7 @@ impl LocalPlatform {
     }
 
     pub fn endpoint(&self, instance: &str) -> Option<Endpoint> {
-        self.configs.get(instance).map(|c| Endpoint {
-            host: c.advertise_host.clone(),
-            port: c.port,
-        })
+        self.configs.get(instance).map(|c| Endpoint { host: c.advertise_host.clone(), port: c.port })
     }
 
     /// Prints `line` unless it is what was last printed for `topic`.
@@ -156,9 +136,7 @@ impl LocalPlatform {
 
 /// Wall-clock time for progress lines.
 pub fn chrono_now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%H:%M:%S%.3fZ")
-        .to_string()
+    k8s_openapi::jiff::Timestamp::now().strftime("%H:%M:%S%.3fZ").to_string()
 }
 
 impl Platform for LocalPlatform {
@@ -170,10 +148,7 @@ impl Platform for LocalPlatform {
                 name.clone(),
                 PlatformInstance {
                     state,
-                    endpoint: Endpoint {
-                        host: cfg.advertise_host.clone(),
-                        port: cfg.port,
-                    },
+                    endpoint: Endpoint { host: cfg.advertise_host.clone(), port: cfg.port },
                     ha_port: cfg.ha_port,
                     manager_url: if state == PlatformState::Running {
                         self.kubelet.manager_url(name)
@@ -205,10 +180,7 @@ impl Platform for LocalPlatform {
                 EventType::Normal => "",
                 EventType::Warning => "WARNING ",
             };
-            self.say(
-                &format!("event/{}", e.reason),
-                format!("{mark}{}: {}", e.reason, e.message),
-            );
+            self.say(&format!("event/{}", e.reason), format!("{mark}{}: {}", e.reason, e.message));
         }
     }
 }

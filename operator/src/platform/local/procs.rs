@@ -44,11 +44,7 @@ pub fn choose_user(explicit: Option<&str>) -> anyhow::Result<Option<RunAs>> {
             if u.uid.is_root() {
                 bail!("--run-as {name} is root; the database refuses to run as root");
             }
-            return Ok(Some(RunAs {
-                name: u.name,
-                uid: u.uid,
-                gid: u.gid,
-            }));
+            return Ok(Some(RunAs { name: u.name, uid: u.uid, gid: u.gid }));
         }
     }
     bail!(
@@ -82,14 +78,9 @@ pub fn is_our_manager(pid: u32, config: &Path) -> bool {
         return false;
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     let config = config.to_string_lossy();
-    !zombie
-        && String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .any(|a| a == config)
+    !zombie && String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == config)
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
@@ -128,12 +119,7 @@ fn restart_backoff(restarts: u32) -> Duration {
 
 impl Kubelet {
     pub fn new(exe: PathBuf, run_as: Option<RunAs>, dirs: BTreeMap<String, PathBuf>) -> Self {
-        Self {
-            exe,
-            run_as,
-            slots: Mutex::new(BTreeMap::new()),
-            dirs,
-        }
+        Self { exe, run_as, slots: Mutex::new(BTreeMap::new()), dirs }
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
@@ -141,9 +127,7 @@ impl Kubelet {
     }
 
     fn dir(&self, name: &str) -> anyhow::Result<&PathBuf> {
-        self.dirs
-            .get(name)
-            .with_context(|| format!("unknown instance {name}"))
+        self.dirs.get(name).with_context(|| format!("unknown instance {name}"))
     }
 
     /// Gives a path to the instance user.
@@ -186,23 +170,14 @@ impl Kubelet {
                 Some(child) => matches!(child.try_wait(), Ok(None)),
                 None => is_our_manager(slot.pid, &config_file(dir)),
             };
-            return if alive {
-                PlatformState::Running
-            } else {
-                PlatformState::Dead
-            };
+            return if alive { PlatformState::Running } else { PlatformState::Dead };
         }
         // Not started by this controller: adopt a manager an earlier controller left running.
         match read_pid(&pid_file(dir)) {
             Some(pid) if is_our_manager(pid, &config_file(dir)) => {
                 slots.insert(
                     name.to_string(),
-                    Slot {
-                        child: None,
-                        pid,
-                        started: Instant::now(),
-                        restarts: 0,
-                    },
+                    Slot { child: None, pid, started: Instant::now(), restarts: 0 },
                 );
                 PlatformState::Running
             }
@@ -241,10 +216,7 @@ impl Kubelet {
             None => 0,
         };
         let _ = std::fs::remove_file(port_file(&dir));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_file(&dir))?;
+        let log = OpenOptions::new().create(true).append(true).open(log_file(&dir))?;
         self.hand_over(&log_file(&dir))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("instance")
@@ -256,28 +228,15 @@ impl Kubelet {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         if let Some(u) = &self.run_as {
             cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start the instance manager of {name}"))?;
+        let child = cmd.spawn().with_context(|| format!("cannot start the instance manager of {name}"))?;
         let pid = child.id().context("instance manager exited at once")?;
         write_atomic(&pid_file(&dir), format!("{pid}\n").as_bytes(), 0o644)?;
         tracing::debug!(instance = name, pid, restarts, "instance manager started");
-        slots.insert(
-            name.to_string(),
-            Slot {
-                child: Some(child),
-                pid,
-                started: Instant::now(),
-                restarts,
-            },
-        );
+        slots.insert(name.to_string(), Slot { child: Some(child), pid, started: Instant::now(), restarts });
         Ok(())
     }
 
@@ -306,10 +265,7 @@ impl Kubelet {
                 break;
             }
             if Instant::now() > deadline {
-                tracing::warn!(
-                    instance = name,
-                    "instance manager did not stop in time; killing it"
-                );
+                tracing::warn!(instance = name, "instance manager did not stop in time; killing it");
                 let _ = killpg(pid, Signal::SIGKILL);
                 if let Some(child) = &mut slot.child {
                     let _ = child.wait().await;

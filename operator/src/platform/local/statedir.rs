@@ -100,10 +100,7 @@ impl StateDir {
     pub fn read_identity(&self) -> anyhow::Result<Identity> {
         let path = self.identity_file();
         let text = fs::read_to_string(&path).with_context(|| {
-            format!(
-                "{} is not a cluster state directory (no identity.json)",
-                self.root.display()
-            )
+            format!("{} is not a cluster state directory (no identity.json)", self.root.display())
         })?;
         serde_json::from_str(&text).with_context(|| format!("{} is corrupted", path.display()))
     }
@@ -131,11 +128,7 @@ impl StateDir {
             }
             return Ok(());
         }
-        if self.root.exists()
-            && fs::read_dir(&self.root)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
+        if self.root.exists() && fs::read_dir(&self.root).map(|mut d| d.next().is_some()).unwrap_or(true) {
             bail!(
                 "{} exists and is not empty, but is not a cluster state directory: refusing to use it",
                 self.root.display()
@@ -150,11 +143,7 @@ impl StateDir {
     pub fn set_base_port(&self, base_port: u16) -> anyhow::Result<()> {
         let mut id = self.read_identity()?;
         id.base_port = base_port;
-        write_atomic(
-            &self.identity_file(),
-            &serde_json::to_vec_pretty(&id)?,
-            0o644,
-        )
+        write_atomic(&self.identity_file(), &serde_json::to_vec_pretty(&id)?, 0o644)
     }
 
     /// The cluster's secrets, generated on first use.
@@ -228,11 +217,7 @@ mod tests {
     use super::*;
 
     fn identity(name: &str) -> Identity {
-        Identity {
-            cluster: name.into(),
-            engine: Engine::Postgres,
-            base_port: 15432,
-        }
+        Identity { cluster: name.into(), engine: Engine::Postgres, base_port: 15432 }
     }
 
     #[test]
@@ -250,10 +235,7 @@ mod tests {
     fn claim_refuses_a_foreign_non_empty_directory() {
         let tmp = tempfile::tempdir().expect("tempdir");
         fs::write(tmp.path().join("precious"), "data").expect("write");
-        let err = StateDir::new(tmp.path())
-            .claim(&identity("one"))
-            .unwrap_err()
-            .to_string();
+        let err = StateDir::new(tmp.path()).claim(&identity("one")).unwrap_err().to_string();
         assert!(err.contains("not empty"), "{err}");
         assert!(tmp.path().join("precious").exists());
     }
@@ -267,10 +249,7 @@ mod tests {
         let b = dir.secrets().expect("secrets again");
         assert_eq!(a, b);
         assert_ne!(a.superuser_password, a.replication_password);
-        let mode = fs::metadata(dir.secrets_dir().join("api-token"))
-            .expect("meta")
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.secrets_dir().join("api-token")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(format!("{a:?}"), "Secrets(redacted)");
     }

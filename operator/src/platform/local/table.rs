@@ -35,11 +35,7 @@ pub fn render(cluster: &str, status: &OpenGaussClusterStatus) -> String {
             t.reason
         );
     }
-    out += &format!(
-        "Ready:    {}/{}\n\n",
-        status.ready_instances,
-        status.instances.len()
-    );
+    out += &format!("Ready:    {}/{}\n\n", status.ready_instances, status.instances.len());
     let header = [
         "NAME",
         "ROLE",
@@ -84,11 +80,7 @@ pub fn render(cluster: &str, status: &OpenGaussClusterStatus) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         parts.join("  ").trim_end().to_string() + "\n"
     };
     out += &line(header.to_vec());
@@ -144,23 +136,12 @@ mod tests {
         };
         let t = render("demo", &status);
         assert!(t.contains("Phase:    Healthy"), "{t}");
-        let standby = t
-            .lines()
-            .find(|l| l.starts_with("demo-1"))
-            .expect("standby row");
-        for cell in [
-            "standby",
-            "streaming",
-            "0/3000148/0/3000100",
-            "quorum",
-            "72",
-        ] {
+        let standby = t.lines().find(|l| l.starts_with("demo-1")).expect("standby row");
+        for cell in ["standby", "streaming", "0/3000148/0/3000100", "quorum", "72"] {
             assert!(standby.contains(cell), "{cell} missing in {standby}");
         }
         assert!(
-            t.lines().any(|l| l.starts_with("demo-0")
-                && l.contains("primary")
-                && l.contains("0/3000148"))
+            t.lines().any(|l| l.starts_with("demo-0") && l.contains("primary") && l.contains("0/3000148"))
         );
     }
 }
