@@ -13,6 +13,8 @@
 mod config;
 mod failover;
 mod health;
+#[cfg(test)]
+mod sim;
 mod steady;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,1 @@
+//! Randomised simulation of the decision core (see the module doc once written).
