@@ -46,7 +46,9 @@ pub fn fence_stray_primaries(input: &Input<'_>, plan: &mut Plan, keep: Option<&s
 /// Creates the first primary, or adopts existing data when the status was lost.
 pub fn bootstrap(input: &Input<'_>, plan: &mut Plan) {
     upkeep(input, plan);
-    if adopt_existing_data(input, plan) {
+    // No bootstrap target recorded yet: a status that was lost, or a first pass. Data on any
+    // instance means the cluster exists and must be resumed.
+    if plan.status.target_primary.is_none() && adopt_existing_data(input, plan) {
         return;
     }
     let members = members(input);
@@ -61,7 +63,8 @@ pub fn bootstrap(input: &Input<'_>, plan: &mut Plan) {
         plan.set_phase(Phase::Initializing, format!("waiting for {target}'s instance manager"));
         return;
     };
-    if r.is_writable_primary() {
+    // Complete only once its bootstrap finished (the replication role exists).
+    if r.is_writable_primary() && r.initialized {
         plan.status.initialized = true;
         plan.status.current_primary = Some(target.clone());
         plan.event(Event::normal("PrimaryInitialized", format!("{target} initialised and accepts writes")));

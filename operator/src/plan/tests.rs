@@ -1,1 +1,730 @@
+//! Table-style cases for the decision core: given a status and an observation, the plan must
+//! take exactly these decisions.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use opengauss_crd::{
+    DataDurability, OpenGaussClusterSpec, OpenGaussClusterStatus, Phase, SynchronousStatus, Transition,
+    TransitionKind, TransitionStep,
+};
+
+use super::*;
+use crate::engine::{DesiredConfig, Endpoint, Lsn};
+use crate::instance::report::{
+    ControlReport, InstanceReport, ManagerPhase, NodeReport, OperationKind, OperationReport, OperationState,
+    ReceiverReport, ReplicationRow, Request, ServerProcessReport,
+};
+
+const T0: i64 = 1_700_000_000;
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(T0 + secs).expect("valid time")
+}
+
+fn spec(instances: u32) -> OpenGaussClusterSpec {
+    let mut s: OpenGaussClusterSpec = serde_json::from_str("{}").expect("defaults");
+    s.instances = instances;
+    s.engine = opengauss_crd::Engine::Postgres;
+    s
+}
+
+fn name(k: u32) -> String {
+    format!("demo-{k}")
+}
+
+fn ep(k: u32) -> Endpoint {
+    Endpoint { host: "127.0.0.1".into(), port: 15432 + k as u16 }
+}
+
+fn lsn(n: u64) -> Lsn {
+    Lsn(0x3000000 + n)
+}
+
+/// A test world: spec, persisted status and what each instance reports.
+struct World {
+    spec: OpenGaussClusterSpec,
+    status: OpenGaussClusterStatus,
+    obs: Observation,
+    now: Timestamp,
+    watching_since: Timestamp,
+    requests: UserRequests,
+}
+
+impl World {
+    fn new(instances: u32) -> Self {
+        let mut obs = Observation::default();
+        for k in 0..instances {
+            obs.instances.insert(
+                name(k),
+                Observed {
+                    platform: PlatformState::Running,
+                    endpoint: ep(k),
+                    ha_port: 16432 + k as u16,
+                    report: Some(awaiting_bootstrap(k)),
+                    server_answers: false,
+                },
+            );
+        }
+        Self {
+            spec: spec(instances),
+            status: OpenGaussClusterStatus::default(),
+            obs,
+            now: at(100),
+            watching_since: at(0),
+            requests: UserRequests::default(),
+        }
+    }
+
+    fn decide(&self) -> Plan {
+        decide(Input {
+            cluster: "demo",
+            generation: Some(1),
+            spec: &self.spec,
+            status: &self.status,
+            observed: &self.obs,
+            requests: &self.requests,
+            now: self.now,
+            watching_since: self.watching_since,
+        })
+    }
+
+    fn set(&mut self, k: u32, report: Option<InstanceReport>) -> &mut Self {
+        self.obs.instances.get_mut(&name(k)).expect("instance").report = report;
+        self
+    }
+
+    fn platform(&mut self, k: u32, state: PlatformState) -> &mut Self {
+        let o = self.obs.instances.get_mut(&name(k)).expect("instance");
+        o.platform = state;
+        if state != PlatformState::Running {
+            o.report = None;
+        }
+        self
+    }
+
+    /// A healthy cluster with demo-0 primary and the others streaming from it, as persisted.
+    fn healthy(instances: u32) -> Self {
+        let mut w = Self::new(instances);
+        w.status.initialized = true;
+        w.status.current_primary = Some(name(0));
+        w.status.target_primary = Some(name(0));
+        let others: Vec<String> = (1..instances).map(name).collect();
+        w.status.synchronous =
+            Some(SynchronousStatus { method: "any".into(), number: 1, standbys: others.clone() });
+        for k in 0..instances {
+            w.status.instances.push(opengauss_crd::InstanceStatus {
+                name: name(k),
+                last_seen: Some(Time(at(99))),
+                ..Default::default()
+            });
+        }
+        // Twice: the desired configurations depend on which instances report data.
+        for _ in 0..2 {
+            let cfg = desired(&w, 0, false);
+            w.set(0, Some(primary(0, lsn(100), &others, cfg)));
+            for k in 1..instances {
+                let cfg = desired(&w, k, true);
+                w.set(k, Some(standby(k, lsn(100), Some(ep(0)), cfg)));
+            }
+        }
+        w
+    }
+}
+
+/// The configuration the plan wants for instance `k` (standby of demo-0 or primary).
+fn desired(w: &World, k: u32, standby: bool) -> DesiredConfig {
+    let input = Input {
+        cluster: "demo",
+        generation: Some(1),
+        spec: &w.spec,
+        status: &w.status,
+        observed: &w.obs,
+        requests: &w.requests,
+        now: w.now,
+        watching_since: w.watching_since,
+    };
+    let role = if standby { config::DesiredRole::Standby(Some(ep(0))) } else { config::DesiredRole::Primary };
+    desired_config(&input, &name(k), role)
+}
+
+fn base_report(k: u32) -> InstanceReport {
+    InstanceReport {
+        instance: name(k),
+        manager_pid: 1000 + k,
+        phase: ManagerPhase::Running,
+        initialized: true,
+        standby_configured: false,
+        fenced: false,
+        server: ServerProcessReport { running: true, pid: Some(2000 + k), accepting: true, crashed: false },
+        node: None,
+        receiver: None,
+        replication: Vec::new(),
+        control: None,
+        operation: None,
+        config: None,
+    }
+}
+
+fn awaiting_bootstrap(k: u32) -> InstanceReport {
+    InstanceReport {
+        phase: ManagerPhase::AwaitingBootstrap,
+        initialized: false,
+        server: ServerProcessReport::default(),
+        ..base_report(k)
+    }
+}
+
+fn primary(k: u32, at_lsn: Lsn, standbys: &[String], config: DesiredConfig) -> InstanceReport {
+    InstanceReport {
+        node: Some(NodeReport {
+            in_recovery: false,
+            current_lsn: Some(at_lsn),
+            received_lsn: None,
+            replayed_lsn: None,
+            timeline: Some(1),
+            synchronous_standby_names: String::new(),
+        }),
+        replication: standbys
+            .iter()
+            .map(|s| ReplicationRow {
+                instance: s.clone(),
+                client_addr: Some("127.0.0.1".into()),
+                state: "streaming".into(),
+                sync_state: "quorum".into(),
+                sent_lsn: Some(at_lsn),
+                flush_lsn: Some(at_lsn),
+                replay_lsn: Some(at_lsn),
+                lag_bytes: Some(0),
+                lag_seconds: None,
+            })
+            .collect(),
+        config: Some(config),
+        ..base_report(k)
+    }
+}
+
+fn standby(k: u32, at_lsn: Lsn, upstream: Option<Endpoint>, mut config: DesiredConfig) -> InstanceReport {
+    config.upstream = upstream.clone();
+    InstanceReport {
+        standby_configured: true,
+        node: Some(NodeReport {
+            in_recovery: true,
+            current_lsn: None,
+            received_lsn: Some(at_lsn),
+            replayed_lsn: Some(at_lsn),
+            timeline: Some(1),
+            synchronous_standby_names: String::new(),
+        }),
+        receiver: upstream.map(|_| ReceiverReport {
+            status: "streaming".into(),
+            upstream_host: None,
+            upstream_port: None,
+            flushed_lsn: Some(at_lsn),
+        }),
+        config: Some(config),
+        ..base_report(k)
+    }
+}
+
+fn stopped_primary_data(k: u32, clean: bool) -> InstanceReport {
+    InstanceReport {
+        phase: ManagerPhase::AwaitingRole,
+        server: ServerProcessReport { running: false, pid: None, accepting: false, crashed: !clean },
+        control: Some(ControlReport {
+            state: if clean { "shut down" } else { "in production" }.into(),
+            clean_shutdown: clean,
+            checkpoint_lsn: Some(lsn(50)),
+            timeline: Some(1),
+        }),
+        ..base_report(k)
+    }
+}
+
+fn requests_to(plan: &Plan, k: u32) -> Vec<&Request> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { instance, request } if *instance == name(k) => Some(request),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds_to(plan: &Plan, k: u32) -> Vec<OperationKind> {
+    requests_to(plan, k).into_iter().map(Request::kind).collect()
+}
+
+fn disruptive(plan: &Plan) -> usize {
+    plan.actions.iter().filter(|a| a.is_disruptive()).count()
+}
+
+fn transition(plan: &Plan) -> &Transition {
+    plan.status.transition.as_ref().expect("a transition")
+}
+
+// ---------------------------------------------------------------- bootstrap
+
+#[test]
+fn fresh_cluster_initialises_only_the_first_instance() {
+    let w = World::new(3);
+    let plan = w.decide();
+    assert_eq!(plan.status.target_primary.as_deref(), Some("demo-0"));
+    assert!(!plan.status.initialized);
+    assert_eq!(plan.status.phase, Some(Phase::Initializing));
+    match requests_to(&plan, 0).as_slice() {
+        [Request::Bootstrap { source: None, config }] => {
+            assert!(!config.standby);
+            assert_eq!(config.synchronous, None, "no standby holds data yet: commits must not wait");
+        }
+        other => panic!("expected one Bootstrap of a new primary, got {other:?}"),
+    }
+    assert!(
+        requests_to(&plan, 1).is_empty() && requests_to(&plan, 2).is_empty(),
+        "standbys wait for the primary"
+    );
+}
+
+#[test]
+fn missing_instances_are_created_first() {
+    let mut w = World::new(3);
+    w.platform(1, PlatformState::Missing).platform(2, PlatformState::Missing);
+    let plan = w.decide();
+    let created: Vec<&str> =
+        plan.actions.iter().filter(|a| matches!(a, Action::Create { .. })).map(Action::instance).collect();
+    assert_eq!(created, ["demo-1", "demo-2"]);
+}
+
+#[test]
+fn standbys_are_cloned_once_the_primary_accepts_writes() {
+    let mut w = World::new(3);
+    w.status.target_primary = Some(name(0));
+    let cfg = desired(&w, 0, false);
+    w.set(0, Some(primary(0, lsn(1), &[], cfg)));
+    let plan = w.decide();
+    assert!(plan.status.initialized);
+    assert_eq!(plan.status.current_primary.as_deref(), Some("demo-0"));
+    assert!(plan.events.iter().any(|e| e.reason == "PrimaryInitialized"));
+    for k in [1, 2] {
+        match requests_to(&plan, k).as_slice() {
+            [Request::Bootstrap { source: Some(src), config }] => {
+                assert_eq!(*src, ep(0));
+                assert!(config.standby);
+                assert_eq!(config.upstream, Some(ep(0)));
+            }
+            other => panic!("demo-{k}: expected a clone from demo-0, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_failed_initialisation_is_reported_and_retried() {
+    let mut w = World::new(3);
+    w.status.target_primary = Some(name(0));
+    let mut r = awaiting_bootstrap(0);
+    r.operation = Some(OperationReport {
+        kind: OperationKind::Bootstrap,
+        state: OperationState::Failed,
+        request_id: "x".into(),
+        message: "initdb failed: disk full".into(),
+    });
+    w.set(0, Some(r));
+    let plan = w.decide();
+    assert!(
+        plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("disk full")),
+        "{:?}",
+        plan.status
+    );
+    assert_eq!(kinds_to(&plan, 0), [OperationKind::Bootstrap]);
+}
+
+#[test]
+fn an_initialised_cluster_is_never_initialised_again() {
+    // Every instance lost its data: report it, never run initdb again.
+    let mut w = World::healthy(3);
+    for k in 0..3 {
+        w.set(k, Some(awaiting_bootstrap(k)));
+    }
+    let plan = w.decide();
+    for k in 0..3 {
+        assert!(
+            !requests_to(&plan, k).iter().any(|r| matches!(r, Request::Bootstrap { source: None, .. })),
+            "demo-{k} must not be initialised again: {:?}",
+            plan.actions
+        );
+    }
+    assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked), "{:?}", plan.status.phase_reason);
+}
+
+#[test]
+fn a_lost_status_is_rebuilt_from_the_data_not_reinitialised() {
+    let mut w = World::healthy(3);
+    w.status = OpenGaussClusterStatus::default();
+    let plan = w.decide();
+    assert!(plan.status.initialized);
+    assert_eq!(plan.status.current_primary.as_deref(), Some("demo-0"), "the running primary keeps its role");
+    assert!(plan.events.iter().any(|e| e.reason == "ResumedExistingData"));
+    assert!(
+        !plan.actions.iter().any(|a| matches!(a, Action::Send { request: Request::Bootstrap { .. }, .. }))
+    );
+}
+
+#[test]
+fn a_cleanly_stopped_primary_resumes_its_role() {
+    let mut w = World::healthy(3);
+    w.set(0, Some(stopped_primary_data(0, true)));
+    let plan = w.decide();
+    assert!(plan.status.transition.is_none(), "no failover after a clean stop");
+    match requests_to(&plan, 0).as_slice() {
+        [Request::Start { config }] => assert!(!config.standby),
+        other => panic!("expected Start as primary, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_spec_changes_nothing() {
+    let mut w = World::healthy(3);
+    w.spec.instances = 0;
+    let plan = w.decide();
+    assert_eq!(plan.status.phase, Some(Phase::InvalidSpec));
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    let valid = plan.status.condition("ValidSpec").expect("condition");
+    assert_eq!(valid.status, "False");
+    assert!(valid.message.contains("spec.instances"));
+}
+
+// ---------------------------------------------------------------- steady state
+
+#[test]
+fn a_healthy_cluster_needs_nothing() {
+    let w = World::healthy(3);
+    let plan = w.decide();
+    assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+    assert_eq!(plan.status.phase, Some(Phase::Healthy), "{:?}", plan.status.phase_reason);
+    assert_eq!(plan.status.ready_instances, 3);
+    assert_eq!(plan.status.condition("Ready").map(|c| c.status.as_str()), Some("True"));
+}
+
+#[test]
+fn the_synchronous_set_lists_the_other_members_holding_data() {
+    let mut w = World::healthy(3);
+    w.set(2, Some(awaiting_bootstrap(2)));
+    w.status.synchronous = None;
+    let cfg = desired(&w, 0, false);
+    let sync = cfg.synchronous.expect("synchronous");
+    assert_eq!(sync.standbys, ["demo-1"], "demo-2 has no data and could never acknowledge");
+    assert_eq!(sync.number, 1);
+}
+
+#[test]
+fn preferred_durability_lists_only_streaming_standbys() {
+    let mut w = World::healthy(3);
+    w.spec.failover.data_durability = DataDurability::Preferred;
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance == "demo-2");
+    w.set(0, Some(p));
+    let cfg = desired(&w, 0, false);
+    assert_eq!(cfg.synchronous.expect("sync").standbys, ["demo-2"]);
+    assert!(cfg.most_available_sync);
+}
+
+#[test]
+fn a_returning_old_primary_rejoins_instead_of_starting_as_primary() {
+    let mut w = World::healthy(3);
+    w.status.current_primary = Some(name(1));
+    w.status.target_primary = Some(name(1));
+    let cfg = desired(&w, 1, false);
+    let p = primary(1, lsn(200), &[name(2)], cfg);
+    w.set(1, Some(p));
+    w.set(0, Some(stopped_primary_data(0, false)));
+    let plan = w.decide();
+    match requests_to(&plan, 0).as_slice() {
+        [Request::Rejoin { source, config }] => {
+            assert_eq!(*source, ep(1));
+            assert!(config.standby);
+        }
+        other => panic!("expected a rejoin, got {other:?}"),
+    }
+    assert!(!kinds_to(&plan, 0).contains(&OperationKind::Start));
+}
+
+#[test]
+fn a_second_writable_primary_is_fenced_at_once() {
+    let mut w = World::healthy(3);
+    let cfg = desired(&w, 2, false);
+    w.set(2, Some(primary(2, lsn(120), &[], cfg)));
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Fence]);
+    assert!(plan.events.iter().any(|e| e.reason == "FencingStrayPrimary"));
+    assert!(kinds_to(&plan, 0).iter().all(|k| *k != OperationKind::Fence), "the real primary keeps running");
+}
+
+#[test]
+fn dead_instances_are_restarted() {
+    let mut w = World::healthy(3);
+    w.platform(2, PlatformState::Dead);
+    let plan = w.decide();
+    assert!(plan.actions.contains(&Action::Restart { instance: name(2) }));
+    assert!(plan.status.transition.is_none(), "a standby's death is no failover");
+    assert_eq!(plan.status.phase, Some(Phase::Degraded));
+}
+
+// ---------------------------------------------------------------- failover
+
+#[test]
+fn a_dead_primary_starts_a_failover_at_once_and_detaches_standbys() {
+    let mut w = World::healthy(3);
+    w.platform(0, PlatformState::Dead);
+    let plan = w.decide();
+    let t = transition(&plan);
+    assert_eq!(
+        (t.kind, t.from.as_str(), t.step),
+        (TransitionKind::Failover, "demo-0", TransitionStep::Detaching)
+    );
+    assert_eq!(
+        t.synchronous.as_ref().map(|s| s.standbys.len()),
+        Some(2),
+        "the sync set in force is recorded"
+    );
+    assert_eq!(plan.status.phase, Some(Phase::FailingOver));
+    assert_eq!(plan.status.target_primary, None, "no target before the standbys' positions are final");
+    for k in [1, 2] {
+        match requests_to(&plan, k).as_slice() {
+            [Request::Configure { config }] => assert_eq!(config.upstream, None, "detach demo-{k}"),
+            other => panic!("demo-{k}: expected detach, got {other:?}"),
+        }
+    }
+    assert!(plan.actions.contains(&Action::Restart { instance: name(0) }));
+    assert!(plan.urgent);
+}
+
+#[test]
+fn an_unreachable_primary_is_failed_over_only_after_the_delay() {
+    let mut w = World::healthy(3);
+    w.set(0, None);
+    w.now = at(99 + 4);
+    assert!(w.decide().status.transition.is_none(), "4 s of silence is below the 5 s delay");
+    w.now = at(99 + 5);
+    assert!(w.decide().status.transition.is_some(), "5 s of silence is enough");
+}
+
+#[test]
+fn an_answering_database_port_is_not_a_lost_primary() {
+    let mut w = World::healthy(3);
+    w.set(0, None);
+    w.obs.instances.get_mut(&name(0)).expect("p").server_answers = true;
+    w.now = at(200);
+    assert!(w.decide().status.transition.is_none());
+}
+
+#[test]
+fn a_controller_restart_does_not_count_its_own_absence_as_silence() {
+    let mut w = World::healthy(3);
+    w.set(0, None);
+    w.now = at(1000);
+    w.watching_since = at(998);
+    assert!(w.decide().status.transition.is_none(), "only 2 s since this controller started watching");
+}
+
+fn detached_world(lsns: [u64; 3]) -> World {
+    let mut w = World::healthy(3);
+    w.platform(0, PlatformState::Dead);
+    w.status.transition = Some(Transition {
+        kind: TransitionKind::Failover,
+        from: name(0),
+        to: None,
+        step: TransitionStep::Detaching,
+        reason: "test".into(),
+        started_at: Time(at(99)),
+        synchronous: w.status.synchronous.clone(),
+    });
+    w.status.target_primary = None;
+    for k in [1, 2] {
+        let cfg = desired(&w, k, true);
+        w.set(k, Some(standby(k, lsn(lsns[k as usize]), None, cfg)));
+    }
+    w
+}
+
+#[test]
+fn the_most_advanced_standby_is_promoted() {
+    let w = detached_world([0, 90, 100]);
+    let plan = w.decide();
+    let t = transition(&plan);
+    assert_eq!((t.step, t.to.as_deref()), (TransitionStep::Promoting, Some("demo-2")));
+    assert_eq!(plan.status.target_primary.as_deref(), Some("demo-2"));
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Promote]);
+    assert!(kinds_to(&plan, 1).is_empty());
+}
+
+#[test]
+fn ties_go_to_the_first_name() {
+    let plan = detached_world([0, 100, 100]).decide();
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-1"));
+}
+
+#[test]
+fn no_promotion_while_a_synchronous_standby_cannot_report() {
+    let mut w = detached_world([0, 100, 100]);
+    w.set(2, None);
+    let plan = w.decide();
+    assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked), "{:?}", plan.status.phase_reason);
+    assert!(plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("demo-2")));
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::Send { request: Request::Promote { .. }, .. })));
+}
+
+#[test]
+fn preferred_durability_promotes_anyway_with_a_warning() {
+    let mut w = detached_world([0, 100, 100]);
+    w.spec.failover.data_durability = DataDurability::Preferred;
+    w.set(2, None);
+    let plan = w.decide();
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-1"));
+    assert!(plan.events.iter().any(|e| e.reason == "FailoverWithPossibleLoss"));
+}
+
+#[test]
+fn a_standby_still_streaming_holds_the_choice_back() {
+    let mut w = detached_world([0, 100, 100]);
+    let cfg = desired(&w, 1, true);
+    w.set(1, Some(standby(1, lsn(100), Some(ep(0)), cfg)));
+    let plan = w.decide();
+    assert_eq!(transition(&plan).step, TransitionStep::Detaching);
+    assert_eq!(kinds_to(&plan, 1), [OperationKind::Configure], "detach it again");
+}
+
+#[test]
+fn a_reachable_old_primary_aborts_a_blocked_failover() {
+    let mut w = detached_world([0, 100, 100]);
+    w.platform(0, PlatformState::Running);
+    w.set(0, Some(stopped_primary_data(0, false)));
+    w.set(2, None);
+    let plan = w.decide();
+    assert!(plan.status.transition.is_none(), "aborted");
+    assert!(plan.events.iter().any(|e| e.reason == "FailoverAborted"));
+    assert_eq!(kinds_to(&plan, 0), [OperationKind::Start], "the old primary resumes with its data");
+}
+
+#[test]
+fn a_restarted_controller_resumes_promotion_without_choosing_again() {
+    let mut w = detached_world([0, 100, 120]);
+    // Persisted before the restart: demo-1 was chosen (it was ahead then).
+    if let Some(t) = w.status.transition.as_mut() {
+        t.step = TransitionStep::Promoting;
+        t.to = Some(name(1));
+    }
+    w.status.target_primary = Some(name(1));
+    w.watching_since = w.now;
+    let plan = w.decide();
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-1"), "the persisted choice stands");
+    assert_eq!(kinds_to(&plan, 1), [OperationKind::Promote]);
+    assert!(kinds_to(&plan, 2).is_empty(), "never a second promotion");
+}
+
+#[test]
+fn promotion_completes_then_standbys_are_repointed_and_the_old_primary_rejoins() {
+    let mut w = detached_world([0, 100, 100]);
+    if let Some(t) = w.status.transition.as_mut() {
+        t.step = TransitionStep::Promoting;
+        t.to = Some(name(1));
+    }
+    let cfg = desired(&w, 1, false);
+    w.set(1, Some(primary(1, lsn(101), &[], cfg)));
+    let plan = w.decide();
+    assert_eq!(plan.status.current_primary.as_deref(), Some("demo-1"));
+    assert_eq!(transition(&plan).step, TransitionStep::Repointing);
+    match requests_to(&plan, 2).as_slice() {
+        [Request::Configure { config }] => assert_eq!(config.upstream, Some(ep(1))),
+        other => panic!("expected demo-2 repointed, got {other:?}"),
+    }
+    assert!(plan.events.iter().any(|e| e.reason == "Promoted"));
+    // Next pass: demo-2 follows demo-1 and the old primary is back with its data.
+    let mut w2 = w;
+    w2.status = plan.status.clone();
+    let cfg2 = {
+        let mut c = desired(&w2, 2, true);
+        c.upstream = Some(ep(1));
+        c
+    };
+    w2.set(2, Some(standby(2, lsn(101), Some(ep(1)), cfg2)));
+    w2.platform(0, PlatformState::Running);
+    w2.set(0, Some(stopped_primary_data(0, false)));
+    let plan2 = w2.decide();
+    assert!(plan2.status.transition.is_none(), "failover complete");
+    assert!(plan2.events.iter().any(|e| e.reason == "FailoverCompleted"));
+    assert_eq!(kinds_to(&plan2, 0), [OperationKind::Rejoin]);
+    assert!(disruptive(&plan2) <= 1);
+}
+
+#[test]
+fn a_promotion_target_lost_before_promoting_is_replaced() {
+    let mut w = detached_world([0, 100, 100]);
+    if let Some(t) = w.status.transition.as_mut() {
+        t.step = TransitionStep::Promoting;
+        t.to = Some(name(1));
+    }
+    w.platform(1, PlatformState::Dead);
+    let plan = w.decide();
+    let t = transition(&plan);
+    assert_ne!(t.to.as_deref(), Some("demo-1"));
+    assert!(plan.events.iter().any(|e| e.reason == "FailoverTargetLost"));
+}
+
+#[test]
+fn never_more_than_one_disruptive_step_per_pass() {
+    let mut w = World::healthy(3);
+    // Two strays and a returning old primary at once.
+    for k in [1, 2] {
+        let cfg = desired(&w, k, false);
+        w.set(k, Some(primary(k, lsn(1), &[], cfg)));
+    }
+    let plan = w.decide();
+    assert_eq!(disruptive(&plan), 1, "{:?}", plan.actions);
+}
+
+// ---------------------------------------------------------------- switchover
+
+#[test]
+fn switchover_stops_the_primary_then_promotes_the_target_once_it_has_everything() {
+    let mut w = World::healthy(3);
+    w.requests.switchover_to = Some(name(2));
+    let plan = w.decide();
+    assert_eq!(plan.request_outcome.as_ref().map(Result::is_ok), Some(true));
+    let t = transition(&plan);
+    assert_eq!((t.kind, t.to.as_deref()), (TransitionKind::Switchover, Some("demo-2")));
+    assert_eq!(kinds_to(&plan, 0), [OperationKind::Fence]);
+
+    let mut w2 = World::healthy(3);
+    w2.status = plan.status.clone();
+    w2.requests = UserRequests::default();
+    let mut stopped = stopped_primary_data(0, true);
+    stopped.fenced = true;
+    stopped.phase = ManagerPhase::Stopped;
+    stopped.control.as_mut().expect("control").checkpoint_lsn = Some(lsn(100));
+    w2.set(0, Some(stopped));
+    // The target has not yet received the shutdown checkpoint: wait.
+    let cfg = desired(&w2, 2, true);
+    w2.set(2, Some(standby(2, lsn(100), Some(ep(0)), cfg.clone())));
+    let wait = w2.decide();
+    assert!(kinds_to(&wait, 2).is_empty(), "not promoted before it has the last WAL");
+    w2.set(2, Some(standby(2, lsn(140), Some(ep(0)), cfg)));
+    let go = w2.decide();
+    assert_eq!(kinds_to(&go, 2), [OperationKind::Promote]);
+}
+
+#[test]
+fn switchover_to_a_non_member_or_the_primary_is_refused() {
+    for target in ["demo-7", "demo-0"] {
+        let mut w = World::healthy(3);
+        w.requests.switchover_to = Some(target.into());
+        let plan = w.decide();
+        assert!(plan.status.transition.is_none(), "{target}");
+        assert!(matches!(plan.request_outcome, Some(Err(_))), "{target}");
+    }
+}
+
+#[test]
+fn timestamps_come_from_the_input_only() {
+    let a = World::healthy(3).decide();
+    let b = World::healthy(3).decide();
+    assert_eq!(a, b, "the same input always gives the same plan");
+}
