@@ -35,6 +35,9 @@ pub struct OpenGaussClusterStatus {
     /// restarted controller resumes it instead of starting another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<Transition>,
+    /// The last completed failover or switchover: who replaced whom, why, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Transition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -109,6 +112,9 @@ pub struct Transition {
     pub step: TransitionStep,
     pub reason: String,
     pub started_at: Time,
+    /// When the new primary accepted writes and the other standbys followed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
     /// The synchronous standby set that was in force when the primary was lost: every
     /// acknowledged commit is on at least `number` of these.
     #[serde(default, skip_serializing_if = "Option::is_none")]

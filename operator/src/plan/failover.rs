@@ -129,6 +129,7 @@ fn begin(
         step: TransitionStep::Fencing,
         reason,
         started_at: Time(input.now),
+        completed_at: None,
         synchronous: plan.status.synchronous.clone(),
     });
 }
@@ -502,6 +503,7 @@ fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
         what,
         format!("{primary} replaced {} as primary in {:.1}s; standbys follow it", t.from, took.as_secs_f64()),
     ));
+    plan.status.last_transition = Some(Transition { completed_at: Some(Time(input.now)), ..t.clone() });
     plan.status.transition = None;
     reconcile(input, plan);
     false

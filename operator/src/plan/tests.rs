@@ -535,6 +535,7 @@ fn detached_world(lsns: [u64; 3]) -> World {
         step: TransitionStep::Detaching,
         reason: "test".into(),
         started_at: Time(at(99)),
+        completed_at: None,
         synchronous: w.status.synchronous.clone(),
     });
     w.status.target_primary = None;
@@ -651,6 +652,9 @@ fn promotion_completes_then_standbys_are_repointed_and_the_old_primary_rejoins()
     let plan2 = w2.decide();
     assert!(plan2.status.transition.is_none(), "failover complete");
     assert!(plan2.events.iter().any(|e| e.reason == "FailoverCompleted"));
+    let last = plan2.status.last_transition.as_ref().expect("the story is kept");
+    assert_eq!((last.from.as_str(), last.to.as_deref()), ("demo-0", Some("demo-1")));
+    assert!(last.completed_at.is_some());
     assert_eq!(kinds_to(&plan2, 0), [OperationKind::Rejoin]);
     assert!(disruptive(&plan2) <= 1);
 }
