@@ -176,6 +176,9 @@ pub struct InstanceStatus {
     /// When the instance manager last answered a probe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+    /// Since when a standby has not been streaming from the primary (absent while it streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_streaming_since: Option<Time>,
     /// Why the instance is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -116,6 +116,11 @@ impl LocalCluster {
 
     /// Starts `local up` in the background (its own process group), logging to a file.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts `local up` with extra environment variables (e.g. a failpoint).
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.controller.is_none(), "already started");
         let log =
             File::options().create(true).append(true).open(&self.controller_log).expect("controller log");
@@ -126,6 +131,7 @@ impl LocalCluster {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .process_group(0)
+            .envs(env.iter().copied())
             .spawn()
             .expect("starting local up");
         self.controller = Some(child);
@@ -202,6 +208,11 @@ impl LocalCluster {
             s.phase == Some(Phase::Healthy) && s.ready_instances == n && s.transition.is_none()
         })
         .await
+    }
+
+    /// The timeline the status reports for `instance`.
+    pub fn timeline_of(&self, instance: &str) -> Option<u32> {
+        self.status()?.instance(instance)?.timeline
     }
 
     pub fn primary(&self) -> Option<String> {

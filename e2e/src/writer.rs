@@ -23,6 +23,7 @@ struct Target {
 #[derive(Debug)]
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<Vec<i64>>,
 }
 
@@ -83,6 +84,8 @@ impl Writer {
             .await?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = acked.clone();
         let task = tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             let mut next: i64 = 1;
@@ -106,7 +109,10 @@ impl Writer {
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
                 let insert = c.execute("INSERT INTO acked (id) VALUES ($1)", &params);
                 match tokio::time::timeout(COMMIT_TIMEOUT, insert).await {
-                    Ok(Ok(_)) => acknowledged.push(id),
+                    Ok(Ok(_)) => {
+                        acknowledged.push(id);
+                        counter.store(acknowledged.len(), Ordering::SeqCst);
+                    }
                     _ => {
                         client = None;
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -115,7 +121,12 @@ impl Writer {
             }
             acknowledged
         });
-        Ok(Self { stop, task })
+        Ok(Self { stop, acked, task })
+    }
+
+    /// Commits acknowledged so far.
+    pub fn acknowledged_count(&self) -> usize {
+        self.acked.load(Ordering::SeqCst)
     }
 
     pub fn is_running(&self) -> bool {

@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod engine;
+pub mod failpoint;
 pub mod fsutil;
 pub mod instance;
 pub mod plan;

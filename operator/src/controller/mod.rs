@@ -121,7 +121,9 @@ impl<P: Platform> Controller<P> {
             self.platform.save_status(&plan.status).await.context("saving the cluster status")?;
         }
         self.platform.publish(&plan.events).await;
+        crate::failpoint::hit("before-actions", &plan.status);
         let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory))).await;
+        crate::failpoint::hit("after-actions", &plan.status);
         let failed_actions = plan
             .actions
             .iter()

@@ -191,6 +191,10 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     fn clone_steps(&self, l: &Layout, source: &Endpoint, pwfile: &Path) -> Vec<CloneStep>;
     /// Makes a stopped old primary consistent with `source` so it can follow it.
     fn rewind(&self, l: &Layout, source: &Endpoint) -> CommandLine;
+    /// Whether `source` must write a checkpoint before `rewind` runs: a freshly promoted
+    /// PostgreSQL primary still records its old timeline in its control file until its first
+    /// checkpoint, and `pg_rewind` would then see no divergence and do nothing.
+    fn checkpoint_source_before_rewind(&self) -> bool;
     /// Turns a standby into a primary.
     fn promote(&self, l: &Layout) -> CommandLine;
     fn stop(&self, l: &Layout, mode: StopMode) -> CommandLine;

@@ -87,6 +87,12 @@ impl Dialect for OpenGauss {
         ])
     }
 
+    /// `gs_ctl build` reads the primary's state over the HA channel itself, and the initial
+    /// user may not log in remotely to request a checkpoint.
+    fn checkpoint_source_before_rewind(&self) -> bool {
+        false
+    }
+
     fn promote(&self, l: &Layout) -> CommandLine {
         CommandLine::new(l.tool("gs_ctl")).args(["failover", "-D", &data(l)])
     }

@@ -109,6 +109,10 @@ impl Dialect for Postgres {
         ])
     }
 
+    fn checkpoint_source_before_rewind(&self) -> bool {
+        true
+    }
+
     fn promote(&self, l: &Layout) -> CommandLine {
         CommandLine::new(l.tool("pg_ctl")).args(["promote", "-D", &data(l), "-w", "-t", "60"])
     }

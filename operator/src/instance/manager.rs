@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use super::config::{InstanceConfig, read_secret};
 use super::datadir::{self, is_fenced, is_initialized, is_standby_configured};
-use super::probe::LocalConnection;
+use super::probe::{self, LocalConnection};
 use super::report::{
     ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState, Request,
     ServerProcessReport,
@@ -165,6 +165,16 @@ impl Manager {
                 }
                 return Err(Refusal::Busy(op.kind));
             }
+            // The same bootstrap again after it succeeded (the controller acted on a report
+            // from just before it finished): nothing to do. Other requests are re-run, since
+            // the state they produced may have changed since.
+            if let Some(op) = slot.as_ref()
+                && op.state == OperationState::Succeeded
+                && op.request_id == request_id
+                && request.kind() == OperationKind::Bootstrap
+            {
+                return Ok(op.clone());
+            }
             self.check(&request)?;
             if let Some((id, at, failures)) = self.last_failure.lock().expect("failure lock").as_ref()
                 && *id == request_id
@@ -239,6 +249,7 @@ impl Manager {
             | Request::Configure { .. }
             | Request::Promote { .. }
             | Request::Rejoin { .. }
+            | Request::Rebuild { .. }
                 if !initialized =>
             {
                 invalid("the data directory is not initialised yet")
@@ -253,7 +264,7 @@ impl Manager {
             Request::Promote { config } if config.standby => {
                 invalid("a promoted instance cannot be configured as a standby")
             }
-            Request::Rejoin { config, .. } if !config.standby => {
+            Request::Rejoin { config, .. } | Request::Rebuild { config, .. } if !config.standby => {
                 invalid("a rejoining instance must be configured as a standby")
             }
             _ => Ok(()),
@@ -268,6 +279,7 @@ impl Manager {
             Request::Configure { config } => self.configure(&config).await,
             Request::Promote { config } => self.promote(&config).await,
             Request::Rejoin { source, config } => self.rejoin(&source, &config).await,
+            Request::Rebuild { source, config } => self.rebuild(&source, &config).await,
             Request::Fence => self.fence().await,
         }
     }
@@ -379,6 +391,12 @@ impl Manager {
             // Already a standby (a repeated request): nothing diverged, just follow.
             Ok(String::new())
         } else {
+            if cfg.dialect().checkpoint_source_before_rewind() {
+                let password = read_secret(&cfg.superuser_password_file)?;
+                if let Err(e) = probe::checkpoint_remote(cfg, source, &password, Duration::from_secs(3)).await {
+                    tracing::warn!(error = format!("{e:#}"), "could not checkpoint the new primary before rewinding");
+                }
+            }
             run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await
         };
         let how = match rewound {
@@ -400,6 +418,19 @@ impl Manager {
         datadir::set_fenced(cfg, false)?;
         self.start_server(true).await?;
         Ok(format!("{how} from {source} and started as a standby"))
+    }
+
+    async fn rebuild(&self, source: &Endpoint, config: &DesiredConfig) -> anyhow::Result<String> {
+        let cfg = &self.cfg;
+        self.server.lock().await.stop(cfg, StopMode::Fast).await?;
+        if let Some(m) = datadir::set_aside(cfg, "previous")? {
+            tracing::warn!(to = %m.display(), "kept the old data directory before cloning again");
+        }
+        self.run_clone_steps(source, config).await.context("cloning again")?;
+        datadir::mark_bootstrapped(cfg)?;
+        datadir::set_fenced(cfg, false)?;
+        self.start_server(true).await?;
+        Ok(format!("cloned again from {source} and started as a standby"))
     }
 
     async fn fence(&self) -> anyhow::Result<String> {

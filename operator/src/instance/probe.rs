@@ -44,6 +44,34 @@ pub async fn connect(cfg: &InstanceConfig, timeout: Duration) -> Result<Client, 
     Ok(client)
 }
 
+/// Asks the server at `source` for a checkpoint, as the superuser over TCP.
+pub async fn checkpoint_remote(
+    cfg: &InstanceConfig,
+    source: &crate::engine::Endpoint,
+    password: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&source.host)
+        .port(source.port)
+        .user(&cfg.superuser)
+        .password(password)
+        .dbname("postgres")
+        .application_name("opengauss-operator")
+        .connect_timeout(timeout);
+    let work = async {
+        let (client, connection) = pg.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client.batch_execute("CHECKPOINT").await
+    };
+    match tokio::time::timeout(timeout * 20, work).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("CHECKPOINT on {source} did not finish in time"),
+    }
+}
+
 fn lsn(row: &Row, idx: usize) -> Option<Lsn> {
     row.get::<_, Option<String>>(idx).and_then(|s| s.parse().ok())
 }

@@ -155,6 +155,7 @@ pub enum OperationKind {
     Configure,
     Promote,
     Rejoin,
+    Rebuild,
     Fence,
 }
 
@@ -193,6 +194,9 @@ pub enum Request {
     Promote { config: DesiredConfig },
     /// Stop, rewind from `source` (re-clone if that fails), and start as its standby.
     Rejoin { source: Endpoint, config: DesiredConfig },
+    /// Stop, set the data directory aside and clone it again from `source`: for a standby that
+    /// cannot stream any more (its WAL diverged or the primary no longer has what it needs).
+    Rebuild { source: Endpoint, config: DesiredConfig },
     /// Stop the server and keep it stopped until a `Start` or `Rejoin`.
     Fence,
 }
@@ -205,6 +209,7 @@ impl Request {
             Request::Configure { .. } => OperationKind::Configure,
             Request::Promote { .. } => OperationKind::Promote,
             Request::Rejoin { .. } => OperationKind::Rejoin,
+            Request::Rebuild { .. } => OperationKind::Rebuild,
             Request::Fence => OperationKind::Fence,
         }
     }

@@ -143,6 +143,7 @@ fn operation_word(kind: OperationKind) -> &'static str {
         OperationKind::Configure => "configuring",
         OperationKind::Promote => "promoting",
         OperationKind::Rejoin => "rejoining",
+        OperationKind::Rebuild => "rebuilding",
         OperationKind::Fence => "fencing",
     }
 }
@@ -224,6 +225,12 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
         row.replication_state = Some(rr.state.clone());
         row.sync_state = Some(rr.sync_state.clone());
     }
+    let is_primary = primary.as_deref() == Some(name);
+    row.not_streaming_since = if row.ready || is_primary {
+        None
+    } else {
+        previous.not_streaming_since.or_else(|| Some(Time(input.now)))
+    };
     row
 }
 

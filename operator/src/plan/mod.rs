@@ -104,7 +104,10 @@ impl Action {
     pub fn is_disruptive(&self) -> bool {
         matches!(
             self,
-            Action::Send { request: Request::Fence | Request::Promote { .. } | Request::Rejoin { .. }, .. }
+            Action::Send {
+                request: Request::Fence | Request::Promote { .. } | Request::Rejoin { .. } | Request::Rebuild { .. },
+                ..
+            }
         )
     }
 }

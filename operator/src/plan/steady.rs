@@ -2,6 +2,7 @@
 //! every instance in its role with the right configuration, and bring back instances that
 //! return with a primary's data as standbys.
 
+use k8s_openapi::jiff::SignedDuration;
 use opengauss_crd::Phase;
 
 use super::config::{DesiredRole, desired_config, same_sync};
@@ -155,13 +156,45 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
             ));
             plan.send(&name, Request::Rejoin { source: primary_ep.clone(), config: desired });
         } else if r.server.running {
-            if r.config.as_ref() != Some(&desired) {
+            if stalled(input, plan, &primary, &name, r, &primary_ep) {
+                plan.event(Event::warning(
+                    "RebuildingStandby",
+                    format!(
+                        "{name} has not streamed from {primary} for {}s although it follows it; cloning it again",
+                        STALLED_STANDBY.as_secs()
+                    ),
+                ));
+                plan.send(&name, Request::Rebuild { source: primary_ep.clone(), config: desired });
+            } else if r.config.as_ref() != Some(&desired) {
                 plan.send(&name, Request::Configure { config: desired });
             }
         } else if matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped) {
             plan.send(&name, Request::Start { config: desired });
         }
     }
+}
+
+/// A standby that follows the primary but has not streamed for this long cannot catch up on
+/// its own (its WAL diverged, or the primary no longer keeps what it needs): it is cloned
+/// again.
+pub const STALLED_STANDBY: SignedDuration = SignedDuration::from_secs(60);
+
+fn stalled(
+    input: &Input<'_>,
+    plan: &Plan,
+    primary: &str,
+    name: &str,
+    r: &InstanceReport,
+    primary_ep: &crate::engine::Endpoint,
+) -> bool {
+    let follows = r.config.as_ref().and_then(|c| c.upstream.as_ref()) == Some(primary_ep);
+    let streaming = report(input, primary)
+        .is_some_and(|p| p.replication.iter().any(|row| row.instance == name && row.state == "streaming"));
+    let since = plan.status.instance(name).and_then(|row| row.not_streaming_since.as_ref()).map(|t| t.0);
+    r.is_running_standby()
+        && follows
+        && !streaming
+        && since.is_some_and(|t| input.now.duration_since(t.max(input.watching_since)) >= STALLED_STANDBY)
 }
 
 /// Brings the current primary up and keeps its configuration current; true when it accepts

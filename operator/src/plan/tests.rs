@@ -468,6 +468,36 @@ fn dead_instances_are_restarted() {
     assert_eq!(plan.status.phase, Some(Phase::Degraded));
 }
 
+#[test]
+fn a_standby_that_cannot_stream_for_a_minute_is_cloned_again() {
+    let mut w = World::healthy(3);
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance != "demo-2");
+    w.set(0, Some(p));
+    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+    row.not_streaming_since = Some(Time(at(100 - 30)));
+    assert!(kinds_to(&w.decide(), 2).is_empty(), "30 s is not yet stalled");
+    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+    row.not_streaming_since = Some(Time(at(100 - 61)));
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
+    assert!(plan.events.iter().any(|e| e.reason == "RebuildingStandby"));
+    // A controller that just started has not watched it stall.
+    w.watching_since = at(90);
+    assert!(kinds_to(&w.decide(), 2).is_empty());
+}
+
+#[test]
+fn not_streaming_since_is_recorded_and_cleared() {
+    let mut w = World::healthy(3);
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance != "demo-1");
+    w.set(0, Some(p));
+    let plan = w.decide();
+    assert_eq!(plan.status.instance("demo-1").and_then(|r| r.not_streaming_since.clone()), Some(Time(w.now)));
+    assert_eq!(plan.status.instance("demo-2").and_then(|r| r.not_streaming_since.clone()), None);
+}
+
 // ---------------------------------------------------------------- failover
 
 #[test]

@@ -1,0 +1,259 @@
+//! Failover, rejoin and switchover on real PostgreSQL through the local platform: real
+//! processes, real SIGKILL/SIGSTOP, a client that records every acknowledged commit.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use opengauss_crd::{OpenGaussClusterStatus, Phase, Role, TransitionKind};
+use opengauss_e2e::writer::{Writer, missing_rows};
+use opengauss_e2e::{LocalCluster, postgres_available};
+
+const BOOT: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(90);
+
+fn require_postgres() {
+    assert!(postgres_available(), "these tests need the PostgreSQL server binaries (apt-get install postgresql)");
+}
+
+async fn started(test: &str, instances: u32, extra: &str) -> LocalCluster {
+    require_postgres();
+    let mut c = LocalCluster::new(test, instances, extra);
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    c
+}
+
+/// Healthy again, with a primary other than `old` and every instance ready.
+async fn healthy_without(c: &LocalCluster, old: &str) -> OpenGaussClusterStatus {
+    let n = c.instances;
+    c.wait_for(&format!("a healthy cluster with a primary other than {old}"), FAILOVER, |s| {
+        s.current_primary.as_deref().is_some_and(|p| p != old)
+            && s.transition.is_none()
+            && s.phase == Some(Phase::Healthy)
+            && s.ready_instances == n
+    })
+    .await
+    .expect("failover and rejoin")
+}
+
+async fn write(c: &LocalCluster, instance: &str, sql: &str) {
+    c.connect(instance).await.expect("connect").batch_execute(sql).await.expect(sql);
+}
+
+async fn count(c: &LocalCluster, instance: &str, sql: &str) -> i64 {
+    c.connect(instance).await.expect("connect").query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+async fn wait_rows(c: &LocalCluster, instance: &str, sql: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(client) = c.connect(instance).await
+            && let Ok(row) = client.query_one(sql, &[]).await
+            && row.get::<_, i64>(0) == want
+        {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{instance}: {sql} never returned {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the writer has more acknowledged commits than `since`.
+async fn writes_progress(w: &Writer, since: usize, what: &str) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = w.acknowledged_count();
+        if n > since {
+            return n;
+        }
+        assert!(w.is_running(), "writer stopped");
+        assert!(std::time::Instant::now() < deadline, "no acknowledged write {what} (still {n})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_the_primary_fails_over_and_the_old_primary_rejoins() {
+    let c = started("kill", 3, "").await;
+    let old = c.primary().expect("primary");
+    let tl = c.timeline_of(&old).expect("timeline");
+    write(&c, &old, "CREATE TABLE story (id int); INSERT INTO story VALUES (1)").await;
+
+    c.signal_instance(&old, Signal::SIGKILL).expect("kill manager and server");
+    let s = healthy_without(&c, &old).await;
+    let new = s.current_primary.clone().expect("new primary");
+
+    assert_eq!(c.writable_instances().await, vec![new.clone()], "exactly one instance accepts writes");
+    assert_eq!(count(&c, &new, "SELECT count(*) FROM story").await, 1, "the committed row survived");
+    write(&c, &new, "INSERT INTO story VALUES (2)").await;
+    let streaming = count(&c, &new, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").await;
+    assert_eq!(streaming, 2, "the other standby and the old primary stream from the new primary");
+    wait_rows(&c, &old, "SELECT count(*) FROM story", 2).await;
+
+    let last = s.last_transition.as_ref().expect("status tells the story");
+    assert_eq!(last.kind, TransitionKind::Failover);
+    assert_eq!((last.from.as_str(), last.to.as_deref()), (old.as_str(), Some(new.as_str())));
+    assert!(last.reason.contains("died") || last.reason.contains("crashed"), "{}", last.reason);
+    let old_row = s.instance(&old).expect("old row");
+    assert_eq!((old_row.role, old_row.ready), (Role::Standby, true));
+    assert_eq!(c.timeline_of(&new), Some(tl + 1), "one promotion, one new timeline");
+    assert!(c.controller_output().contains("FailoverCompleted"), "{}", c.controller_output());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_primary_is_replaced_and_rejoins_when_thawed_without_taking_writes() {
+    let c = started("freeze", 3, "").await;
+    let old = c.primary().expect("primary");
+    write(&c, &old, "CREATE TABLE frozen (id int)").await;
+
+    c.signal_instance(&old, Signal::SIGSTOP).expect("freeze");
+    let s = c
+        .wait_for("a new primary while the old one is frozen", FAILOVER, |s| {
+            s.current_primary.as_deref().is_some_and(|p| p != old) && s.transition.is_none()
+        })
+        .await
+        .expect("failover");
+    let new = s.current_primary.expect("new primary");
+    write(&c, &new, "INSERT INTO frozen VALUES (1)").await;
+
+    c.signal_instance(&old, Signal::SIGCONT).expect("thaw");
+    // The thawed server must not acknowledge a write as primary: a commit there either fails or
+    // never returns (no standby follows it any more).
+    let attempt = async {
+        let client = c.connect(&old).await?;
+        client.batch_execute("INSERT INTO frozen VALUES (666)").await.map_err(anyhow::Error::from)
+    };
+    let acknowledged = matches!(tokio::time::timeout(Duration::from_secs(5), attempt).await, Ok(Ok(())));
+    assert!(!acknowledged, "the thawed old primary acknowledged a write");
+
+    let s = healthy_without(&c, &old).await;
+    assert_eq!(s.current_primary.as_deref(), Some(new.as_str()));
+    assert_eq!(c.writable_instances().await, vec![new.clone()]);
+    assert_eq!(count(&c, &new, "SELECT count(*) FROM frozen WHERE id = 666").await, 0, "the refused write is gone");
+    wait_rows(&c, &old, "SELECT count(*) FROM frozen WHERE id = 1", 1).await;
+    assert_eq!(s.instance(&old).map(|i| i.role), Some(Role::Standby));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_acknowledged_commit_is_lost_across_three_failovers() {
+    let c = started("writer", 3, "").await;
+    let tl = c.timeline_of(&c.primary().expect("primary")).expect("timeline");
+    let w = Writer::start(&c).await.expect("writer");
+    let mut acked = writes_progress(&w, 0, "before the first failover").await;
+    for round in 1..=3 {
+        let old = c.primary().expect("primary");
+        c.signal_instance(&old, Signal::SIGKILL).expect("kill");
+        healthy_without(&c, &old).await;
+        acked = writes_progress(&w, acked, &format!("after failover {round}")).await;
+    }
+    let written = w.stop().await.expect("writer");
+    assert!(written.acknowledged.len() >= acked);
+    let missing = missing_rows(&c, &written.acknowledged).await.expect("check");
+    assert!(missing.is_empty(), "{} acknowledged rows lost: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    let primary = c.primary().expect("primary");
+    assert_eq!(c.timeline_of(&primary), Some(tl + 3), "exactly three promotions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_standby_keeps_writes_flowing_and_it_streams_again() {
+    let c = started("standby", 3, "").await;
+    let primary = c.primary().expect("primary");
+    let victim = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
+    let w = Writer::start(&c).await.expect("writer");
+    let acked = writes_progress(&w, 0, "before the kill").await;
+    c.signal_instance(&victim, Signal::SIGKILL).expect("kill standby");
+    c.wait_for("the standby seen down", Duration::from_secs(30), |s| s.instance(&victim).is_some_and(|i| !i.ready))
+        .await
+        .expect("down");
+    writes_progress(&w, acked, "while a standby is down").await;
+    let s = c.wait_healthy(FAILOVER).await.expect("standby back");
+    assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "no failover for a standby");
+    let written = w.stop().await.expect("writer");
+    assert!(missing_rows(&c, &written.acknowledged).await.expect("check").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_data_directory_is_rebuilt_as_a_new_standby() {
+    let c = started("dataloss", 3, "").await;
+    let primary = c.primary().expect("primary");
+    write(&c, &primary, "CREATE TABLE kept AS SELECT generate_series(1, 1000) AS id").await;
+    let victim = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
+    c.signal_instance(&victim, Signal::SIGKILL).expect("kill");
+    let dir = c.instance_dir(&victim);
+    std::fs::remove_dir_all(dir.join("data")).expect("remove data");
+    std::fs::remove_file(dir.join("bootstrapped")).expect("remove marker");
+    c.wait_for("the instance seen without data", Duration::from_secs(30), |s| {
+        s.instance(&victim).is_some_and(|i| !i.ready)
+    })
+    .await
+    .expect("noticed");
+    let s = c.wait_healthy(FAILOVER).await.expect("rebuilt");
+    assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()));
+    assert_eq!(count(&c, &victim, "SELECT count(*) FROM kept").await, 1000);
+}
+
+/// The controller dies in the middle of a failover and comes back: it finishes the failover,
+/// promotes exactly once, and never lets two instances accept writes.
+async fn controller_killed_at(failpoint: &str) {
+    require_postgres();
+    let mut c = LocalCluster::new(&format!("ctl-{}", failpoint.replace('@', "-")), 3, "");
+    c.start_with(&[("OPENGAUSS_OPERATOR_FAILPOINT", failpoint)]);
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let old = c.primary().expect("primary");
+    let tl = c.timeline_of(&old).expect("timeline");
+    c.signal_instance(&old, Signal::SIGKILL).expect("kill primary");
+    let code = c.wait_controller(Duration::from_secs(60)).expect("controller exits at the failpoint");
+    assert_eq!(code, Some(137), "controller output:\n{}", c.controller_output());
+    let persisted = c.status().expect("status");
+    assert!(persisted.transition.is_some(), "the failover was in flight when the controller died");
+    assert!(c.writable_instances().await.len() <= 1, "two writable primaries while the controller was down");
+
+    c.start();
+    let s = healthy_without(&c, &old).await;
+    let new = s.current_primary.clone().expect("new primary");
+    assert_eq!(c.writable_instances().await, vec![new.clone()]);
+    assert_eq!(c.timeline_of(&new), Some(tl + 1), "exactly one promotion");
+    let promotions = c.controller_output().matches("Promoted:").count();
+    assert_eq!(promotions, 1, "one promotion across both controllers:\n{}", c.controller_output());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_while_detaching_finishes_the_failover() {
+    controller_killed_at("before-actions@Detaching").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_right_after_asking_for_the_promotion_does_not_promote_twice() {
+    controller_killed_at("after-actions@Promoting").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_while_repointing_finishes_the_failover() {
+    controller_killed_at("before-actions@Repointing").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switchover_to_a_named_standby_loses_nothing() {
+    let c = started("switchover", 3, "").await;
+    let old = c.primary().expect("primary");
+    let target = (0..3).map(|k| c.instance(k)).find(|n| *n != old).expect("a standby");
+    let w = Writer::start(&c).await.expect("writer");
+    let acked = writes_progress(&w, 0, "before the switchover").await;
+
+    let dir = c.state_dir.display().to_string();
+    let out = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
+    assert!(out.status.success(), "switchover failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let s = c.wait_healthy(FAILOVER).await.expect("healthy after the switchover");
+    assert_eq!(s.current_primary.as_deref(), Some(target.as_str()));
+    let last = s.last_transition.as_ref().expect("recorded");
+    assert_eq!((last.kind, last.from.as_str()), (TransitionKind::Switchover, old.as_str()));
+    assert_eq!(s.instance(&old).map(|i| (i.role, i.ready)), Some((Role::Standby, true)), "old primary follows");
+    writes_progress(&w, acked, "after the switchover").await;
+    let written = w.stop().await.expect("writer");
+    assert!(missing_rows(&c, &written.acknowledged).await.expect("check").is_empty(), "no acknowledged row lost");
+
+    let refused = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
+    assert!(!refused.status.success(), "switching over to the current primary is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already the primary"));
+}
