@@ -1,11 +1,24 @@
 //! `make bench`: figures measured on real PostgreSQL through the local platform.
 //!
 //! - bootstrap: `local up` to both standbys streaming (seen in the primary's
-//!   pg_stat_replication) and to the status reporting the cluster healthy.
+//!   pg_stat_replication) and to the status reporting the cluster healthy;
+//! - failover: SIGKILL of the primary's manager and server to the first acknowledged
+//!   (synchronous) write on the new primary, with default settings and with the fastest safe
+//!   settings; and to the old primary streaming again; and from a SIGSTOP of the primary (a
+//!   freeze, declared only after `failover.delaySeconds`) to the first acknowledged write;
+//! - rejoin: kill to the old primary streaming again, by database size, when it is rewound
+//!   (the normal path) and when its data is gone and it is cloned again.
+//!
+//! Usage: `bench [all|bootstrap|failover|rejoin] [--runs N] [--sizes 100,1000]` (sizes in MB).
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use opengauss_e2e::LocalCluster;
+
+/// The fastest settings that are still safe: a pass every 100 ms, one second of silence before
+/// an unresponsive primary is declared lost.
+const FASTEST: &str = "  failover:\n    delaySeconds: 1\n    probeIntervalMilliseconds: 100\n    probeTimeoutMilliseconds: 80\n";
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -16,17 +29,11 @@ fn median(v: &mut [f64]) -> f64 {
 fn summary(name: &str, v: &mut [f64]) {
     let worst = v.iter().copied().fold(f64::MIN, f64::max);
     let best = v.iter().copied().fold(f64::MAX, f64::min);
-    println!(
-        "{name:<58} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})",
-        median(v),
-        v.len()
-    );
+    println!("{name:<62} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})", median(v), v.len());
 }
 
 async fn streaming_standbys(c: &LocalCluster, primary: &str) -> usize {
-    let Ok(client) = c.connect(primary).await else {
-        return 0;
-    };
+    let Ok(client) = c.connect(primary).await else { return 0 };
     client
         .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])
         .await
@@ -56,18 +63,125 @@ async fn bootstrap(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tries one synchronous insert on every instance but `old` until one is acknowledged.
+async fn first_write(c: &LocalCluster, old: &str, deadline: Instant) -> anyhow::Result<Instant> {
+    loop {
+        for k in 0..c.instances {
+            let name = c.instance(k);
+            if name == old {
+                continue;
+            }
+            let attempt = async {
+                let client = c.connect(&name).await?;
+                client.batch_execute("INSERT INTO bench_probe VALUES (1)").await?;
+                anyhow::Ok(())
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), attempt).await {
+                return Ok(Instant::now());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no instance accepted a write after the failover");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Kills the primary and returns (seconds to the first acknowledged write elsewhere, seconds to
+/// the old primary streaming again).
+async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result<(f64, f64)> {
+    let old = c.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let killed = Instant::now();
+    c.signal_instance(&old, Signal::SIGKILL)?;
+    if forget_data {
+        let dir = c.instance_dir(&old);
+        std::fs::remove_dir_all(dir.join("data"))?;
+        std::fs::remove_file(dir.join("bootstrapped"))?;
+    }
+    let wrote = first_write(c, &old, killed + Duration::from_secs(120)).await?;
+    let n = c.instances;
+    c.wait_for("the old primary streaming again", Duration::from_secs(900), |s| {
+        s.current_primary.as_deref().is_some_and(|p| p != old) && s.transition.is_none() && s.ready_instances == n
+    })
+    .await?;
+    Ok((wrote.duration_since(killed).as_secs_f64(), killed.elapsed().as_secs_f64()))
+}
+
+async fn failover(runs: usize, label: &str, extra: &str) -> anyhow::Result<()> {
+    let mut c = LocalCluster::new(&format!("bench-fo-{}", label.replace(' ', "-")), 3, extra);
+    c.start();
+    c.wait_healthy(Duration::from_secs(90)).await?;
+    let primary = c.primary().expect("primary");
+    c.connect(&primary).await?.batch_execute("CREATE TABLE bench_probe (v int)").await?;
+    let (mut write, mut rejoin) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        c.wait_healthy(Duration::from_secs(120)).await?;
+        let (w, r) = kill_and_measure(&c, false).await?;
+        write.push(w);
+        rejoin.push(r);
+    }
+    summary(&format!("failover ({label}): kill -> first acknowledged write"), &mut write);
+    summary(&format!("failover ({label}): kill -> old primary streaming again"), &mut rejoin);
+    // A frozen primary (SIGSTOP) is only declared lost after failover.delaySeconds of silence.
+    let mut frozen = Vec::new();
+    for _ in 0..runs.min(3) {
+        c.wait_healthy(Duration::from_secs(120)).await?;
+        let old = c.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        let stopped = Instant::now();
+        c.signal_instance(&old, Signal::SIGSTOP)?;
+        let wrote = first_write(&c, &old, stopped + Duration::from_secs(120)).await;
+        c.signal_instance(&old, Signal::SIGCONT)?;
+        frozen.push(wrote?.duration_since(stopped).as_secs_f64());
+    }
+    summary(&format!("failover ({label}): SIGSTOP -> first acknowledged write"), &mut frozen);
+    c.down();
+    Ok(())
+}
+
+async fn rejoin_by_size(size_mb: u64) -> anyhow::Result<()> {
+    let mut c = LocalCluster::new(&format!("bench-rejoin{size_mb}"), 3, "");
+    c.start();
+    c.wait_healthy(Duration::from_secs(90)).await?;
+    let primary = c.primary().expect("primary");
+    // About 1.1 kB per row.
+    let rows = size_mb * 1024 * 1024 / 1100;
+    let loaded = Instant::now();
+    c.connect(&primary)
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE bench_probe (v int); \
+             CREATE TABLE bulk AS SELECT g AS id, repeat('x', 1000) AS pad FROM generate_series(1, {rows}) g"
+        ))
+        .await?;
+    let size: i64 =
+        c.connect(&primary).await?.query_one("SELECT pg_database_size('postgres')", &[]).await?.get(0);
+    c.wait_healthy(Duration::from_secs(600)).await?;
+    println!(
+        "rejoin: database of {} MB loaded and replicated in {:.1}s",
+        size / 1024 / 1024,
+        loaded.elapsed().as_secs_f64()
+    );
+    let (_, rewound) = kill_and_measure(&c, false).await?;
+    c.wait_healthy(Duration::from_secs(600)).await?;
+    let (_, recloned) = kill_and_measure(&c, true).await?;
+    println!("rejoin ({} MB): kill -> streaming again, rewind          {rewound:>7.2}s", size / 1024 / 1024);
+    println!("rejoin ({} MB): kill -> streaming again, full clone      {recloned:>7.2}s", size / 1024 / 1024);
+    c.down();
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let runs = value("--runs").and_then(|r| r.parse().ok()).unwrap_or(5);
+    let sizes: Vec<u64> = value("--sizes")
+        .unwrap_or_else(|| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let flags_values: Vec<String> = ["--runs", "--sizes"].iter().filter_map(|f| value(f)).collect();
     let which = args
         .iter()
-        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .find(|a| !a.starts_with("--") && !flags_values.contains(a))
         .cloned()
         .unwrap_or_else(|| "all".into());
     println!(
@@ -76,6 +190,15 @@ async fn main() -> anyhow::Result<()> {
     );
     if matches!(which.as_str(), "all" | "bootstrap") {
         bootstrap(runs).await?;
+    }
+    if matches!(which.as_str(), "all" | "failover") {
+        failover(runs, "defaults", "").await?;
+        failover(runs, "fastest safe settings", FASTEST).await?;
+    }
+    if matches!(which.as_str(), "all" | "rejoin") {
+        for size in sizes {
+            rejoin_by_size(size).await?;
+        }
     }
     Ok(())
 }
