@@ -15,6 +15,7 @@ build:
 
 ## The main job: build and run the local three-instance cluster (Ctrl-C stops it).
 demo:
+	./scripts/ensure-tools.sh postgres
 	$(CARGO) build --release -p opengauss-operator
 	$(BIN_RELEASE) local up -f $(SAMPLE)
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Installs what `make test` needs on a fresh machine, and nothing that is already there:
-# cargo-nextest, the PostgreSQL server (real-database tests) and, for the Kubernetes schema
-# checks, kubernetes-validate in a project-local virtualenv.
+# Installs what the project needs on a fresh machine, and nothing that is already there:
+# cargo-nextest, the PostgreSQL server (the local cluster and the real-database tests) and,
+# for the Kubernetes schema checks, kubernetes-validate in a project-local virtualenv.
+# Usage: ensure-tools.sh [postgres|nextest|validate ...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+wanted="${*:-postgres nextest validate}"
+want() { [[ " $wanted " == *" $1 "* ]]; }
+
 have() { command -v "$1" >/dev/null 2>&1; }
 
-if ! cargo nextest --version >/dev/null 2>&1; then
+if want nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
@@ -17,7 +21,7 @@ for d in /usr/lib/postgresql/*/bin /usr/pgsql/bin; do
   if [ -x "$d/initdb" ] && [ -x "$d/pg_rewind" ] && [ -x "$d/pg_basebackup" ]; then pg_found=true; fi
 done
 if have initdb && have pg_rewind; then pg_found=true; fi
-if ! $pg_found; then
+if want postgres && ! $pg_found; then
   echo "installing the PostgreSQL server"
   if [ "$(id -u)" -eq 0 ] && have apt-get; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -33,7 +37,7 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && ! id nobody >/dev/nu
   exit 1
 fi
 
-if [ -f scripts/requirements-validate.txt ]; then
+if want validate && [ -f scripts/requirements-validate.txt ]; then
   if [ ! -x .venv/bin/kubernetes-validate ]; then
     echo "installing kubernetes-validate into .venv"
     python3 -m venv .venv
