@@ -6,6 +6,29 @@ pub fn quote_conf_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// The start of a managed configuration file, the same for both engines: a warning not to edit
+/// it, the user's parameters (so the operator's settings below them win), the listen address,
+/// the port, and `wal_level` unless the user chose one (`socket_key` and `wal_level` are the
+/// engine's spelling).
+pub fn managed_conf_head(c: &super::ServerConfig, socket_key: &str, wal_level: &str) -> String {
+    let mut out = String::from(
+        "# Managed by opengauss-operator and rewritten on every change.\n\
+         # Set server parameters in the cluster spec (spec.parameters), not here.\n",
+    );
+    for (k, v) in &c.parameters {
+        out += &conf_line(k, v);
+    }
+    out += &conf_line("listen_addresses", &c.listen_addresses);
+    out += &conf_line("port", &c.port.to_string());
+    out += &conf_line(socket_key, &c.socket_dir.display().to_string());
+    if !c.parameters.contains_key("wal_level") {
+        out += &conf_line("wal_level", wal_level);
+    }
+    out += &conf_line("hot_standby", "on");
+    out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
+    out
+}
+
 /// One `name = 'value'` line.
 pub fn conf_line(name: &str, value: &str) -> String {
     format!("{name} = {}\n", quote_conf_value(value))

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::conf::conf_line;
+use super::conf::{conf_line, managed_conf_head};
 use super::postgres::sync_names;
 use super::{
     CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql, StopMode,
@@ -114,21 +114,7 @@ impl Dialect for OpenGauss {
     }
 
     fn managed_conf(&self, c: &ServerConfig) -> String {
-        let mut out = String::from(
-            "# Managed by opengauss-operator and rewritten on every change.\n\
-             # Set server parameters in the cluster spec (spec.parameters), not here.\n",
-        );
-        for (k, v) in &c.parameters {
-            out += &conf_line(k, v);
-        }
-        out += &conf_line("listen_addresses", &c.listen_addresses);
-        out += &conf_line("port", &c.port.to_string());
-        out += &conf_line("unix_socket_directory", &c.socket_dir.display().to_string());
-        if !c.parameters.contains_key("wal_level") {
-            out += &conf_line("wal_level", "hot_standby");
-        }
-        out += &conf_line("hot_standby", "on");
-        out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
+        let mut out = managed_conf_head(c, "unix_socket_directory", "hot_standby");
         out += &conf_line("wal_keep_segments", &c.wal_keep_segments.to_string());
         out += &conf_line("application_name", &self.application_name(&c.instance));
         out += &conf_line(

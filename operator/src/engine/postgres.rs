@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::conf::{conf_line, conninfo_value, quote_standby_name};
+use super::conf::{conf_line, conninfo_value, managed_conf_head, quote_standby_name};
 use super::{
     CloneStep, CommandLine, Dialect, Endpoint, Engine, HbaConfig, Layout, ServerConfig, StatusSql, StopMode,
     SyncConfig, SyncMethod,
@@ -134,21 +134,7 @@ impl Dialect for Postgres {
     }
 
     fn managed_conf(&self, c: &ServerConfig) -> String {
-        let mut out = String::from(
-            "# Managed by opengauss-operator and rewritten on every change.\n\
-             # Set server parameters in the cluster spec (spec.parameters), not here.\n",
-        );
-        for (k, v) in &c.parameters {
-            out += &conf_line(k, v);
-        }
-        out += &conf_line("listen_addresses", &c.listen_addresses);
-        out += &conf_line("port", &c.port.to_string());
-        out += &conf_line("unix_socket_directories", &c.socket_dir.display().to_string());
-        if !c.parameters.contains_key("wal_level") {
-            out += &conf_line("wal_level", "replica");
-        }
-        out += &conf_line("hot_standby", "on");
-        out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
+        let mut out = managed_conf_head(c, "unix_socket_directories", "replica");
         out += &conf_line("max_replication_slots", &c.max_wal_senders.to_string());
         out += &conf_line("wal_keep_size", &format!("{}MB", u64::from(c.wal_keep_segments) * WAL_SEGMENT_MB));
         out += &conf_line("wal_log_hints", "on");
