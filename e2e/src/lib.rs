@@ -3,6 +3,7 @@
 //! exactly as users drive it, and cleaned up by PID when the test ends.
 
 pub mod cluster;
+pub mod kind;
 pub mod ports;
 pub mod writer;
 

@@ -12,7 +12,10 @@ const BOOT: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(90);
 
 fn require_postgres() {
-    assert!(postgres_available(), "these tests need the PostgreSQL server binaries (apt-get install postgresql)");
+    assert!(
+        postgres_available(),
+        "these tests need the PostgreSQL server binaries (apt-get install postgresql)"
+    );
 }
 
 async fn started(test: &str, instances: u32, extra: &str) -> LocalCluster {
@@ -86,7 +89,8 @@ async fn killing_the_primary_fails_over_and_the_old_primary_rejoins() {
     assert_eq!(c.writable_instances().await, vec![new.clone()], "exactly one instance accepts writes");
     assert_eq!(count(&c, &new, "SELECT count(*) FROM story").await, 1, "the committed row survived");
     write(&c, &new, "INSERT INTO story VALUES (2)").await;
-    let streaming = count(&c, &new, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").await;
+    let streaming =
+        count(&c, &new, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").await;
     assert_eq!(streaming, 2, "the other standby and the old primary stream from the new primary");
     wait_rows(&c, &old, "SELECT count(*) FROM story", 2).await;
 
@@ -129,7 +133,11 @@ async fn a_frozen_primary_is_replaced_and_rejoins_when_thawed_without_taking_wri
     let s = healthy_without(&c, &old).await;
     assert_eq!(s.current_primary.as_deref(), Some(new.as_str()));
     assert_eq!(c.writable_instances().await, vec![new.clone()]);
-    assert_eq!(count(&c, &new, "SELECT count(*) FROM frozen WHERE id = 666").await, 0, "the refused write is gone");
+    assert_eq!(
+        count(&c, &new, "SELECT count(*) FROM frozen WHERE id = 666").await,
+        0,
+        "the refused write is gone"
+    );
     wait_rows(&c, &old, "SELECT count(*) FROM frozen WHERE id = 1", 1).await;
     assert_eq!(s.instance(&old).map(|i| i.role), Some(Role::Standby));
 }
@@ -149,7 +157,12 @@ async fn no_acknowledged_commit_is_lost_across_three_failovers() {
     let written = w.stop().await.expect("writer");
     assert!(written.acknowledged.len() >= acked);
     let missing = missing_rows(&c, &written.acknowledged).await.expect("check");
-    assert!(missing.is_empty(), "{} acknowledged rows lost: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged rows lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
     let primary = c.primary().expect("primary");
     assert_eq!(c.timeline_of(&primary), Some(tl + 3), "exactly three promotions");
 }
@@ -162,9 +175,11 @@ async fn killing_a_standby_keeps_writes_flowing_and_it_streams_again() {
     let w = Writer::start(&c).await.expect("writer");
     let acked = writes_progress(&w, 0, "before the kill").await;
     c.signal_instance(&victim, Signal::SIGKILL).expect("kill standby");
-    c.wait_for("the standby seen down", Duration::from_secs(30), |s| s.instance(&victim).is_some_and(|i| !i.ready))
-        .await
-        .expect("down");
+    c.wait_for("the standby seen down", Duration::from_secs(30), |s| {
+        s.instance(&victim).is_some_and(|i| !i.ready)
+    })
+    .await
+    .expect("down");
     writes_progress(&w, acked, "while a standby is down").await;
     let s = c.wait_healthy(FAILOVER).await.expect("standby back");
     assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "no failover for a standby");
@@ -242,16 +257,28 @@ async fn switchover_to_a_named_standby_loses_nothing() {
 
     let dir = c.state_dir.display().to_string();
     let out = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
-    assert!(out.status.success(), "switchover failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "switchover failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let s = c.wait_healthy(FAILOVER).await.expect("healthy after the switchover");
     assert_eq!(s.current_primary.as_deref(), Some(target.as_str()));
     let last = s.last_transition.as_ref().expect("recorded");
     assert_eq!((last.kind, last.from.as_str()), (TransitionKind::Switchover, old.as_str()));
-    assert_eq!(s.instance(&old).map(|i| (i.role, i.ready)), Some((Role::Standby, true)), "old primary follows");
+    assert_eq!(
+        s.instance(&old).map(|i| (i.role, i.ready)),
+        Some((Role::Standby, true)),
+        "old primary follows"
+    );
     writes_progress(&w, acked, "after the switchover").await;
     let written = w.stop().await.expect("writer");
-    assert!(missing_rows(&c, &written.acknowledged).await.expect("check").is_empty(), "no acknowledged row lost");
+    assert!(
+        missing_rows(&c, &written.acknowledged).await.expect("check").is_empty(),
+        "no acknowledged row lost"
+    );
 
     let refused = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
     assert!(!refused.status.success(), "switching over to the current primary is refused");

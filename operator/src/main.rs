@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use opengauss_operator::platform::kubernetes;
 use opengauss_operator::platform::local::commands::{self, Output, Target, UpArgs};
 
 #[derive(Parser, Debug)]
@@ -32,6 +33,10 @@ enum LogFormat {
 enum Command {
     /// Print the OpenGaussCluster CustomResourceDefinition.
     Crd,
+    /// Run the operator on Kubernetes (in a pod, or against the current kubeconfig context).
+    Run(kubernetes::run::RunArgs),
+    /// Print every object the operator would create for a cluster, offline (secrets redacted).
+    Render(kubernetes::render::RenderArgs),
     /// Run a cluster as local processes.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -134,6 +139,8 @@ fn init_logging(format: LogFormat, default: &str) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Crd => print!("{}", opengauss_crd::crd_yaml()),
+        Command::Run(args) => kubernetes::run::run(args).await?,
+        Command::Render(args) => print!("{}", kubernetes::render::render(&args)?),
         Command::Local(cmd) => match cmd {
             LocalCommand::Up { file, state_dir, base_port, bin_dir, run_as } => {
                 commands::up(UpArgs { file, state_dir, base_port, bin_dir, run_as }).await?
@@ -160,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Instance(_) => "info",
+        Command::Instance(_) | Command::Run(_) => "info",
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);

@@ -29,7 +29,11 @@ fn median(v: &mut [f64]) -> f64 {
 fn summary(name: &str, v: &mut [f64]) {
     let worst = v.iter().copied().fold(f64::MIN, f64::max);
     let best = v.iter().copied().fold(f64::MAX, f64::min);
-    println!("{name:<62} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})", median(v), v.len());
+    println!(
+        "{name:<62} median {:>6.2}s  best {best:>6.2}s  worst {worst:>6.2}s  (n={})",
+        median(v),
+        v.len()
+    );
 }
 
 async fn streaming_standbys(c: &LocalCluster, primary: &str) -> usize {
@@ -99,7 +103,9 @@ async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result
     let wrote = first_write(c, &old, killed + Duration::from_secs(120)).await?;
     let n = c.instances;
     c.wait_for("the old primary streaming again", Duration::from_secs(900), |s| {
-        s.current_primary.as_deref().is_some_and(|p| p != old) && s.transition.is_none() && s.ready_instances == n
+        s.current_primary.as_deref().is_some_and(|p| p != old)
+            && s.transition.is_none()
+            && s.ready_instances == n
     })
     .await?;
     Ok((wrote.duration_since(killed).as_secs_f64(), killed.elapsed().as_secs_f64()))

@@ -393,8 +393,12 @@ impl Manager {
         } else {
             if cfg.dialect().checkpoint_source_before_rewind() {
                 let password = read_secret(&cfg.superuser_password_file)?;
-                if let Err(e) = probe::checkpoint_remote(cfg, source, &password, Duration::from_secs(3)).await {
-                    tracing::warn!(error = format!("{e:#}"), "could not checkpoint the new primary before rewinding");
+                if let Err(e) = probe::checkpoint_remote(cfg, source, &password, Duration::from_secs(3)).await
+                {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "could not checkpoint the new primary before rewinding"
+                    );
                 }
             }
             run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await

@@ -229,7 +229,7 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
     row.not_streaming_since = if row.ready || is_primary {
         None
     } else {
-        previous.not_streaming_since.or_else(|| Some(Time(input.now)))
+        previous.not_streaming_since.or(Some(Time(input.now)))
     };
     row
 }

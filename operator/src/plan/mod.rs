@@ -105,7 +105,10 @@ impl Action {
         matches!(
             self,
             Action::Send {
-                request: Request::Fence | Request::Promote { .. } | Request::Rejoin { .. } | Request::Rebuild { .. },
+                request: Request::Fence
+                    | Request::Promote { .. }
+                    | Request::Rejoin { .. }
+                    | Request::Rebuild { .. },
                 ..
             }
         )

@@ -2,6 +2,7 @@
 //! restart instances; everything else goes through the instance managers. Kubernetes-specific
 //! code lives in `kubernetes/`, process-specific code in `local/`.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,708 @@
+//! Pure builders: the k8s-openapi objects for one cluster, from its spec (and, for role labels,
+//! its status). No client, no clock, no randomness: the same cluster always gives the same
+//! objects, which is what `render` prints and what the tests pin.
+//!
+//! Per cluster `<name>` in namespace `<ns>`:
+//! - Secret `<name>-credentials`: superuser and replication passwords, the managers' API token,
+//!   a libpq password file;
+//! - ConfigMap `<name>-config`: one `<instance>.json` per instance, the instance manager's
+//!   `InstanceConfig`;
+//! - Service `<name>-headless` (every pod, not-ready ones included, so each pod has the stable
+//!   DNS name `<instance>.<name>-headless.<ns>.svc.<domain>` that `replconninfoN` uses);
+//! - Services `<name>-rw` (role `primary`) and `<name>-ro` (role `standby`);
+//! - PodDisruptionBudget `<name>`: at most one instance voluntarily disrupted at a time;
+//! - per instance `<name>-<k>`: PVC `<name>-<k>-data` and Pod `<name>-<k>`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use opengauss_crd::names::instance_names;
+use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
+
+use super::credentials::{Credentials, keys};
+use super::options::Options;
+use super::roles::{RoleLabel, desired_role};
+use super::{annotations, labels};
+use crate::instance::InstanceConfig;
+
+/// Where things live inside a database pod.
+pub mod paths {
+    /// The instance's PVC: `data/` (PGDATA), markers, server log.
+    pub const DATA_ROOT: &str = "/var/lib/opengauss";
+    /// emptyDir holding the manager binary copied by the init container, and the 0600 pgpass.
+    pub const CONTROLLER_DIR: &str = "/controller";
+    pub const MANAGER_BINARY: &str = "/controller/opengauss-operator";
+    pub const PGPASS: &str = "/controller/pgpass";
+    /// The server's Unix socket: private to the pod, which is how the manager queries it.
+    pub const SOCKET_DIR: &str = "/run/opengauss";
+    /// The cluster's ConfigMap, this instance's key only.
+    pub const CONFIG_DIR: &str = "/etc/opengauss-operator/config";
+    /// The cluster's Secret.
+    pub const SECRET_DIR: &str = "/etc/opengauss-operator/secret";
+    /// Where the operator image keeps its binary.
+    pub const OPERATOR_BINARY: &str = "/usr/local/bin/opengauss-operator";
+}
+
+/// Container names.
+pub const DATABASE_CONTAINER: &str = "database";
+pub const INIT_CONTAINER: &str = "install-manager";
+
+/// Port names (at most 15 characters).
+pub mod ports {
+    pub const DATABASE: &str = "postgresql";
+    pub const HA: &str = "ha";
+    pub const HA_HEARTBEAT: &str = "ha-heartbeat";
+    pub const MANAGER: &str = "manager";
+}
+
+/// Size of the in-memory `/dev/shm` (PostgreSQL's dynamic shared memory, openGauss's shared
+/// memory segments). Container runtimes default to 64 MiB, too small for parallel queries.
+const SHM_SIZE: &str = "1Gi";
+/// Time the kubelet gives the manager to stop the server cleanly (a fast shutdown waits for
+/// standbys to receive the last WAL).
+const TERMINATION_GRACE_SECONDS: i64 = 120;
+
+// ---------------------------------------------------------------------------------------------
+// Names
+
+pub fn cluster_name(c: &OpenGaussCluster) -> &str {
+    c.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The cluster's namespace; `default` for a cluster file without one (render).
+pub fn namespace(c: &OpenGaussCluster) -> &str {
+    c.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+pub fn secret_name(cluster: &str) -> String {
+    format!("{cluster}-credentials")
+}
+pub fn config_map_name(cluster: &str) -> String {
+    format!("{cluster}-config")
+}
+pub fn headless_service_name(cluster: &str) -> String {
+    format!("{cluster}-headless")
+}
+pub fn rw_service_name(cluster: &str) -> String {
+    format!("{cluster}-rw")
+}
+pub fn ro_service_name(cluster: &str) -> String {
+    format!("{cluster}-ro")
+}
+pub fn pdb_name(cluster: &str) -> String {
+    cluster.to_string()
+}
+pub fn pvc_name(instance: &str) -> String {
+    format!("{instance}-data")
+}
+/// The ConfigMap key holding one instance's manager configuration.
+pub fn config_key(instance: &str) -> String {
+    format!("{instance}.json")
+}
+
+/// The stable DNS name of an instance's pod, through the headless Service.
+pub fn instance_host(c: &OpenGaussCluster, instance: &str, opts: &Options) -> String {
+    format!(
+        "{instance}.{}.{}.svc.{}",
+        headless_service_name(cluster_name(c)),
+        namespace(c),
+        opts.cluster_domain
+    )
+}
+
+/// openGauss's HA (replication) port: the database port + 1, as in the official deployments;
+/// its heartbeat port is HA port + 4.
+pub fn ha_port(c: &OpenGaussCluster) -> u16 {
+    c.spec.port + 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database image
+
+/// What the operator needs to know about a database image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageLayout {
+    pub bin_dir: String,
+    /// The image's database OS user and group: the manager and the server run as them.
+    pub uid: i64,
+    pub gid: i64,
+    pub env: Vec<(String, String)>,
+}
+
+/// The PostgreSQL major version in an official image reference (`postgres:16.4-bookworm` is
+/// 16), when the tag starts with one.
+fn postgres_major(image: &str) -> Option<u32> {
+    let last = image.rsplit('/').next()?;
+    let tag = last.split('@').next()?.split_once(':')?.1;
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+pub fn image_layout(c: &OpenGaussCluster) -> ImageLayout {
+    let anns = c.metadata.annotations.clone().unwrap_or_default();
+    let mut layout = match c.spec.engine {
+        // The official openGauss images: GAUSSHOME /usr/local/opengauss, OS user omm (70).
+        Engine::OpenGauss => ImageLayout {
+            bin_dir: "/usr/local/opengauss/bin".into(),
+            uid: 70,
+            gid: 70,
+            env: vec![
+                ("GAUSSHOME".into(), "/usr/local/opengauss".into()),
+                ("LD_LIBRARY_PATH".into(), "/usr/local/opengauss/lib".into()),
+                (
+                    "PATH".into(),
+                    "/usr/local/opengauss/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                        .into(),
+                ),
+            ],
+        },
+        // The official PostgreSQL images: /usr/lib/postgresql/<major>/bin, OS user postgres (999).
+        Engine::Postgres => {
+            let major = postgres_major(c.spec.image()).unwrap_or(17);
+            ImageLayout {
+                bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
+                uid: 999,
+                gid: 999,
+                env: vec![],
+            }
+        }
+    };
+    if let Some(dir) = anns.get(annotations::BIN_DIR).filter(|d| d.starts_with('/')) {
+        layout.bin_dir = dir.clone();
+    }
+    if let Some(uid) =
+        anns.get(annotations::RUN_AS_USER).and_then(|u| u.parse::<i64>().ok()).filter(|u| *u > 0)
+    {
+        layout.uid = uid;
+        layout.gid = uid;
+    }
+    layout
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata
+
+/// Labels on every object of the cluster.
+pub fn cluster_labels(cluster: &str) -> BTreeMap<String, String> {
+    [
+        (labels::NAME, "opengauss"),
+        (labels::APP_INSTANCE, cluster),
+        (labels::MANAGED_BY, labels::MANAGER),
+        (labels::CLUSTER, cluster),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The label selector matching every object of the cluster.
+pub fn cluster_selector(cluster: &str) -> String {
+    format!("{}={cluster},{}={}", labels::CLUSTER, labels::MANAGED_BY, labels::MANAGER)
+}
+
+fn instance_labels(cluster: &str, instance: &str) -> BTreeMap<String, String> {
+    let mut l = cluster_labels(cluster);
+    l.insert(labels::INSTANCE.into(), instance.into());
+    l.insert(labels::COMPONENT.into(), "database".into());
+    l
+}
+
+/// The controller reference to the cluster. A cluster read from a file (render) has no uid
+/// yet, and gets none: a reference to a uid that does not exist would make the garbage
+/// collector delete the object.
+pub fn owner_reference(c: &OpenGaussCluster) -> Option<OwnerReference> {
+    let uid = c.metadata.uid.clone()?;
+    Some(OwnerReference {
+        api_version: opengauss_crd::API_VERSION.into(),
+        kind: opengauss_crd::KIND.into(),
+        name: cluster_name(c).into(),
+        uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    })
+}
+
+fn meta(c: &OpenGaussCluster, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(c).to_string()),
+        labels: Some(labels),
+        owner_references: owner_reference(c).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster-level objects
+
+/// The Secret, created once with `credentials` and never updated.
+pub fn secret(c: &OpenGaussCluster, credentials: &Credentials) -> Secret {
+    Secret {
+        metadata: meta(c, secret_name(cluster_name(c)), cluster_labels(cluster_name(c))),
+        type_: Some("Opaque".into()),
+        string_data: Some(credentials.entries()),
+        ..Secret::default()
+    }
+}
+
+/// The instance manager's configuration for `instance` inside its pod.
+pub fn instance_config(c: &OpenGaussCluster, instance: &str, opts: &Options) -> InstanceConfig {
+    let layout = image_layout(c);
+    let secret = |key: &str| PathBuf::from(paths::SECRET_DIR).join(key);
+    InstanceConfig {
+        cluster: cluster_name(c).to_string(),
+        instance: instance.to_string(),
+        engine: c.spec.engine,
+        bin_dir: PathBuf::from(layout.bin_dir),
+        root: PathBuf::from(paths::DATA_ROOT),
+        socket_dir: PathBuf::from(paths::SOCKET_DIR),
+        port: c.spec.port,
+        listen_addresses: "*".into(),
+        advertise_host: instance_host(c, instance, opts),
+        api_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.manager_port)),
+        api_port_file: None,
+        superuser: crate::platform::local::superuser(c.spec.engine).into(),
+        replication_user: crate::platform::local::REPLICATION_USER.into(),
+        token_file: secret(keys::API_TOKEN),
+        superuser_password_file: secret(keys::PASSWORD),
+        replication_password_file: secret(keys::REPLICATION_PASSWORD),
+        passfile: PathBuf::from(paths::PGPASS),
+        // Pod networks differ between clusters; every TCP login needs a password.
+        hba_networks: vec!["0.0.0.0/0".into(), "::/0".into()],
+        ha_port: ha_port(c),
+    }
+}
+
+/// The ConfigMap: one manager configuration per instance.
+pub fn config_map(c: &OpenGaussCluster, opts: &Options) -> ConfigMap {
+    let name = cluster_name(c);
+    let data = instance_names(name, c.spec.instances)
+        .into_iter()
+        .map(|i| {
+            let cfg = instance_config(c, &i, opts);
+            let json = serde_json::to_string_pretty(&cfg).expect("an InstanceConfig always serialises");
+            (config_key(&i), json + "\n")
+        })
+        .collect();
+    ConfigMap {
+        metadata: meta(c, config_map_name(name), cluster_labels(name)),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+fn service_port(name: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The headless Service: a DNS name for every pod, ready or not (replication peers must find
+/// each other before they are ready).
+pub fn headless_service(c: &OpenGaussCluster) -> Service {
+    let name = cluster_name(c);
+    let ha = ha_port(c);
+    Service {
+        metadata: meta(c, headless_service_name(name), cluster_labels(name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(name, None)),
+            ports: Some(if c.spec.engine == Engine::OpenGauss {
+                vec![
+                    service_port(ports::DATABASE, c.spec.port),
+                    service_port(ports::HA, ha),
+                    service_port(ports::HA_HEARTBEAT, ha + 4),
+                ]
+            } else {
+                vec![service_port(ports::DATABASE, c.spec.port)]
+            }),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn selector_labels(cluster: &str, role: Option<RoleLabel>) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::from([(labels::CLUSTER.to_string(), cluster.to_string())]);
+    if let Some(role) = role {
+        s.insert(labels::ROLE.into(), role.as_str().into());
+    }
+    s
+}
+
+fn role_service(c: &OpenGaussCluster, name: String, role: RoleLabel) -> Service {
+    let cluster = cluster_name(c);
+    Service {
+        metadata: meta(c, name, cluster_labels(cluster)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(cluster, Some(role))),
+            ports: Some(vec![service_port(ports::DATABASE, c.spec.port)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// `<name>-rw`: the primary, and nothing while a failover is in flight.
+pub fn rw_service(c: &OpenGaussCluster) -> Service {
+    role_service(c, rw_service_name(cluster_name(c)), RoleLabel::Primary)
+}
+
+/// `<name>-ro`: the standbys.
+pub fn ro_service(c: &OpenGaussCluster) -> Service {
+    role_service(c, ro_service_name(cluster_name(c)), RoleLabel::Standby)
+}
+
+/// At most one instance of the cluster voluntarily disrupted (drained, evicted) at a time.
+pub fn pod_disruption_budget(c: &OpenGaussCluster) -> PodDisruptionBudget {
+    let name = cluster_name(c);
+    PodDisruptionBudget {
+        metadata: meta(c, pdb_name(name), cluster_labels(name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name, None)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances
+
+pub fn pvc(c: &OpenGaussCluster, instance: &str) -> PersistentVolumeClaim {
+    let name = cluster_name(c);
+    PersistentVolumeClaim {
+        metadata: meta(c, pvc_name(instance), instance_labels(name, instance)),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(c.spec.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: c.spec.storage.storage_class_name.clone(),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(ports::MANAGER.into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(timeout),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// No privileges, no capabilities.
+fn restricted(read_only_root: bool) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(read_only_root),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The init container's script: copy the manager binary next to the database, and the password
+/// file with the 0600 mode libpq insists on. Runs in the operator image (busybox userland).
+fn install_script() -> String {
+    format!(
+        "set -eu\ncp {bin} {dst}\ncp {secret}/{pgpass} {pgpass_dst}\nchmod 0600 {pgpass_dst}\n",
+        bin = paths::OPERATOR_BINARY,
+        dst = paths::MANAGER_BINARY,
+        secret = paths::SECRET_DIR,
+        pgpass = keys::PGPASS,
+        pgpass_dst = paths::PGPASS,
+    )
+}
+
+/// The role label a pod is created with.
+pub fn role_for(status: Option<&OpenGaussClusterStatus>, instance: &str) -> RoleLabel {
+    status.map_or(RoleLabel::None, |s| desired_role(s, instance))
+}
+
+/// One instance's pod: the instance manager as PID 1 of the stock database image.
+pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options) -> Pod {
+    let name = cluster_name(c);
+    let layout = image_layout(c);
+    let mut pod_labels = instance_labels(name, instance);
+    pod_labels.insert(labels::ROLE.into(), role.as_str().into());
+    let ha = ha_port(c);
+    let mut env: Vec<EnvVar> = layout
+        .env
+        .iter()
+        .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..EnvVar::default() })
+        .collect();
+    env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..EnvVar::default() });
+    let database = Container {
+        name: DATABASE_CONTAINER.into(),
+        image: Some(c.spec.image().to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            paths::MANAGER_BINARY.into(),
+            "instance".into(),
+            "run".into(),
+            "--config".into(),
+            format!("{}/{}", paths::CONFIG_DIR, config_key(instance)),
+        ]),
+        env: Some(env),
+        ports: Some(match c.spec.engine {
+            Engine::OpenGauss => vec![
+                container_port(ports::DATABASE, c.spec.port),
+                container_port(ports::HA, ha),
+                container_port(ports::HA_HEARTBEAT, ha + 4),
+                container_port(ports::MANAGER, opts.manager_port),
+            ],
+            Engine::Postgres => vec![
+                container_port(ports::DATABASE, c.spec.port),
+                container_port(ports::MANAGER, opts.manager_port),
+            ],
+        }),
+        // The manager answers /healthz as long as it runs; /readyz only while the server
+        // accepts connections, which keeps an instance out of the Services until then.
+        liveness_probe: Some(http_probe("/healthz", 10, 5, 6)),
+        readiness_probe: Some(http_probe("/readyz", 2, 3, 3)),
+        resources: c.spec.resources.clone(),
+        // The database image writes outside its volumes (lock files, temporary files).
+        security_context: Some(restricted(false)),
+        volume_mounts: Some(vec![
+            mount("data", paths::DATA_ROOT, false),
+            mount("controller", paths::CONTROLLER_DIR, true),
+            mount("run", paths::SOCKET_DIR, false),
+            mount("config", paths::CONFIG_DIR, true),
+            mount("secret", paths::SECRET_DIR, true),
+            mount("shm", "/dev/shm", false),
+            mount("tmp", "/tmp", false),
+        ]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let init = Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(opts.operator_image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/bin/sh".into(), "-c".into(), install_script()]),
+        security_context: Some(restricted(true)),
+        volume_mounts: Some(vec![
+            mount("controller", paths::CONTROLLER_DIR, false),
+            mount("secret", paths::SECRET_DIR, true),
+        ]),
+        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        ..Container::default()
+    };
+    let empty = |medium: Option<&str>, size: Option<&str>| EmptyDirVolumeSource {
+        medium: medium.map(Into::into),
+        size_limit: size.map(|s| Quantity(s.into())),
+    };
+    let volumes = vec![
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: pvc_name(instance),
+                ..PersistentVolumeClaimVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "controller".into(),
+            empty_dir: Some(empty(None, Some("256Mi"))),
+            ..Volume::default()
+        },
+        Volume { name: "run".into(), empty_dir: Some(empty(None, Some("16Mi"))), ..Volume::default() },
+        Volume { name: "tmp".into(), empty_dir: Some(empty(None, Some("1Gi"))), ..Volume::default() },
+        Volume {
+            name: "shm".into(),
+            empty_dir: Some(empty(Some("Memory"), Some(SHM_SIZE))),
+            ..Volume::default()
+        },
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(name),
+                items: Some(vec![KeyToPath {
+                    key: config_key(instance),
+                    path: config_key(instance),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "secret".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret_name(name)),
+                // Readable by the database user through fsGroup, by nobody else.
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    Pod {
+        metadata: meta(c, instance.to_string(), pod_labels),
+        spec: Some(PodSpec {
+            hostname: Some(instance.into()),
+            subdomain: Some(headless_service_name(name)),
+            init_containers: Some(vec![init]),
+            containers: vec![database],
+            volumes: Some(volumes),
+            // Database pods never talk to the API server.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(layout.uid),
+                run_as_group: Some(layout.gid),
+                fs_group: Some(layout.gid),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            // Spread instances over nodes when there are several.
+            affinity: Some(Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![
+                        WeightedPodAffinityTerm {
+                            weight: 100,
+                            pod_affinity_term: PodAffinityTerm {
+                                label_selector: Some(LabelSelector {
+                                    match_labels: Some(selector_labels(name, None)),
+                                    ..LabelSelector::default()
+                                }),
+                                topology_key: "kubernetes.io/hostname".into(),
+                                ..PodAffinityTerm::default()
+                            },
+                        },
+                    ]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Everything at once
+
+/// Every object of a cluster, in the order the operator creates them.
+#[derive(Clone, Debug)]
+pub struct ClusterObjects {
+    pub secret: Secret,
+    pub config_map: ConfigMap,
+    pub headless: Service,
+    pub rw: Service,
+    pub ro: Service,
+    pub pdb: PodDisruptionBudget,
+    /// Per instance, in ordinal order.
+    pub instances: Vec<(PersistentVolumeClaim, Pod)>,
+}
+
+pub fn cluster_objects(
+    c: &OpenGaussCluster,
+    status: Option<&OpenGaussClusterStatus>,
+    credentials: &Credentials,
+    opts: &Options,
+) -> ClusterObjects {
+    let instances = instance_names(cluster_name(c), c.spec.instances)
+        .into_iter()
+        .map(|i| (pvc(c, &i), pod(c, &i, role_for(status, &i), opts)))
+        .collect();
+    ClusterObjects {
+        secret: secret(c, credentials),
+        config_map: config_map(c, opts),
+        headless: headless_service(c),
+        rw: rw_service(c),
+        ro: ro_service(c),
+        pdb: pod_disruption_budget(c),
+        instances,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_major_from_tags() {
+        assert_eq!(postgres_major("postgres:17"), Some(17));
+        assert_eq!(postgres_major("docker.io/library/postgres:16.4-bookworm"), Some(16));
+        assert_eq!(postgres_major("registry:5000/postgres:15@sha256:abc"), Some(15));
+        assert_eq!(postgres_major("registry:5000/postgres"), None);
+        assert_eq!(postgres_major("postgres:latest"), None);
+    }
+
+    #[test]
+    fn install_script_copies_binary_and_private_pgpass() {
+        let s = install_script();
+        assert!(s.contains("cp /usr/local/bin/opengauss-operator /controller/opengauss-operator"), "{s}");
+        assert!(s.contains("chmod 0600 /controller/pgpass"), "{s}");
+    }
+}

@@ -1,0 +1,416 @@
+//! Reconcile scenarios against a mocked API server (tower-test) and fake instance managers:
+//! what the operator writes, and in which order.
+
+mod kubernetes_support;
+
+use std::collections::BTreeMap;
+
+use kubernetes_support::*;
+use opengauss_crd::{OpenGaussClusterStatus, Phase, TransitionKind};
+use serde_json::Value;
+
+fn position(calls: &[Call], what: &str) -> usize {
+    calls.iter().position(|c| c.short() == what).unwrap_or_else(|| {
+        panic!("no {what:?} among {:#?}", calls.iter().map(Call::short).collect::<Vec<_>>())
+    })
+}
+
+fn shorts(calls: &[Call]) -> Vec<String> {
+    calls.iter().map(Call::short).collect()
+}
+
+fn stored_status(api: &FakeApi, name: &str) -> OpenGaussClusterStatus {
+    serde_json::from_value(api.get(&cluster_path(NS, name)).expect("cluster")["status"].clone())
+        .expect("status parses")
+}
+
+fn event_reasons(api: &FakeApi) -> Vec<String> {
+    api.list("events.k8s.io", "events", Some(NS))
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The journal as a sequence of label states: never two pods labelled primary at once.
+fn assert_never_two_primaries(api: &FakeApi, start: BTreeMap<String, String>) {
+    let mut labels = start;
+    for call in api.calls() {
+        let t = call.target();
+        if call.method == "PATCH"
+            && t.resource == "pods"
+            && let Some(role) =
+                call.body.as_ref().and_then(|b| b["metadata"]["labels"]["ha.opengauss.dev/role"].as_str())
+        {
+            labels.insert(t.name.clone().expect("pod name"), role.to_string());
+        }
+        let primaries: Vec<&String> =
+            labels.iter().filter(|(_, r)| *r == "primary").map(|(n, _)| n).collect();
+        assert!(primaries.len() <= 1, "two pods labelled primary after {}: {primaries:?}", call.short());
+    }
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_the_objects_in_order() {
+    let (api, _ctx, result) = scenario_first_reconcile().await;
+    let action = result.expect("reconcile succeeds");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(500)),
+        "a cluster being created is probed again soon"
+    );
+    let writes: Vec<Call> = api.writes().into_iter().filter(|c| c.target().resource != "events").collect();
+    let order = [
+        "POST secrets",
+        "PATCH configmaps/og-config",
+        "PATCH services/og-headless",
+        "PATCH services/og-rw",
+        "PATCH services/og-ro",
+        "PATCH poddisruptionbudgets/og",
+        "PATCH opengaussclusters/og/status",
+    ];
+    let positions: Vec<usize> = order.iter().map(|w| position(&writes, w)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order: {:#?}", shorts(&writes));
+    let status_at = positions[positions.len() - 1];
+    for k in 0..3 {
+        let pvc = position(&writes, &format!("PATCH persistentvolumeclaims/og-{k}-data"));
+        let pod = position(&writes, &format!("PATCH pods/og-{k}"));
+        assert!(
+            status_at < pvc && pvc < pod,
+            "status, then volume, then pod for og-{k}: {:#?}",
+            shorts(&writes)
+        );
+    }
+    // Everything created is applied server-side by the operator's one field manager.
+    for w in writes.iter().filter(|c| c.method == "PATCH") {
+        assert!(w.is_apply(), "{} is not a server-side apply", w.short());
+        assert_eq!(
+            w.query.get("fieldManager").map(String::as_str),
+            Some("opengauss-operator"),
+            "{}",
+            w.short()
+        );
+        assert_eq!(w.query.get("force").map(String::as_str), Some("true"), "{}", w.short());
+    }
+    assert_eq!(writes.len(), order.len() + 6, "nothing else written: {:#?}", shorts(&writes));
+
+    // Owned by the cluster, so that deleting it deletes them.
+    let uid = api.get(&cluster_path(NS, "og")).expect("cluster")["metadata"]["uid"].clone();
+    for (group, resource) in [
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("", "services"),
+        ("policy", "poddisruptionbudgets"),
+        ("", "persistentvolumeclaims"),
+        ("", "pods"),
+    ] {
+        let objects = api.list(group, resource, Some(NS));
+        assert!(!objects.is_empty(), "no {resource}");
+        for o in objects {
+            let refs = o["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+            assert_eq!(refs.len(), 1, "{resource} {}", o["metadata"]["name"]);
+            assert_eq!(refs[0]["uid"], uid);
+            assert_eq!(refs[0]["controller"], Value::Bool(true));
+            assert_eq!(refs[0]["kind"], "OpenGaussCluster");
+        }
+    }
+
+    // The status records the intent: og-0 is to be the first primary.
+    let status = stored_status(&api, "og");
+    assert_eq!(status.phase, Some(Phase::Initializing));
+    assert_eq!(status.target_primary.as_deref(), Some("og-0"));
+    assert!(!status.initialized);
+    // No pod is in a Service before it has a role.
+    assert!(role_labels(&api).values().all(|r| r == "none"), "{:?}", role_labels(&api));
+
+    // Generated credentials meet openGauss's password rule.
+    let secret = api.get("/api/v1/namespaces/apps/secrets/og-credentials").expect("secret");
+    let creds = opengauss_operator::platform::kubernetes::credentials::Credentials::from_secret(
+        &serde_json::from_value(secret).expect("secret parses"),
+    )
+    .expect("complete secret");
+    assert!(opengauss_operator::secrets::meets_policy(&creds.secrets.superuser_password, "omm"));
+    assert_eq!(creds.superuser, "omm");
+
+    // Each creation is told as an event on the cluster.
+    let reasons = event_reasons(&api);
+    assert!(reasons.iter().any(|r| r == "InstanceCreated"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn bootstrap_patches_status_then_labels_the_primary() {
+    let (api, _ctx, _managers) = scenario_bootstrap().await;
+    let journal = api.journal();
+    let bootstrap_sent = journal.iter().position(|e| {
+        matches!(e, Entry::Manager { instance, request } if instance == "og-0" && request["kind"] == "bootstrap")
+    });
+    let Some(Entry::Manager { request, .. }) = bootstrap_sent.map(|i| &journal[i]) else {
+        panic!("og-0 was told to initialise: {journal:#?}");
+    };
+    // Peers are reached through their stable DNS names (replconninfoN on openGauss).
+    let peers: Vec<(String, u64)> = request["config"]["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| (p["host"].as_str().unwrap_or_default().to_string(), p["haPort"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        peers,
+        [
+            ("og-1.og-headless.apps.svc.cluster.local".to_string(), 5433),
+            ("og-2.og-headless.apps.svc.cluster.local".to_string(), 5433)
+        ]
+    );
+    let status = stored_status(&api, "og");
+    assert!(status.initialized, "{status:?}");
+    assert_eq!(status.current_primary.as_deref(), Some("og-0"));
+    let calls = api.calls();
+    let status_patch =
+        calls.iter().rposition(|c| c.short() == "PATCH opengaussclusters/og/status").expect("status patched");
+    let body = calls[status_patch].body.clone().expect("body");
+    assert_eq!(body["apiVersion"], "ha.opengauss.dev/v1alpha1");
+    assert_eq!(body["kind"], "OpenGaussCluster");
+    assert_eq!(body["status"]["currentPrimary"], "og-0");
+    let label = calls
+        .iter()
+        .position(|c| {
+            c.short() == "PATCH pods/og-0"
+                && c.body
+                    .as_ref()
+                    .is_some_and(|b| b["metadata"]["labels"]["ha.opengauss.dev/role"] == "primary")
+        })
+        .expect("og-0 labelled primary");
+    assert!(status_patch < label, "the primary is recorded before it is put behind -rw");
+    assert!(
+        calls[label].content_type.starts_with("application/merge-patch"),
+        "labels change with a merge patch that cannot touch the pod spec"
+    );
+    assert_eq!(role_labels(&api).get("og-0").map(String::as_str), Some("primary"));
+    assert!(event_reasons(&api).iter().any(|r| r == "PrimaryInitialized"), "{:?}", event_reasons(&api));
+    assert!(event_reasons(&api).iter().any(|r| r == "RoleChanged"), "{:?}", event_reasons(&api));
+}
+
+#[tokio::test]
+async fn unchanged_status_is_not_written_again() {
+    let (api, ctx, _managers) = scenario_bootstrap().await;
+    let before = stored_status(&api, "og");
+    api.clear_journal();
+    reconcile_once(&api, &ctx, "og").await.expect("reconcile");
+    let status_writes: Vec<Call> =
+        api.writes().into_iter().filter(|c| c.short() == "PATCH opengaussclusters/og/status").collect();
+    // Only lastSeen times would have changed: no write.
+    assert!(status_writes.is_empty(), "{:#?}", shorts(&status_writes));
+    assert_eq!(stored_status(&api, "og"), before);
+}
+
+#[tokio::test]
+async fn failover_takes_the_primary_out_of_service_before_acting() {
+    let start = role_labels(&healthy_cluster(serde_json::json!({})).await.0);
+    assert_eq!(start.get("og-0").map(String::as_str), Some("primary"));
+    let (api, _ctx, _managers) = scenario_failover().await;
+    let journal = api.journal();
+    let index = |pred: &dyn Fn(&Entry) -> bool| journal.iter().position(pred);
+    let status_patch = index(&|e| {
+        matches!(e, Entry::Api(c) if c.short() == "PATCH opengaussclusters/og/status"
+            && c.body.as_ref().is_some_and(|b| b["status"]["transition"]["kind"] == "Failover"))
+    })
+    .expect("the failover is recorded in the status");
+    let demotion = index(&|e| {
+        matches!(e, Entry::Api(c) if c.short() == "PATCH pods/og-0"
+            && c.body.as_ref().is_some_and(|b| b["metadata"]["labels"]["ha.opengauss.dev/role"] == "none"))
+    })
+    .expect("the terminating primary leaves -rw");
+    let first_request = index(&|e| matches!(e, Entry::Manager { .. })).expect("standbys are acted upon");
+    let status = stored_status(&api, "og");
+    let t = status.transition.clone().expect("transition in flight");
+    assert_eq!(t.kind, TransitionKind::Failover);
+    assert_eq!(t.from, "og-0");
+    assert_eq!(status.phase, Some(Phase::FailingOver));
+    assert!(status_patch < demotion, "the decision is recorded before relabelling");
+    assert!(demotion < first_request, "nobody is behind -rw before any instance is acted upon");
+    let labels = role_labels(&api);
+    assert!(labels.values().all(|r| r != "primary"), "{labels:?}");
+    assert!(event_reasons(&api).iter().any(|r| r == "FailingOver"), "{:?}", event_reasons(&api));
+    assert_never_two_primaries(&api, start);
+}
+
+#[tokio::test]
+async fn failover_of_a_reachable_but_dead_primary_relabels_it_first() {
+    // The primary's pod stays but its container is gone for good (the pod failed).
+    let (api, managers) = healthy_cluster(serde_json::json!({})).await;
+    let start = role_labels(&api);
+    api.modify(&pod_path(NS, "og-0"), |p| {
+        p["status"] = serde_json::json!({"phase": "Failed", "reason": "Evicted", "podIP": "127.0.0.10"});
+    });
+    managers.set("og-0", None);
+    let ctx = context(&api, managers.port);
+    reconcile_once(&api, &ctx, "og").await.expect("reconcile");
+    let journal = api.journal();
+    let status_patch = journal
+        .iter()
+        .position(|e| matches!(e, Entry::Api(c) if c.short() == "PATCH opengaussclusters/og/status"))
+        .expect("status patched");
+    let demotion = journal
+        .iter()
+        .position(|e| {
+            matches!(e, Entry::Api(c) if c.short() == "PATCH pods/og-0"
+                && c.body.as_ref().is_some_and(|b| b["metadata"]["labels"]["ha.opengauss.dev/role"] == "none"))
+        })
+        .expect("og-0 leaves -rw");
+    assert!(status_patch < demotion, "status first, then the label");
+    if let Some(first_request) = journal.iter().position(|e| matches!(e, Entry::Manager { .. })) {
+        assert!(demotion < first_request, "out of -rw before any instance is acted upon");
+    }
+    let replaced = journal
+        .iter()
+        .position(|e| matches!(e, Entry::Api(c) if c.short() == "DELETE pods/og-0"))
+        .expect("the failed pod is deleted so it is created again");
+    assert!(demotion < replaced);
+    assert!(role_labels(&api).values().all(|r| r != "primary"), "{:?}", role_labels(&api));
+    assert_never_two_primaries(&api, start);
+}
+
+#[tokio::test]
+async fn a_finished_failover_puts_the_new_primary_behind_rw() {
+    // A new operator (say, after a leader change) finds og-1 promoted and recorded.
+    let (api, managers) = healthy_cluster(serde_json::json!({})).await;
+    api.modify(&cluster_path(NS, "og"), |c| {
+        c["status"]["currentPrimary"] = "og-1".into();
+        c["status"]["targetPrimary"] = "og-1".into();
+        c["status"]["instances"] = serde_json::json!([
+            {"name": "og-0", "role": "unknown", "ready": false},
+            {"name": "og-1", "role": "primary", "ready": true},
+            {"name": "og-2", "role": "standby", "ready": true},
+        ]);
+    });
+    api.modify(&pod_path(NS, "og-0"), |p| p["metadata"]["labels"]["ha.opengauss.dev/role"] = "none".into());
+    let start = role_labels(&api);
+    managers.set("og-0", None);
+    managers.set("og-1", Some(primary_report("og-1", &["og-2"], 0x6000000)));
+    managers.set("og-2", Some(standby_report("og-2", 0x6000000)));
+    let ctx = context(&api, managers.port);
+    reconcile_once(&api, &ctx, "og").await.expect("reconcile");
+    let labels = role_labels(&api);
+    assert_eq!(labels.get("og-1").map(String::as_str), Some("primary"), "{labels:?}");
+    assert_eq!(labels.get("og-2").map(String::as_str), Some("standby"), "{labels:?}");
+    assert_ne!(labels.get("og-0").map(String::as_str), Some("primary"), "{labels:?}");
+    assert_never_two_primaries(&api, start);
+}
+
+#[tokio::test]
+async fn switchover_request_is_taken_and_its_annotation_removed() {
+    let (api, _ctx, _managers) = scenario_switchover().await;
+    let status = stored_status(&api, "og");
+    let t = status.transition.clone().expect("switchover in flight");
+    assert_eq!(t.kind, TransitionKind::Switchover);
+    assert_eq!(t.to.as_deref(), Some("og-1"));
+    let cluster = api.get(&cluster_path(NS, "og")).expect("cluster");
+    assert!(
+        cluster["metadata"]["annotations"].get("ha.opengauss.dev/switchover-to").is_none(),
+        "request consumed: {}",
+        cluster["metadata"]
+    );
+    assert!(role_labels(&api).values().all(|r| r != "primary"), "{:?}", role_labels(&api));
+    assert!(event_reasons(&api).iter().any(|r| r == "SwitchingOver"), "{:?}", event_reasons(&api));
+}
+
+#[tokio::test]
+async fn scale_down_deletes_the_removed_instance_and_its_volume() {
+    let (api, _ctx, _managers) = scenario_scale_down().await;
+    let writes = shorts(&api.writes());
+    assert!(writes.contains(&"DELETE pods/og-2".to_string()), "{writes:#?}");
+    assert!(writes.contains(&"DELETE persistentvolumeclaims/og-2-data".to_string()), "{writes:#?}");
+    assert!(!writes.iter().any(|w| w == "DELETE pods/og-0" || w == "DELETE pods/og-1"), "{writes:#?}");
+    let pods: Vec<String> = role_labels(&api).into_keys().collect();
+    assert_eq!(pods, ["og-0", "og-1"]);
+}
+
+#[tokio::test]
+async fn deletion_writes_nothing_and_forgets_the_cluster() {
+    let (api, ctx) = scenario_deletion().await;
+    assert!(api.writes().is_empty(), "{:#?}", shorts(&api.writes()));
+    assert!(ctx.known_clusters().await.is_empty());
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_a_condition_and_creates_nothing() {
+    let (api, _ctx) = scenario_invalid_spec().await;
+    let writes = api.writes();
+    let kinds: Vec<String> = shorts(&writes);
+    assert_eq!(
+        kinds.iter().filter(|w| *w == "PATCH opengaussclusters/bad/status").count(),
+        1,
+        "written once, not again when nothing changed: {kinds:#?}"
+    );
+    assert!(
+        writes.iter().all(|w| ["opengaussclusters", "events"].contains(&w.target().resource.as_str())),
+        "nothing but the status and an event: {kinds:#?}"
+    );
+    let status = stored_status(&api, "bad");
+    assert_eq!(status.phase, Some(Phase::InvalidSpec));
+    let valid = status.condition("ValidSpec").expect("ValidSpec condition");
+    assert_eq!(valid.status, "False");
+    assert!(valid.message.contains("spec.replication.synchronous.number"), "{}", valid.message);
+    assert!(event_reasons(&api).iter().any(|r| r == "InvalidSpec"));
+}
+
+#[tokio::test]
+async fn a_malformed_object_is_reported_not_acted_upon() {
+    let (api, _ctx) = scenario_malformed().await;
+    let writes = api.writes();
+    assert!(
+        writes.iter().all(|w| ["opengaussclusters", "events"].contains(&w.target().resource.as_str())),
+        "{:#?}",
+        shorts(&writes)
+    );
+    let stored = api.get(&cluster_path(NS, "weird")).expect("cluster");
+    assert_eq!(stored["status"]["phase"], "InvalidSpec");
+    assert!(stored["status"]["phaseReason"].as_str().unwrap_or_default().contains("cannot be read"));
+    assert!(event_reasons(&api).iter().any(|r| r == "InvalidObject"));
+}
+
+#[tokio::test]
+async fn an_invalid_name_is_refused() {
+    let api = FakeApi::new();
+    let long = "a".repeat(50);
+    api.insert(&cluster_path(NS, &long), cluster_json(&long, serde_json::json!({})));
+    let ctx = context(&api, 8000);
+    reconcile_once(&api, &ctx, &long).await.expect("reconcile");
+    let status = stored_status(&api, &long);
+    assert_eq!(status.phase, Some(Phase::InvalidSpec));
+    assert!(status.phase_reason.unwrap_or_default().contains("metadata.name"));
+    assert!(api.writes().iter().all(|w| w.target().resource != "pods" && w.target().resource != "secrets"));
+}
+
+#[tokio::test]
+async fn a_stray_primary_is_fenced_and_never_put_behind_rw() {
+    let (api, _ctx, _managers) = scenario_stray_primary().await;
+    let fences: Vec<String> = api
+        .journal()
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Manager { instance, request } if request["kind"] == "fence" => Some(instance),
+            _ => None,
+        })
+        .collect();
+    assert!(!fences.is_empty() && fences.iter().all(|i| i == "og-2"), "{fences:?}");
+    let labels = role_labels(&api);
+    assert_eq!(labels.get("og-0").map(String::as_str), Some("primary"), "{labels:?}");
+    assert_ne!(labels.get("og-2").map(String::as_str), Some("primary"), "{labels:?}");
+    // The same warning twice in a row is one event with a growing series count.
+    let events = api.list("events.k8s.io", "events", Some(NS));
+    let fencing: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["reason"] == "FencingStrayPrimary").collect();
+    assert_eq!(fencing.len(), 1, "{events:#?}");
+    assert_eq!(fencing[0]["type"], "Warning");
+    assert!(fencing[0]["series"]["count"].as_i64().unwrap_or(0) >= 2, "{:#}", fencing[0]);
+}
+
+#[tokio::test]
+async fn a_lost_secret_of_an_initialised_cluster_is_not_regenerated() {
+    let (api, managers) = healthy_cluster_with(serde_json::json!({}), false).await;
+    assert!(api.get("/api/v1/namespaces/apps/secrets/og-credentials").is_none());
+    let ctx = context(&api, managers.port);
+    let err = reconcile_once(&api, &ctx, "og").await.expect_err("refused");
+    assert!(err.contains("og-credentials is missing"), "{err}");
+    assert!(api.writes().is_empty(), "{:#?}", shorts(&api.writes()));
+}
