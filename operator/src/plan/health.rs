@@ -226,11 +226,8 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
         row.sync_state = Some(rr.sync_state.clone());
     }
     let is_primary = primary.as_deref() == Some(name);
-    row.not_streaming_since = if row.ready || is_primary {
-        None
-    } else {
-        previous.not_streaming_since.or(Some(Time(input.now)))
-    };
+    row.not_streaming_since =
+        if row.ready || is_primary { None } else { previous.not_streaming_since.or(Some(Time(input.now))) };
     row
 }
 
