@@ -7,6 +7,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod fsutil;
 pub mod instance;
+pub mod metrics;
 pub mod plan;
 pub mod platform;
 pub mod process;

@@ -10,6 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus};
 
 use crate::instance::client::{ManagerClient, Submitted};
+use crate::metrics::ControllerMetrics;
 use crate::plan::{self, Action, Event, Observation, Observed, Plan, PlatformState, UserRequests};
 use crate::platform::{Inventory, PlatformInstance};
 
@@ -40,6 +41,14 @@ pub struct Controller<P> {
     quick_client: ManagerClient,
     watching_since: Timestamp,
     silent: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    metrics: std::sync::Arc<ControllerMetrics>,
+}
+
+/// A pass that failed before acting, and at which stage.
+#[derive(Debug)]
+struct PassError {
+    kind: &'static str,
+    error: anyhow::Error,
 }
 
 /// What one pass did.
@@ -58,7 +67,18 @@ impl<P: Platform> Controller<P> {
             quick_client: ManagerClient::new(token, probe_timeout.min(SILENT_PROBE_TIMEOUT))?,
             watching_since: Timestamp::now(),
             silent: Default::default(),
+            metrics: Default::default(),
         })
+    }
+
+    /// Records into `metrics` (shared by the controllers of several clusters).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<ControllerMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &std::sync::Arc<ControllerMetrics> {
+        &self.metrics
     }
 
     /// Reads every instance: the platform's view, the manager's report, and for an instance
@@ -102,12 +122,32 @@ impl<P: Platform> Controller<P> {
         status: &OpenGaussClusterStatus,
         requests: &UserRequests,
     ) -> anyhow::Result<PassOutcome> {
-        let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
-        let inventory = self.platform.inventory().await.context("reading the platform's inventory")?;
-        let observed = self.observe(&inventory, timeout).await;
         let name = cluster.metadata.name.clone().unwrap_or_default();
+        let outcome = self.pass_inner(&name, cluster, status, requests).await;
+        match &outcome {
+            Ok(o) => self.metrics.record_pass(&name, status, &o.plan.status, o.failed_actions.len()),
+            Err(e) => self.metrics.record_error(&name, e.kind),
+        }
+        outcome.map_err(|e| e.error)
+    }
+
+    async fn pass_inner(
+        &self,
+        name: &str,
+        cluster: &OpenGaussCluster,
+        status: &OpenGaussClusterStatus,
+        requests: &UserRequests,
+    ) -> Result<PassOutcome, PassError> {
+        let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+        let inventory = self
+            .platform
+            .inventory()
+            .await
+            .context("reading the platform's inventory")
+            .map_err(|error| PassError { kind: "inventory", error })?;
+        let observed = self.observe(&inventory, timeout).await;
         let plan = plan::decide(plan::Input {
-            cluster: &name,
+            cluster: name,
             generation: cluster.metadata.generation,
             spec: &cluster.spec,
             status,
@@ -118,7 +158,11 @@ impl<P: Platform> Controller<P> {
         });
         if plan.status != *status {
             // Intent first: if it cannot be recorded, nothing is done.
-            self.platform.save_status(&plan.status).await.context("saving the cluster status")?;
+            self.platform
+                .save_status(&plan.status)
+                .await
+                .context("saving the cluster status")
+                .map_err(|error| PassError { kind: "status", error })?;
         }
         self.platform.publish(&plan.events).await;
         crate::failpoint::hit("before-actions", &plan.status);

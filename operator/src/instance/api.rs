@@ -24,6 +24,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .merge(private)
         .with_state(manager)
 }
@@ -54,6 +55,13 @@ async fn ready(State(m): State<Arc<Manager>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database server not accepting connections").into_response()
     }
+}
+
+/// Prometheus text format, open like the health endpoints: it carries no secret.
+async fn metrics(State(m): State<Arc<Manager>>) -> Response {
+    let report = m.report().await;
+    let body = crate::metrics::render_instance(&m.cfg.cluster, &report, k8s_openapi::jiff::Timestamp::now());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn status(State(m): State<Arc<Manager>>) -> Response {

@@ -62,6 +62,8 @@ pub struct Context {
     pub client: Client,
     pub options: Options,
     pub recorder: Recorder,
+    /// The controller's metrics, shared by every cluster's controller.
+    pub metrics: Arc<crate::metrics::ControllerMetrics>,
     clusters: tokio::sync::Mutex<HashMap<String, Arc<ClusterState>>>,
 }
 
@@ -74,7 +76,7 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(client: Client, options: Options, reporter: Reporter) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, options, recorder, clusters: Default::default() }
+        Self { client, options, recorder, metrics: Default::default(), clusters: Default::default() }
     }
 
     /// The clusters this context keeps state for (by uid).
@@ -111,7 +113,8 @@ impl Context {
             self.options.clone(),
             self.recorder.clone(),
         );
-        let controller = Controller::new(platform, credentials.secrets.token.clone(), timeout)?;
+        let controller = Controller::new(platform, credentials.secrets.token.clone(), timeout)?
+            .with_metrics(self.metrics.clone());
         let state = Arc::new(ClusterState {
             controller,
             probe_timeout: timeout,

@@ -152,22 +152,31 @@ fn trigger_hash(c: &DeserializeGuard<OpenGaussCluster>) -> Option<u64> {
     Some(h.finish())
 }
 
-async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<crate::metrics::ControllerMetrics>,
+) {
     use axum::http::StatusCode;
     use axum::routing::get;
-    let app = axum::Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for the CRD")
+    let metrics_route = get(move || {
+        let metrics = metrics.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], metrics.render()) }
+    });
+    let app =
+        axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", metrics_route).route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the CRD")
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "health endpoint failed");
     }
@@ -200,7 +209,8 @@ pub async fn run_with(
         .await
         .with_context(|| format!("cannot listen on {}", args.health_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "health endpoints listening");
-    let health = tokio::spawn(serve_health(listener, ready.clone()));
+    let metrics: Arc<crate::metrics::ControllerMetrics> = Arc::default();
+    let health = tokio::spawn(serve_health(listener, ready.clone(), metrics.clone()));
 
     tokio::select! {
         r = wait_for_crd(&client) => r?,
@@ -232,7 +242,9 @@ pub async fn run_with(
     }
 
     let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: Some(identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), options, reporter));
+    let mut ctx = Context::new(client.clone(), options, reporter);
+    ctx.metrics = metrics;
+    let ctx = Arc::new(ctx);
     let clusters: Api<DeserializeGuard<OpenGaussCluster>> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),

@@ -189,7 +189,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
     let controller = Controller::new(platform, secrets.token.clone(), timeout)?;
+    let metrics_server = serve_metrics(controller.metrics().clone(), &state).await?;
     let result = run_loop(&controller, &cluster, &state).await;
+    metrics_server.abort();
+    let _ = std::fs::remove_file(state.metrics_port_file());
     println!("{} stopping cluster {name}", super::chrono_now());
     let stopped = stop_all(&controller.platform.kubelet, &controller.platform.configs, &state).await;
     let mut status = state.read_status()?.unwrap_or_default();
@@ -205,6 +208,34 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     result.and(stopped)?;
     println!("{} cluster {name} stopped; data kept in {}", super::chrono_now(), state.root.display());
     Ok(())
+}
+
+/// Serves the controller's metrics on a free loopback port, recorded in the state directory.
+async fn serve_metrics(
+    metrics: std::sync::Arc<crate::metrics::ControllerMetrics>,
+    state: &StateDir,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use axum::routing::get;
+    let listener =
+        tokio::net::TcpListener::bind((LOCAL_HOST, 0)).await.context("binding the metrics port")?;
+    let port = listener.local_addr()?.port();
+    write_atomic(&state.metrics_port_file(), format!("{port}\n").as_bytes(), 0o644)?;
+    println!("{} controller metrics on http://{LOCAL_HOST}:{port}/metrics", super::chrono_now());
+    let app =
+        axum::Router::new().route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], metrics.render())
+                }
+            }),
+        );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    }))
 }
 
 async fn run_loop(

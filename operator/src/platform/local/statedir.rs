@@ -77,6 +77,10 @@ impl StateDir {
     pub fn controller_pid_file(&self) -> PathBuf {
         self.root.join("controller.pid")
     }
+    /// The port of the running controller's metrics endpoint.
+    pub fn metrics_port_file(&self) -> PathBuf {
+        self.root.join("controller.metrics-port")
+    }
     pub fn requests_dir(&self) -> PathBuf {
         self.root.join("requests")
     }
