@@ -129,6 +129,15 @@ mod tests {
     }
 
     #[test]
+    fn fenced_instances_must_belong_to_the_cluster() {
+        assert!(load("  fencedInstances: [demo-1]\n").is_ok());
+        let err = load("  fencedInstances: [demo-3, other-0, demo-1, demo-1]\n").unwrap_err().to_string();
+        assert!(err.contains("\"demo-3\" is not an instance of this cluster (demo-0 to demo-2)"), "{err}");
+        assert!(err.contains("\"other-0\" is not an instance"), "{err}");
+        assert!(err.contains("\"demo-1\" is listed twice"), "{err}");
+    }
+
+    #[test]
     fn missing_name() {
         let err = parse_cluster(
             "apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata: {}\nspec: {}\n",

@@ -91,6 +91,13 @@ pub struct OpenGaussClusterSpec {
     /// When and how to fail over.
     #[serde(default)]
     pub failover: FailoverSpec,
+
+    /// Instances to fence: their server is stopped and kept stopped, they are never promoted and
+    /// receive no traffic. Removing a name unfences the instance. Fencing the primary stops
+    /// writes without a failover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub fenced_instances: Vec<String>,
 }
 
 fn default_instances() -> u32 {
@@ -293,6 +300,11 @@ impl OpenGaussClusterSpec {
     /// The image to run, the engine's default when none is given.
     pub fn image(&self) -> &str {
         self.image.as_deref().unwrap_or_else(|| self.engine.default_image())
+    }
+
+    /// Whether `instance` is fenced by the spec.
+    pub fn is_fenced(&self, instance: &str) -> bool {
+        self.fenced_instances.iter().any(|f| f == instance)
     }
 
     /// Whether commits wait for standbys at all, given the current number of instances.

@@ -213,6 +213,31 @@ impl OpenGaussClusterSpec {
     }
 }
 
+impl OpenGaussClusterSpec {
+    /// Problems with `fencedInstances` for the cluster named `cluster`.
+    pub fn fencing_problems(&self, cluster: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for fenced in &self.fenced_instances {
+            let field = "spec.fencedInstances".to_string();
+            match crate::names::instance_ordinal(cluster, fenced) {
+                Some(k) if k < self.instances => {}
+                _ => errors.push(FieldError {
+                    field: field.clone(),
+                    message: format!(
+                        "{fenced:?} is not an instance of this cluster ({cluster}-0 to {cluster}-{})",
+                        self.instances.saturating_sub(1)
+                    ),
+                }),
+            }
+            if !seen.insert(fenced) {
+                errors.push(FieldError { field, message: format!("{fenced:?} is listed twice") });
+            }
+        }
+        errors
+    }
+}
+
 impl OpenGaussCluster {
     /// Checks the whole object: name and spec.
     pub fn validate(&self) -> Result<(), InvalidCluster> {
@@ -226,6 +251,9 @@ impl OpenGaussCluster {
             }
         }
         errors.extend(self.spec.problems());
+        if let Some(name) = self.metadata.name.as_deref() {
+            errors.extend(self.spec.fencing_problems(name));
+        }
         if errors.is_empty() { Ok(()) } else { Err(InvalidCluster { errors }) }
     }
 }

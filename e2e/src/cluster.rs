@@ -286,6 +286,46 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Rewrites the cluster file with `instances` and `extra` spec lines and runs `local apply`;
+    /// returns the generation the status must reach.
+    pub fn apply(&mut self, instances: u32, extra: &str) -> i64 {
+        std::fs::write(&self.file, cluster_yaml(&self.name, instances, extra))
+            .expect("writing the cluster file");
+        let out = self.cli(&[
+            "local",
+            "apply",
+            "-f",
+            &self.file.display().to_string(),
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+        ]);
+        assert!(out.status.success(), "local apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        self.instances = instances;
+        let said = String::from_utf8_lossy(&out.stdout);
+        said.split_whitespace()
+            .skip_while(|w| *w != "generation")
+            .nth(1)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("no generation in {said:?}"))
+    }
+
+    /// Healthy with every instance ready, at spec generation `generation` or later.
+    pub async fn wait_healthy_at(
+        &self,
+        generation: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<OpenGaussClusterStatus> {
+        let n = self.instances;
+        self.wait_for(&format!("a healthy cluster of {n} at generation {generation}"), timeout, |s| {
+            s.observed_generation.is_some_and(|g| g >= generation)
+                && s.phase == Some(Phase::Healthy)
+                && s.ready_instances == n
+                && s.transition.is_none()
+                && s.instances.len() == n as usize
+        })
+        .await
+    }
+
     /// `local down` through the CLI; returns its output.
     pub fn down(&mut self) -> Output {
         let out = self.cli(&["local", "down", "--state-dir", &self.state_dir.display().to_string()]);

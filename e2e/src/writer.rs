@@ -24,7 +24,7 @@ struct Target {
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<std::sync::atomic::AtomicUsize>,
-    task: JoinHandle<Vec<i64>>,
+    task: JoinHandle<(Vec<i64>, Vec<std::time::SystemTime>)>,
 }
 
 /// What a writer did.
@@ -32,6 +32,8 @@ pub struct Writer {
 pub struct Written {
     /// Ids whose COMMIT returned success to the client.
     pub acknowledged: Vec<i64>,
+    /// When commits failed or timed out (the client could not write).
+    pub failures: Vec<std::time::SystemTime>,
 }
 
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +90,7 @@ impl Writer {
         let counter = acked.clone();
         let task = tokio::spawn(async move {
             let mut acknowledged = Vec::new();
+            let mut failures = Vec::new();
             let mut next: i64 = 1;
             let mut client = None;
             while !flag.load(Ordering::SeqCst) {
@@ -114,12 +117,13 @@ impl Writer {
                         counter.store(acknowledged.len(), Ordering::SeqCst);
                     }
                     _ => {
+                        failures.push(std::time::SystemTime::now());
                         client = None;
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
             }
-            acknowledged
+            (acknowledged, failures)
         });
         Ok(Self { stop, acked, task })
     }
@@ -135,8 +139,8 @@ impl Writer {
 
     pub async fn stop(self) -> anyhow::Result<Written> {
         self.stop.store(true, Ordering::SeqCst);
-        let acknowledged = tokio::time::timeout(COMMIT_TIMEOUT * 2, self.task).await??;
-        Ok(Written { acknowledged })
+        let (acknowledged, failures) = tokio::time::timeout(COMMIT_TIMEOUT * 2, self.task).await??;
+        Ok(Written { acknowledged, failures })
     }
 }
 

@@ -85,6 +85,19 @@ enum LocalCommand {
         #[arg(long)]
         run_as: Option<String>,
     },
+    /// Hand the cluster a new spec (scaling, parameters, fencing); the running controller
+    /// applies it.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The cluster's state directory [default: ./.opengauss/<name>].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Wait until the running cluster is healthy with this spec, for at most this many
+        /// seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
     /// Stop the cluster; data is kept unless --purge.
     Down {
         #[command(flatten)]
@@ -146,6 +159,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::up(UpArgs { file, state_dir, base_port, bin_dir, run_as }).await?
             }
             LocalCommand::Down { which, purge } => commands::down(which.target(), purge).await?,
+            LocalCommand::Apply { file, state_dir, wait } => {
+                commands::apply(&file, state_dir, wait.map(Duration::from_secs)).await?
+            }
             LocalCommand::Status { which, output } => {
                 let output = match output {
                     OutputArg::Table => Output::Table,

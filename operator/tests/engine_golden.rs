@@ -640,8 +640,11 @@ fn golden_status_sql() {
             .map(|&e| {
                 let sql = dialect(e).status_sql();
                 let text = format!(
-                    "-- node\n{}\n\n-- receiver\n{}\n\n-- replication\n{}\n",
-                    sql.node, sql.receiver, sql.replication
+                    "-- node\n{}\n\n-- receiver\n{}\n\n-- replication\n{}\n\n-- pending restart\n{}\n",
+                    sql.node,
+                    sql.receiver,
+                    sql.replication,
+                    sql.pending_restart.unwrap_or("(not available)")
                 );
                 (e, "status_sql.txt".to_string(), text)
             })

@@ -22,6 +22,8 @@ pub trait Platform: Sync {
     fn create(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Starts a dead instance again.
     fn restart(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Removes an instance the spec no longer asks for, with its data.
+    fn delete(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Persists the cluster's status; actions run only after this succeeded.
     fn save_status(&self, status: &OpenGaussClusterStatus)
     -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -181,6 +183,7 @@ impl<P: Platform> Controller<P> {
         match action {
             Action::Create { instance } => self.platform.create(instance).await,
             Action::Restart { instance } => self.platform.restart(instance).await,
+            Action::Delete { instance } => self.platform.delete(instance).await,
             Action::Send { instance, request } => {
                 let url = inventory
                     .get(instance)

@@ -172,6 +172,9 @@ pub struct StatusSql {
     /// sync_state, sent_lsn, write_lsn, flush_lsn, replay_lsn (text), lag_bytes int8 and
     /// lag_seconds float8 (NULL where the engine does not measure it).
     pub replication: &'static str,
+    /// Names of parameters changed in the configuration files that need a restart, or `None`
+    /// when the engine cannot tell.
+    pub pending_restart: Option<&'static str>,
 }
 
 /// What differs between engines.

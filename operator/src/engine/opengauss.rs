@@ -190,6 +190,8 @@ impl Dialect for OpenGauss {
                           pg_xlog_location_diff(pg_current_xlog_location(), receiver_replay_location)::int8, \
                           NULL::float8 \
                           FROM pg_stat_replication ORDER BY application_name",
+            // pg_settings has no pending_restart column (PostgreSQL 9.5 added it).
+            pending_restart: None,
         }
     }
 

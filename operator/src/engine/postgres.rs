@@ -193,6 +193,7 @@ impl Dialect for Postgres {
                           pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
                           EXTRACT(EPOCH FROM replay_lag)::float8 \
                           FROM pg_stat_replication ORDER BY application_name",
+            pending_restart: Some("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name"),
         }
     }
 

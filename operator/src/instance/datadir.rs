@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::config::InstanceConfig;
-use crate::engine::{DesiredConfig, HbaConfig, MANAGED_CONF};
+use crate::engine::{DesiredConfig, HbaConfig, Lsn, MANAGED_CONF};
 use crate::fsutil::write_atomic;
 
 /// Where the last applied `ServerConfig` is kept, so a restarted manager knows it.
@@ -27,10 +27,15 @@ pub fn is_fenced(cfg: &InstanceConfig) -> bool {
     cfg.fence_marker().exists()
 }
 
-pub fn set_fenced(cfg: &InstanceConfig, fenced: bool) -> anyhow::Result<()> {
+/// Fences (`Some(final position)`, or `Some(None)` when it is unknown) or unfences (`None`).
+pub fn set_fenced(cfg: &InstanceConfig, fenced: Option<Option<Lsn>>) -> anyhow::Result<()> {
     let marker = cfg.fence_marker();
-    if fenced {
-        write_atomic(&marker, b"fenced by the controller\n", 0o600)
+    if let Some(position) = fenced {
+        let body = match position {
+            Some(lsn) => format!("fenced by the controller; last WAL position {lsn}\n"),
+            None => "fenced by the controller\n".to_string(),
+        };
+        write_atomic(&marker, body.as_bytes(), 0o600)
     } else {
         match fs::remove_file(&marker) {
             Ok(()) => Ok(()),
@@ -38,6 +43,12 @@ pub fn set_fenced(cfg: &InstanceConfig, fenced: bool) -> anyhow::Result<()> {
             Err(e) => Err(e).with_context(|| format!("cannot remove {}", marker.display())),
         }
     }
+}
+
+/// The WAL position recorded when the instance was fenced: it cannot receive more while fenced.
+pub fn fenced_position(cfg: &InstanceConfig) -> Option<Lsn> {
+    let text = fs::read_to_string(cfg.fence_marker()).ok()?;
+    text.trim().rsplit_once("last WAL position ").and_then(|(_, lsn)| lsn.trim().parse().ok())
 }
 
 pub fn mark_bootstrapped(cfg: &InstanceConfig) -> anyhow::Result<()> {

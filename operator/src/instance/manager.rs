@@ -98,6 +98,7 @@ impl Manager {
         let cfg = &self.cfg;
         let initialized = is_initialized(cfg);
         let fenced = is_fenced(cfg);
+        let fenced_lsn = if fenced { datadir::fenced_position(cfg) } else { None };
         let (running, pid, crashed) = match self.server.try_lock() {
             Ok(mut s) => {
                 let running = s.is_running();
@@ -124,9 +125,9 @@ impl Manager {
         } else {
             ManagerPhase::AwaitingRole
         };
-        let (node, receiver, replication) = match probe {
-            Some(p) => (Some(p.node), p.receiver, p.replication),
-            None => (None, None, Vec::new()),
+        let (node, receiver, replication, pending_restart) = match probe {
+            Some(p) => (Some(p.node), p.receiver, p.replication, p.pending_restart),
+            None => (None, None, Vec::new(), Vec::new()),
         };
         InstanceReport {
             instance: cfg.instance.clone(),
@@ -135,6 +136,8 @@ impl Manager {
             initialized,
             standby_configured,
             fenced,
+            fenced_lsn,
+            pending_restart,
             server: ServerProcessReport { running, pid, accepting: node.is_some(), crashed },
             node,
             receiver,
@@ -250,11 +253,14 @@ impl Manager {
             | Request::Promote { .. }
             | Request::Rejoin { .. }
             | Request::Rebuild { .. }
+            | Request::Restart { .. }
                 if !initialized =>
             {
                 invalid("the data directory is not initialised yet")
             }
-            Request::Start { config } | Request::Configure { config } if config.standby != standby => {
+            Request::Start { config } | Request::Configure { config } | Request::Restart { config }
+                if config.standby != standby =>
+            {
                 invalid(if standby {
                     "this instance is a standby: promote it to make it a primary"
                 } else {
@@ -280,6 +286,7 @@ impl Manager {
             Request::Promote { config } => self.promote(&config).await,
             Request::Rejoin { source, config } => self.rejoin(&source, &config).await,
             Request::Rebuild { source, config } => self.rebuild(&source, &config).await,
+            Request::Restart { config } => self.restart(&config).await,
             Request::Fence => self.fence().await,
         }
     }
@@ -354,7 +361,7 @@ impl Manager {
 
     async fn start(&self, config: &DesiredConfig) -> anyhow::Result<String> {
         self.apply_files(config)?;
-        datadir::set_fenced(&self.cfg, false)?;
+        datadir::set_fenced(&self.cfg, None)?;
         self.start_server(config.standby).await?;
         Ok(format!("started as {}", if config.standby { "standby" } else { "primary" }))
     }
@@ -419,7 +426,7 @@ impl Manager {
                 "re-cloned"
             }
         };
-        datadir::set_fenced(cfg, false)?;
+        datadir::set_fenced(cfg, None)?;
         self.start_server(true).await?;
         Ok(format!("{how} from {source} and started as a standby"))
     }
@@ -432,15 +439,57 @@ impl Manager {
         }
         self.run_clone_steps(source, config).await.context("cloning again")?;
         datadir::mark_bootstrapped(cfg)?;
-        datadir::set_fenced(cfg, false)?;
+        datadir::set_fenced(cfg, None)?;
         self.start_server(true).await?;
         Ok(format!("cloned again from {source} and started as a standby"))
     }
 
     async fn fence(&self) -> anyhow::Result<String> {
-        datadir::set_fenced(&self.cfg, true)?;
-        self.server.lock().await.stop(&self.cfg, StopMode::Fast).await?;
-        Ok("fenced: server stopped".into())
+        let cfg = &self.cfg;
+        let mut position = None;
+        if is_standby_configured(cfg) && self.server.lock().await.is_running() {
+            position = self.detach_for_fencing().await;
+        }
+        datadir::set_fenced(cfg, Some(position))?;
+        self.server.lock().await.stop(cfg, StopMode::Fast).await?;
+        Ok(match position {
+            Some(lsn) => format!("fenced: detached at {lsn}, server stopped"),
+            None => "fenced: server stopped".into(),
+        })
+    }
+
+    /// Stops a standby's WAL receiver and returns the last position it received, which is then
+    /// final: a detached, stopped standby cannot receive more.
+    async fn detach_for_fencing(&self) -> Option<crate::engine::Lsn> {
+        let cfg = &self.cfg;
+        let mut detached = self.applied_config()?;
+        detached.upstream = None;
+        self.apply_files(&detached).ok()?;
+        run_checked(&cfg.dialect().reload(&cfg.layout()), TOOL_TIMEOUT).await.ok()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = self.conn.lock().await.probe(cfg, PROBE_TIMEOUT).await?;
+            let streaming = probe.receiver.as_ref().is_some_and(|r| r.status == "streaming");
+            if !streaming {
+                let n = &probe.node;
+                return [n.received_lsn, n.replayed_lsn, probe.receiver.and_then(|r| r.flushed_lsn)]
+                    .into_iter()
+                    .flatten()
+                    .max();
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn restart(&self, config: &DesiredConfig) -> anyhow::Result<String> {
+        let cfg = &self.cfg;
+        self.server.lock().await.stop(cfg, StopMode::Fast).await?;
+        self.apply_files(config)?;
+        self.start_server(config.standby).await?;
+        Ok("restarted".into())
     }
 
     /// Starts the server and waits until it answers SQL.

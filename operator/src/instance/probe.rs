@@ -24,6 +24,8 @@ impl std::fmt::Debug for LocalConnection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
     pub node: NodeReport,
+    /// Parameters waiting for a restart.
+    pub pending_restart: Vec<String>,
     pub receiver: Option<ReceiverReport>,
     pub replication: Vec<ReplicationRow>,
 }
@@ -151,6 +153,10 @@ impl LocalConnection {
                 })
                 .collect()
         };
-        Ok(Probe { node, receiver, replication })
+        let pending_restart = match sql.pending_restart {
+            Some(q) => client.query(q, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect(),
+            None => Vec::new(),
+        };
+        Ok(Probe { node, pending_restart, receiver, replication })
     }
 }

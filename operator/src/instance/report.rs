@@ -30,6 +30,13 @@ pub struct InstanceReport {
     /// The data directory is set up to start as a standby.
     pub standby_configured: bool,
     pub fenced: bool,
+    /// For a fenced standby: the last WAL position it received before it was stopped (it was
+    /// detached first, so it cannot hold more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_lsn: Option<Lsn>,
+    /// Parameters changed in the configuration that take effect only after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
     pub server: ServerProcessReport,
     /// The server's own view, when it answered SQL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +163,7 @@ pub enum OperationKind {
     Promote,
     Rejoin,
     Rebuild,
+    Restart,
     Fence,
 }
 
@@ -197,7 +205,11 @@ pub enum Request {
     /// Stop, set the data directory aside and clone it again from `source`: for a standby that
     /// cannot stream any more (its WAL diverged or the primary no longer has what it needs).
     Rebuild { source: Endpoint, config: DesiredConfig },
-    /// Stop the server and keep it stopped until a `Start` or `Rejoin`.
+    /// Stop the server cleanly and start it again in the same role with `config` (for
+    /// parameters that need a restart).
+    Restart { config: DesiredConfig },
+    /// Stop the server and keep it stopped until a `Start` or `Rejoin`. A standby is detached
+    /// first and its final WAL position recorded.
     Fence,
 }
 
@@ -210,6 +222,7 @@ impl Request {
             Request::Promote { .. } => OperationKind::Promote,
             Request::Rejoin { .. } => OperationKind::Rejoin,
             Request::Rebuild { .. } => OperationKind::Rebuild,
+            Request::Restart { .. } => OperationKind::Restart,
             Request::Fence => OperationKind::Fence,
         }
     }

@@ -24,6 +24,10 @@ const SWITCHOVER_CATCH_UP: SignedDuration = SignedDuration::from_secs(60);
 
 /// Why the current primary counts as lost, if it does.
 fn primary_loss(input: &Input<'_>, plan: &Plan, primary: &str) -> Option<String> {
+    if input.spec.is_fenced(primary) {
+        // Fenced on purpose: writes stop, nothing fails over.
+        return None;
+    }
     let delay = SignedDuration::from_secs(i64::from(input.spec.failover.delay_seconds));
     match classify(input, primary) {
         InstanceHealth::Missing => Some(format!("the primary {primary} is gone")),
@@ -98,6 +102,9 @@ fn switchover_refusal(input: &Input<'_>, plan: &Plan, primary: &str, target: &st
     if !members(input).iter().any(|m| m == target) {
         return Some(format!("{target} is not an instance of this cluster"));
     }
+    if input.spec.is_fenced(target) {
+        return Some(format!("{target} is fenced"));
+    }
     if target == primary {
         return Some(format!("{target} is already the primary"));
     }
@@ -111,6 +118,30 @@ fn switchover_refusal(input: &Input<'_>, plan: &Plan, primary: &str, target: &st
         return Some(format!("{target} is not a streaming standby"));
     }
     None
+}
+
+/// A switchover the cluster itself needs (a restart of the primary, or a scale-down that
+/// removes it), to the most advanced streaming standby.
+pub fn planned_switchover(input: &Input<'_>, plan: &mut Plan, reason: String) {
+    let Some(primary) = plan.status.current_primary.clone() else { return };
+    let target = members(input)
+        .into_iter()
+        .filter(|m| *m != primary && !input.spec.is_fenced(m))
+        .filter(|m| plan.status.instance(m).is_some_and(|row| row.ready))
+        .filter_map(|m| report(input, &m).and_then(live_position).map(|pos| (m, pos)))
+        .min_by_key(|(m, (received, replayed))| (Reverse(*received), Reverse(*replayed), m.clone()))
+        .map(|(m, _)| m);
+    match target {
+        Some(target) => {
+            plan.event(Event::normal(
+                "SwitchingOver",
+                format!("{reason}: switching over from {primary} to {target}"),
+            ));
+            begin(input, plan, TransitionKind::Switchover, &primary, Some(target), reason);
+            continue_transition(input, plan);
+        }
+        None => plan.set_phase(Phase::Degraded, format!("{reason}, but no streaming standby can take over")),
+    }
 }
 
 fn begin(
@@ -284,7 +315,7 @@ fn candidates<'a>(input: &Input<'a>, t: &Transition) -> Vec<(String, &'a Instanc
         .filter(|n| *n != t.from)
         .filter_map(|n| {
             let r = report(input, &n)?;
-            if !r.is_running_standby() || r.fenced || !detached(r) {
+            if !r.is_running_standby() || r.fenced || input.spec.is_fenced(&n) || !detached(r) {
                 return None;
             }
             let pos = live_position(r)?;
@@ -304,7 +335,12 @@ fn best_candidate(input: &Input<'_>, t: &Transition) -> Option<String> {
 fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
     let list = candidates(input, t);
     let Some((best, _, (best_pos, _))) = list.first().cloned() else {
-        return Err("no standby is running, reachable and detached".into());
+        let fenced: Vec<String> = members(input).into_iter().filter(|m| input.spec.is_fenced(m)).collect();
+        return Err(if fenced.is_empty() {
+            "no standby is running, reachable and detached".into()
+        } else {
+            format!("no standby can take over: {} fenced, no other running and reachable", fenced.join(", "))
+        });
     };
     let sync =
         t.synchronous.as_ref().filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
@@ -321,7 +357,9 @@ fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, best: Lsn) -> Res
     let mut unknown = Vec::new();
     let mut furthest: Option<(Lsn, &str)> = None;
     for name in &sync.standbys {
-        match report(input, name).and_then(live_position) {
+        // A fenced standby was detached before it stopped: its recorded position is final.
+        let position = report(input, name).and_then(|r| live_position(r).or(r.fenced_lsn.map(|l| (l, l))));
+        match position {
             Some((pos, _)) => {
                 if furthest.is_none_or(|(f, _)| pos > f) {
                     furthest = Some((pos, name));

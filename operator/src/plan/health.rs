@@ -15,6 +15,24 @@ pub fn members(input: &Input<'_>) -> Vec<String> {
     instance_names(input.cluster, input.spec.instances)
 }
 
+/// Instances the platform still has but the spec no longer asks for, highest ordinal first:
+/// the order in which a scale-down removes them.
+pub fn extras(input: &Input<'_>) -> Vec<String> {
+    let mut extra: Vec<(u32, String)> = input
+        .observed
+        .instances
+        .iter()
+        .filter(|(_, o)| o.platform != PlatformState::Missing)
+        .filter_map(|(n, _)| {
+            opengauss_crd::names::instance_ordinal(input.cluster, n)
+                .filter(|k| *k >= input.spec.instances)
+                .map(|k| (k, n.clone()))
+        })
+        .collect();
+    extra.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+    extra.into_iter().map(|(_, n)| n).collect()
+}
+
 pub fn observed<'a>(input: &Input<'a>, name: &str) -> Option<&'a Observed> {
     input.observed.instances.get(name)
 }
@@ -78,7 +96,8 @@ pub fn silent_for(input: &Input<'_>, plan: &Plan, name: &str, watching_since: Ti
 }
 
 pub fn validate(input: &Input<'_>) -> Result<(), Vec<FieldError>> {
-    let problems = input.spec.problems();
+    let mut problems = input.spec.problems();
+    problems.extend(input.spec.fencing_problems(input.cluster));
     if problems.is_empty() { Ok(()) } else { Err(problems) }
 }
 
@@ -144,6 +163,7 @@ fn operation_word(kind: OperationKind) -> &'static str {
         OperationKind::Promote => "promoting",
         OperationKind::Rejoin => "rejoining",
         OperationKind::Rebuild => "rebuilding",
+        OperationKind::Restart => "restarting",
         OperationKind::Fence => "fencing",
     }
 }

@@ -89,29 +89,34 @@ pub enum Action {
     Restart { instance: String },
     /// Send a request to the instance's manager.
     Send { instance: String, request: Request },
+    /// Remove an instance the spec no longer asks for: its process or pod and its data.
+    Delete { instance: String },
 }
 
 impl Action {
     pub fn instance(&self) -> &str {
         match self {
-            Action::Create { instance } | Action::Restart { instance } | Action::Send { instance, .. } => {
-                instance
-            }
+            Action::Create { instance }
+            | Action::Restart { instance }
+            | Action::Send { instance, .. }
+            | Action::Delete { instance } => instance,
         }
     }
 
     /// Disruptive steps interrupt service on an instance; the plan takes one per pass.
     pub fn is_disruptive(&self) -> bool {
-        matches!(
-            self,
-            Action::Send {
-                request: Request::Fence
-                    | Request::Promote { .. }
-                    | Request::Rejoin { .. }
-                    | Request::Rebuild { .. },
-                ..
-            }
-        )
+        matches!(self, Action::Delete { .. })
+            || matches!(
+                self,
+                Action::Send {
+                    request: Request::Fence
+                        | Request::Promote { .. }
+                        | Request::Rejoin { .. }
+                        | Request::Rebuild { .. }
+                        | Request::Restart { .. },
+                    ..
+                }
+            )
     }
 }
 
@@ -148,6 +153,9 @@ pub struct Plan {
     pub urgent: bool,
     /// The outcome of a user request handled this pass (accepted, or refused and why).
     pub request_outcome: Option<Result<String, String>>,
+    /// A switchover the steady state wants (the primary must restart for new parameters, or
+    /// leave the cluster in a scale-down), with why; the failover module starts it.
+    switchover_wanted: Option<String>,
     /// A phase decided explicitly this pass, overriding the summary's.
     phase_override: Option<(Phase, String)>,
 }
@@ -190,6 +198,9 @@ pub fn decide(input: Input<'_>) -> Plan {
         failover::continue_transition(&input, &mut plan);
     } else if !failover::start_transition_if_needed(&input, &mut plan) {
         steady::reconcile(&input, &mut plan);
+        if let Some(reason) = plan.switchover_wanted.take() {
+            failover::planned_switchover(&input, &mut plan, reason);
+        }
     }
     health::summarize(&input, &mut plan);
     plan.urgent |= plan.status.transition.is_some();

@@ -7,7 +7,7 @@ use opengauss_crd::Phase;
 
 use super::config::{DesiredRole, desired_config, same_sync};
 use super::health::{
-    InstanceHealth, classify, endpoint, members, operation_failure, operation_running, report,
+    InstanceHealth, classify, endpoint, extras, members, operation_failure, operation_running, report,
 };
 use super::{Action, Event, Input, Plan, PlatformState};
 use crate::instance::report::{InstanceReport, ManagerPhase, Request};
@@ -15,6 +15,11 @@ use crate::instance::report::{InstanceReport, ManagerPhase, Request};
 /// Platform-level upkeep that applies in every phase: create what is missing, restart what
 /// died. Neither touches a database, so both are safe during a failover.
 pub fn upkeep(input: &Input<'_>, plan: &mut Plan) {
+    for name in extras(input) {
+        if input.observed.instances.get(&name).map(|o| o.platform) == Some(PlatformState::Dead) {
+            plan.act(Action::Restart { instance: name });
+        }
+    }
     for name in members(input) {
         match input.observed.instances.get(&name).map(|o| o.platform) {
             None | Some(PlatformState::Missing) => plan.act(Action::Create { instance: name }),
@@ -126,6 +131,7 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
     };
     plan.status.target_primary = Some(primary.clone());
     fence_stray_primaries(input, plan, Some(&primary));
+    fence_per_spec(input, plan);
     let primary_ready = match classify(input, &primary) {
         InstanceHealth::Reachable(r) => reconcile_primary(input, plan, &primary, r),
         _ => false,
@@ -136,11 +142,13 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
     let Some(primary_ep) = endpoint(input, &primary).cloned() else {
         return;
     };
+    remove_extras(input, plan, &primary);
+    rolling_restart(input, plan, &primary);
     for name in members(input).into_iter().filter(|n| *n != primary) {
         let Some(r) = report(input, &name) else {
             continue;
         };
-        if operation_running(r) {
+        if operation_running(r) || input.spec.is_fenced(&name) {
             continue;
         }
         let desired = desired_config(input, &name, DesiredRole::Standby(Some(primary_ep.clone())));
@@ -171,6 +179,93 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
         } else if matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped) {
             plan.send(&name, Request::Start { config: desired });
         }
+    }
+}
+
+/// Stops every instance the spec fences (a standby is detached first, so its final WAL
+/// position is known to a later failover).
+fn fence_per_spec(input: &Input<'_>, plan: &mut Plan) {
+    for name in &input.spec.fenced_instances {
+        let Some(r) = report(input, name) else { continue };
+        if !operation_running(r) && (r.server.running || !r.fenced) {
+            plan.event(Event::normal(
+                "Fencing",
+                format!("{name} is fenced in the spec: stopping its server"),
+            ));
+            plan.send(name, Request::Fence);
+        }
+    }
+}
+
+/// Scale-down: the highest ordinal first, once the primary no longer waits for it. A primary
+/// beyond the new size hands over first.
+fn remove_extras(input: &Input<'_>, plan: &mut Plan, primary: &str) {
+    let extras = extras(input);
+    if extras.iter().any(|x| x == primary) {
+        plan.switchover_wanted =
+            Some(format!("the scale-down to {} instance(s) removes the primary", input.spec.instances));
+        return;
+    }
+    let Some(victim) = extras.into_iter().next() else { return };
+    let still_synchronous = report(input, primary)
+        .and_then(|r| r.config.as_ref())
+        .and_then(|c| c.synchronous.as_ref())
+        .is_some_and(|s| s.standbys.contains(&victim));
+    if still_synchronous {
+        plan.set_phase(
+            Phase::Degraded,
+            format!("removing {victim}: first dropping it from the synchronous standbys"),
+        );
+        return;
+    }
+    plan.event(Event::normal(
+        "RemovingInstance",
+        format!("{victim} is beyond spec.instances = {}: removing it and its data", input.spec.instances),
+    ));
+    plan.act(Action::Delete { instance: victim });
+}
+
+/// Parameters that need a restart: standbys one at a time, each only once every other member
+/// streams; the primary last, through a switchover (its rejoin restarts it).
+fn rolling_restart(input: &Input<'_>, plan: &mut Plan, primary: &str) {
+    let members = members(input);
+    let settled = |m: &String| {
+        report(input, m).is_some_and(|r| !operation_running(r))
+            && (*m == primary
+                || input.spec.is_fenced(m)
+                || plan.status.instance(m).is_some_and(|row| row.ready))
+    };
+    if !members.iter().all(settled) {
+        return;
+    }
+    let primary_ep = endpoint(input, primary).cloned();
+    let applied = |name: &str, r: &InstanceReport, role: DesiredRole| {
+        r.config.as_ref() == Some(&desired_config(input, name, role))
+    };
+    for name in members.iter().filter(|m| *m != primary && !input.spec.is_fenced(m)) {
+        if let Some(r) = report(input, name)
+            && !r.pending_restart.is_empty()
+            && applied(name, r, DesiredRole::Standby(primary_ep.clone()))
+        {
+            plan.event(Event::normal(
+                "RestartingStandby",
+                format!("restarting {name} to apply {}", r.pending_restart.join(", ")),
+            ));
+            let config = desired_config(input, name, DesiredRole::Standby(primary_ep.clone()));
+            plan.send(name, Request::Restart { config });
+            return;
+        }
+    }
+    let Some(r) = report(input, primary) else { return };
+    if r.pending_restart.is_empty() || !applied(primary, r, DesiredRole::Primary) {
+        return;
+    }
+    let params = r.pending_restart.join(", ");
+    if input.spec.instances == 1 {
+        plan.event(Event::normal("RestartingPrimary", format!("restarting {primary} to apply {params}")));
+        plan.send(primary, Request::Restart { config: desired_config(input, primary, DesiredRole::Primary) });
+    } else {
+        plan.switchover_wanted = Some(format!("{primary} must restart to apply {params}"));
     }
 }
 

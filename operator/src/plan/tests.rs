@@ -155,6 +155,8 @@ fn base_report(k: u32) -> InstanceReport {
         initialized: true,
         standby_configured: false,
         fenced: false,
+        fenced_lsn: None,
+        pending_restart: Vec::new(),
         server: ServerProcessReport { running: true, pid: Some(2000 + k), accepting: true, crashed: false },
         node: None,
         receiver: None,

@@ -228,49 +228,38 @@ impl KubePlatform {
         Ok(())
     }
 
-    /// Deletes the pods and volumes of instances the spec no longer asks for (after a scale
-    /// down), never the primary's or a transition's, and never while a transition is in flight.
-    pub async fn delete_orphans(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
+    /// Deletes an instance's pod and volume (the plan removes instances beyond
+    /// `spec.instances`, highest ordinal first, never the primary).
+    pub async fn delete_instance(&self, instance: &str) -> anyhow::Result<()> {
         let cluster = self.cluster();
-        if status.transition.is_some() {
-            return Ok(());
-        }
-        let keep = |instance: &str| {
-            instance_ordinal(&self.name, instance).is_some_and(|k| k < cluster.spec.instances)
-                || status.current_primary.as_deref() == Some(instance)
-                || status.target_primary.as_deref() == Some(instance)
-        };
-        let pods = self.pods();
-        for (name, pod) in &pods {
-            if keep(name) || pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
+        if let Some(pod) = self.pods().get(instance)
+            && pod.metadata.deletion_timestamp.is_none()
+        {
             let uid = pod.metadata.uid.clone();
             let dp = DeleteParams::default().preconditions(Preconditions { uid, resource_version: None });
-            match self.pods_api().delete(name, &dp).await {
+            match self.pods_api().delete(instance, &dp).await {
                 Ok(_) => {
                     self.event(
                         KubeEventType::Normal,
                         "InstanceRemoved",
                         format!(
-                            "deleted pod {name}: the cluster has {} instance(s) now",
+                            "deleted pod {instance}: the cluster has {} instance(s) now",
                             cluster.spec.instances
                         ),
                     )
                     .await
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting pod {name}")),
+                Err(e) => return Err(e).with_context(|| format!("deleting pod {instance}")),
             }
         }
         let lp = ListParams::default().labels(&cluster_selector(&self.name));
         for pvc in self.pvcs_api().list(&lp).await.context("listing volumes")?.items {
-            let Some(instance) = pvc.labels().get(labels::INSTANCE).cloned() else {
-                continue;
-            };
             // A volume still mounted by a terminating pod is kept by the API server's
             // protection finalizer until the pod is gone.
-            if keep(&instance) || !owned_by(&pvc.metadata, &self.uid) {
+            if pvc.labels().get(labels::INSTANCE).map(String::as_str) != Some(instance)
+                || !owned_by(&pvc.metadata, &self.uid)
+            {
                 continue;
             }
             let name = pvc.name_any();
@@ -368,6 +357,10 @@ impl Platform for KubePlatform {
         )
         .await;
         Ok(())
+    }
+
+    async fn delete(&self, instance: &str) -> anyhow::Result<()> {
+        self.delete_instance(instance).await
     }
 
     async fn restart(&self, instance: &str) -> anyhow::Result<()> {

@@ -226,7 +226,7 @@ async fn apply_cluster_objects(
     ctx: &Context,
     state: &ClusterState,
     cluster: &OpenGaussCluster,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     let opts = &ctx.options;
     let config_map = builders::config_map(cluster, opts);
     let headless = builders::headless_service(cluster);
@@ -239,7 +239,7 @@ async fn apply_cluster_objects(
         None => true,
     };
     if !due {
-        return Ok(false);
+        return Ok(());
     }
     let ns = namespace(cluster);
     let client = &ctx.client;
@@ -250,7 +250,7 @@ async fn apply_cluster_objects(
     apply(client, ns, &ro).await?;
     apply(client, ns, &pdb).await?;
     *state.applied.lock().expect("lock") = Some((hash, Instant::now()));
-    Ok(true)
+    Ok(())
 }
 
 /// Reconciles one cluster: the function given to the kube-rs controller.
@@ -365,7 +365,7 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
     let state = ctx.state(&cluster).await?;
     let platform = &state.controller.platform;
     platform.set_cluster(cluster.clone());
-    let applied_now = apply_cluster_objects(ctx, &state, &cluster).await?;
+    apply_cluster_objects(ctx, &state, &cluster).await?;
 
     let status = platform.status();
     let requests = UserRequests {
@@ -399,12 +399,6 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
             .with_context(|| format!("removing the {} annotation", annotations::SWITCHOVER_TO))?;
     }
     platform.sync_role_labels(&plan.status).await?;
-    let strays = platform.pods().keys().any(|p| {
-        opengauss_crd::names::instance_ordinal(&name, p).is_none_or(|k| k >= cluster.spec.instances)
-    });
-    if applied_now || strays {
-        platform.delete_orphans(&plan.status).await?;
-    }
     let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
     let busy = plan.urgent || plan.status.phase != Some(Phase::Healthy);
     Ok(Action::requeue(if busy { interval.min(Duration::from_millis(500)) } else { interval }))

@@ -144,7 +144,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     };
     write_atomic(&state.controller_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
-    std::fs::copy(&args.file, state.cluster_file()).context("recording the applied cluster")?;
+    record_applied(&state, &cluster)?;
     let secrets = state.secrets()?;
     let su = superuser(engine);
     write_atomic(&state.pgpass(), pgpass_lines(su, super::REPLICATION_USER, &secrets).as_bytes(), 0o600)?;
@@ -183,7 +183,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         base_port + cluster.spec.instances as u16 - 1,
         state.root.display()
     );
-    for instance in platform.configs.keys() {
+    for instance in platform.configs().keys() {
         platform.prepare(instance)?;
         platform.kubelet.start(instance).await?;
     }
@@ -194,7 +194,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     metrics_server.abort();
     let _ = std::fs::remove_file(state.metrics_port_file());
     println!("{} stopping cluster {name}", super::chrono_now());
-    let stopped = stop_all(&controller.platform.kubelet, &controller.platform.configs, &state).await;
+    let stopped = stop_all(&controller.platform.kubelet, &controller.platform.configs(), &state).await;
     let mut status = state.read_status()?.unwrap_or_default();
     status.phase = Some(Phase::Stopped);
     status.phase_reason = Some("stopped by `local down` or a signal".into());
@@ -238,21 +238,106 @@ async fn serve_metrics(
     }))
 }
 
+/// The applied cluster as last recorded, with the generation `local apply` counts.
+fn read_applied(state: &StateDir) -> anyhow::Result<OpenGaussCluster> {
+    load_cluster_file(&state.cluster_file())
+}
+
+/// Records `cluster` as the applied spec, counting a new generation when the spec changed.
+fn record_applied(state: &StateDir, cluster: &OpenGaussCluster) -> anyhow::Result<i64> {
+    let previous = read_applied(state).ok();
+    let generation = match &previous {
+        Some(p) if p.spec == cluster.spec => p.metadata.generation.unwrap_or(1),
+        Some(p) => p.metadata.generation.unwrap_or(1) + 1,
+        None => 1,
+    };
+    let mut applied = cluster.clone();
+    applied.metadata.generation = Some(generation);
+    applied.status = None;
+    let yaml = serde_yaml_ng::to_string(&applied).context("serialising the cluster")?;
+    write_atomic(&state.cluster_file(), yaml.as_bytes(), 0o644)?;
+    Ok(generation)
+}
+
+/// Hands a running (or stopped) cluster its new spec: scaling, parameters, fencing.
+pub async fn apply(file: &Path, state_dir: Option<PathBuf>, wait: Option<Duration>) -> anyhow::Result<()> {
+    let cluster = load_cluster_file(file)?;
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let state = StateDir::new(state_dir.unwrap_or_else(|| default_state_dir(&name)));
+    let identity = state.read_identity()?;
+    if identity.cluster != name {
+        bail!(
+            "state directory {} belongs to cluster {:?}, not {name:?}",
+            state.root.display(),
+            identity.cluster
+        );
+    }
+    if identity.engine != cluster.spec.engine {
+        bail!(
+            "the engine cannot change (the cluster runs {}, the file asks for {})",
+            identity.engine,
+            cluster.spec.engine
+        );
+    }
+    let generation = record_applied(&state, &cluster)?;
+    let running = try_lock(&state)?.is_none();
+    println!(
+        "applied generation {generation} of cluster {name}{}",
+        if running {
+            "; the running controller takes it up now"
+        } else {
+            "; it takes effect at the next `local up`"
+        }
+    );
+    let Some(timeout) = wait.filter(|_| running) else { return Ok(()) };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = state.read_status()?
+            && s.observed_generation.is_some_and(|g| g >= generation)
+            && s.phase == Some(Phase::Healthy)
+        {
+            println!("cluster {name} is healthy at generation {generation}");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "cluster {name} did not become healthy at generation {generation} within {}s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn run_loop(
     controller: &Controller<LocalPlatform>,
-    cluster: &OpenGaussCluster,
+    started_with: &OpenGaussCluster,
     state: &StateDir,
 ) -> anyhow::Result<()> {
     let shutdown = crate::signals::shutdown_requested();
     tokio::pin!(shutdown);
     let platform = &controller.platform;
-    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let name = started_with.metadata.name.clone().unwrap_or_default();
+    let mut cluster = read_applied(state).unwrap_or_else(|_| started_with.clone());
     let mut status = state.read_status()?.unwrap_or_default();
-    let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
     let mut announced = false;
     loop {
+        // `local apply` writes the applied cluster; take it up on the next pass.
+        match read_applied(state) {
+            Ok(applied) if applied != cluster => {
+                platform.say(
+                    "spec",
+                    format!("spec generation {} applied", applied.metadata.generation.unwrap_or(1)),
+                );
+                platform.follow_spec(&applied);
+                cluster = applied;
+            }
+            Ok(_) => {}
+            Err(e) => platform.say("spec", format!("ignoring the applied cluster file: {e:#}")),
+        }
+        let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
         let requests = UserRequests { switchover_to: read_request(&state.switchover_request()) };
-        let wait = match controller.pass(cluster, &status, &requests).await {
+        let wait = match controller.pass(&cluster, &status, &requests).await {
             Ok(outcome) => {
                 let plan = outcome.plan;
                 if let Some(result) = &plan.request_outcome {

@@ -11,7 +11,8 @@ pub mod table;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use opengauss_crd::names::instance_name;
+use anyhow::Context;
+use opengauss_crd::names::{instance_name, instance_ordinal};
 use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
 
 use crate::controller::Platform;
@@ -50,7 +51,13 @@ pub fn ports(base_port: u16, ordinal: u32) -> (u16, u16) {
 pub struct LocalPlatform {
     pub state: StateDir,
     pub kubelet: Kubelet,
-    pub configs: BTreeMap<String, InstanceConfig>,
+    /// Instance configurations by name: the spec's members and, until removed, instances a
+    /// scale-down left behind.
+    configs: std::sync::RwLock<BTreeMap<String, InstanceConfig>>,
+    cluster: String,
+    engine: Engine,
+    bin_dir: PathBuf,
+    base_port: u16,
     secrets: Secrets,
     /// Last line printed per topic, so repeated progress is printed once.
     printed: std::sync::Mutex<BTreeMap<String, String>>,
@@ -65,40 +72,78 @@ impl LocalPlatform {
         run_as: Option<procs::RunAs>,
         secrets: Secrets,
     ) -> anyhow::Result<Self> {
-        let name = cluster.metadata.name.clone().unwrap_or_default();
-        let engine = cluster.spec.engine;
-        let mut configs = BTreeMap::new();
-        let mut dirs = BTreeMap::new();
-        for ordinal in 0..cluster.spec.instances {
-            let instance = instance_name(&name, ordinal);
-            let root = state.instance_dir(&instance);
-            let (port, ha_port) = ports(base_port, ordinal);
-            let cfg = InstanceConfig {
-                cluster: name.clone(),
-                instance: instance.clone(),
-                engine,
-                bin_dir: bin_dir.clone(),
-                root: root.clone(),
-                socket_dir: root.join("run"),
-                port,
-                listen_addresses: LOCAL_HOST.into(),
-                advertise_host: LOCAL_HOST.into(),
-                api_listen: "127.0.0.1:0".parse().expect("valid address"),
-                api_port_file: Some(procs::port_file(&root)),
-                superuser: superuser(engine).into(),
-                replication_user: REPLICATION_USER.into(),
-                token_file: root.join("api-token"),
-                superuser_password_file: root.join("superuser-password"),
-                replication_password_file: root.join("replication-password"),
-                passfile: root.join("pgpass"),
-                hba_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
-                ha_port,
-            };
-            dirs.insert(instance.clone(), root);
-            configs.insert(instance, cfg);
+        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new());
+        let platform = Self {
+            cluster: cluster.metadata.name.clone().unwrap_or_default(),
+            engine: cluster.spec.engine,
+            state,
+            kubelet,
+            configs: Default::default(),
+            bin_dir,
+            base_port,
+            secrets,
+            printed: Default::default(),
+        };
+        platform.follow_spec(cluster);
+        // Instances left from a larger size (scaled down while stopped) are kept until the
+        // controller removes them.
+        if let Ok(entries) = std::fs::read_dir(platform.state.instances_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(k) = instance_ordinal(&platform.cluster, &name)
+                    && procs::config_file(&e.path()).exists()
+                {
+                    platform.add_instance(k);
+                }
+            }
         }
-        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, dirs);
-        Ok(Self { state, kubelet, configs, secrets, printed: Default::default() })
+        Ok(platform)
+    }
+
+    /// Adds the configurations of the instances `cluster` asks for (new ones after a
+    /// scale-up); instances beyond its size stay until deleted.
+    pub fn follow_spec(&self, cluster: &OpenGaussCluster) {
+        for ordinal in 0..cluster.spec.instances {
+            self.add_instance(ordinal);
+        }
+    }
+
+    fn add_instance(&self, ordinal: u32) {
+        let instance = instance_name(&self.cluster, ordinal);
+        let mut configs = self.configs.write().expect("configs lock");
+        if configs.contains_key(&instance) {
+            return;
+        }
+        let root = self.state.instance_dir(&instance);
+        let (port, ha_port) = ports(self.base_port, ordinal);
+        let cfg = InstanceConfig {
+            cluster: self.cluster.clone(),
+            instance: instance.clone(),
+            engine: self.engine,
+            bin_dir: self.bin_dir.clone(),
+            root: root.clone(),
+            socket_dir: root.join("run"),
+            port,
+            listen_addresses: LOCAL_HOST.into(),
+            advertise_host: LOCAL_HOST.into(),
+            api_listen: "127.0.0.1:0".parse().expect("valid address"),
+            api_port_file: Some(procs::port_file(&root)),
+            superuser: superuser(self.engine).into(),
+            replication_user: REPLICATION_USER.into(),
+            token_file: root.join("api-token"),
+            superuser_password_file: root.join("superuser-password"),
+            replication_password_file: root.join("replication-password"),
+            passfile: root.join("pgpass"),
+            hba_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            ha_port,
+        };
+        self.kubelet.add(&instance, root);
+        configs.insert(instance, cfg);
+    }
+
+    /// A snapshot of every instance's configuration.
+    pub fn configs(&self) -> BTreeMap<String, InstanceConfig> {
+        self.configs.read().expect("configs lock").clone()
     }
 
     /// Writes an instance's files (config, its copy of the secrets) so its manager can start.
@@ -111,17 +156,20 @@ impl LocalPlatform {
             (cfg.replication_password_file.clone(), s.replication_password.clone()),
             (cfg.passfile.clone(), pgpass_lines(&cfg.superuser, &cfg.replication_user, s)),
         ];
-        self.kubelet.prepare(cfg, &files)
+        self.kubelet.prepare(&cfg, &files)
     }
 
-    fn config(&self, instance: &str) -> anyhow::Result<&InstanceConfig> {
+    fn config(&self, instance: &str) -> anyhow::Result<InstanceConfig> {
         self.configs
+            .read()
+            .expect("configs lock")
             .get(instance)
+            .cloned()
             .ok_or_else(|| anyhow::anyhow!("{instance} is not an instance of this cluster"))
     }
 
     pub fn endpoint(&self, instance: &str) -> Option<Endpoint> {
-        self.configs.get(instance).map(|c| Endpoint { host: c.advertise_host.clone(), port: c.port })
+        self.config(instance).ok().map(|c| Endpoint { host: c.advertise_host.clone(), port: c.port })
     }
 
     /// Prints `line` unless it is what was last printed for `topic`.
@@ -142,7 +190,7 @@ pub fn chrono_now() -> String {
 impl Platform for LocalPlatform {
     async fn inventory(&self) -> anyhow::Result<Inventory> {
         let mut inv = Inventory::new();
-        for (name, cfg) in &self.configs {
+        for (name, cfg) in &self.configs() {
             let state = self.kubelet.state(name).await;
             inv.insert(
                 name.clone(),
@@ -168,6 +216,19 @@ impl Platform for LocalPlatform {
 
     async fn restart(&self, instance: &str) -> anyhow::Result<()> {
         self.kubelet.start(instance).await
+    }
+
+    async fn delete(&self, instance: &str) -> anyhow::Result<()> {
+        let cfg = self.config(instance)?;
+        self.kubelet.stop(instance, std::time::Duration::from_secs(90)).await?;
+        if crate::instance::server_is_running(&cfg.data_dir()) {
+            anyhow::bail!("{instance}'s database server still runs; not removing its data");
+        }
+        std::fs::remove_dir_all(&cfg.root).with_context(|| format!("removing {}", cfg.root.display()))?;
+        self.kubelet.forget(instance);
+        self.configs.write().expect("configs lock").remove(instance);
+        self.say(&format!("removed/{instance}"), format!("{instance} removed with its data"));
+        Ok(())
     }
 
     async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {

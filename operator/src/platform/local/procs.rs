@@ -102,8 +102,8 @@ pub struct Kubelet {
     exe: PathBuf,
     run_as: Option<RunAs>,
     slots: Mutex<BTreeMap<String, Slot>>,
-    /// Instance directories by name.
-    dirs: BTreeMap<String, PathBuf>,
+    /// Instance directories by name; grows and shrinks with the cluster.
+    dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
 }
 
 /// How long to wait before the next restart after `restarts` quick ones: immediately the
@@ -119,15 +119,30 @@ fn restart_backoff(restarts: u32) -> Duration {
 
 impl Kubelet {
     pub fn new(exe: PathBuf, run_as: Option<RunAs>, dirs: BTreeMap<String, PathBuf>) -> Self {
-        Self { exe, run_as, slots: Mutex::new(BTreeMap::new()), dirs }
+        Self { exe, run_as, slots: Mutex::new(BTreeMap::new()), dirs: std::sync::Mutex::new(dirs) }
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
         self.run_as.as_ref()
     }
 
-    fn dir(&self, name: &str) -> anyhow::Result<&PathBuf> {
-        self.dirs.get(name).with_context(|| format!("unknown instance {name}"))
+    fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.dirs
+            .lock()
+            .expect("dirs lock")
+            .get(name)
+            .cloned()
+            .with_context(|| format!("unknown instance {name}"))
+    }
+
+    /// Starts managing an instance living in `dir`.
+    pub fn add(&self, name: &str, dir: PathBuf) {
+        self.dirs.lock().expect("dirs lock").insert(name.to_string(), dir);
+    }
+
+    /// Stops managing an instance (after `stop`).
+    pub fn forget(&self, name: &str) {
+        self.dirs.lock().expect("dirs lock").remove(name);
     }
 
     /// Gives a path to the instance user.
@@ -142,8 +157,8 @@ impl Kubelet {
     /// Writes an instance's directories, config and secret files, owned by the instance user.
     pub fn prepare(&self, cfg: &InstanceConfig, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
         let dir = self.dir(&cfg.instance)?;
-        create_dir_mode(dir, 0o700)?;
-        self.hand_over(dir)?;
+        create_dir_mode(&dir, 0o700)?;
+        self.hand_over(&dir)?;
         create_dir_mode(&cfg.socket_dir, 0o700)?;
         self.hand_over(&cfg.socket_dir)?;
         for (path, content) in files {
@@ -151,7 +166,7 @@ impl Kubelet {
             self.hand_over(path)?;
         }
         let json = serde_json::to_vec_pretty(cfg)?;
-        let path = config_file(dir);
+        let path = config_file(&dir);
         write_atomic(&path, &json, 0o600)?;
         self.hand_over(&path)
     }
@@ -161,20 +176,20 @@ impl Kubelet {
         let Ok(dir) = self.dir(name) else {
             return PlatformState::Missing;
         };
-        if !config_file(dir).exists() {
+        if !config_file(&dir).exists() {
             return PlatformState::Missing;
         }
         let mut slots = self.slots.lock().await;
         if let Some(slot) = slots.get_mut(name) {
             let alive = match &mut slot.child {
                 Some(child) => matches!(child.try_wait(), Ok(None)),
-                None => is_our_manager(slot.pid, &config_file(dir)),
+                None => is_our_manager(slot.pid, &config_file(&dir)),
             };
             return if alive { PlatformState::Running } else { PlatformState::Dead };
         }
         // Not started by this controller: adopt a manager an earlier controller left running.
-        match read_pid(&pid_file(dir)) {
-            Some(pid) if is_our_manager(pid, &config_file(dir)) => {
+        match read_pid(&pid_file(&dir)) {
+            Some(pid) if is_our_manager(pid, &config_file(&dir)) => {
                 slots.insert(
                     name.to_string(),
                     Slot { child: None, pid, started: Instant::now(), restarts: 0 },
@@ -188,12 +203,12 @@ impl Kubelet {
 
     /// The manager's API address, once it has written it.
     pub fn manager_url(&self, name: &str) -> Option<String> {
-        let port = read_pid(&port_file(self.dir(name).ok()?))?;
+        let port = read_pid(&port_file(&self.dir(name).ok()?))?;
         Some(format!("http://127.0.0.1:{port}"))
     }
 
     pub fn pid(&self, name: &str) -> Option<u32> {
-        read_pid(&pid_file(self.dir(name).ok()?))
+        read_pid(&pid_file(&self.dir(name).ok()?))
     }
 
     /// Starts the manager unless it runs; a restart soon after the last one waits out the
@@ -202,7 +217,7 @@ impl Kubelet {
         if self.state(name).await == PlatformState::Running {
             return Ok(());
         }
-        let dir = self.dir(name)?.clone();
+        let dir = self.dir(name)?;
         let mut slots = self.slots.lock().await;
         let restarts = match slots.get(name) {
             Some(slot) => {
@@ -243,7 +258,7 @@ impl Kubelet {
     /// Asks a manager to stop (it stops its server cleanly first) and waits; a manager that
     /// does not exit within `timeout` is killed with its process group.
     pub async fn stop(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
-        let dir = self.dir(name)?.clone();
+        let dir = self.dir(name)?;
         let state = self.state(name).await;
         let mut slots = self.slots.lock().await;
         let slot = slots.remove(name);
