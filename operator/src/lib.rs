@@ -12,4 +12,6 @@ pub mod plan;
 pub mod platform;
 pub mod process;
 pub mod secrets;
+pub mod plugin;
 pub mod signals;
+pub mod table;

@@ -515,7 +515,7 @@ pub fn status(target: Target, output: Output) -> anyhow::Result<String> {
     let status = state.read_status()?.unwrap_or_default();
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(&status)? + "\n",
-        Output::Table => super::table::render(&identity.cluster, &status),
+        Output::Table => crate::table::render(&identity.cluster, &status),
     })
 }
 

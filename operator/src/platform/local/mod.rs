@@ -6,7 +6,6 @@ pub mod binaries;
 pub mod commands;
 pub mod procs;
 pub mod statedir;
-pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! `local status` as a table, in the spirit of `gs_ctl query` and `pg_stat_replication`.
+//! A cluster's status as a table, in the spirit of `gs_ctl query` and `pg_stat_replication`:
+//! what `local status` and `kubectl opengauss status` print.
 
 use opengauss_crd::OpenGaussClusterStatus;
 
