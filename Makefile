@@ -37,7 +37,7 @@ fmt:
 
 ## Regenerate checked-in files (the CRD).
 generate:
-	$(CARGO) run -q -p opengauss-operator -- crd > $(CRD_FILE)
+	$(CARGO) run -q -p opengauss-operator --bin opengauss-operator -- crd > $(CRD_FILE).tmp && mv $(CRD_FILE).tmp $(CRD_FILE)
 
 ## Benchmarks on real PostgreSQL (release build); prints the figures.
 bench: tools

@@ -44,6 +44,11 @@ pub struct OpenGaussClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// WAL position of the primary when it was last promoted (or, after a switchover, where
+    /// the old primary stopped): every commit acknowledged before then lies at or below it, so
+    /// no standby below it may be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_promotion_lsn: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]

@@ -1,6 +1,5 @@
 //! `kubectl opengauss` against a mocked API server.
 
-#[allow(dead_code)]
 mod kubernetes_support;
 
 use std::time::Duration;

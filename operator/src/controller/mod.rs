@@ -205,7 +205,7 @@ impl<P: Platform> Controller<P> {
 /// which both engines answer with one byte before authentication.
 async fn tcp_answers(inst: &PlatformInstance, timeout: Duration) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if inst.state != PlatformState::Running {
+    if inst.state == PlatformState::Missing {
         return false;
     }
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

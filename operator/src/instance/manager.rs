@@ -331,6 +331,8 @@ impl Manager {
         self.clear_incomplete()?;
         self.run_clone_steps(source, config).await?;
         datadir::mark_bootstrapped(cfg)?;
+        // A fence left by an earlier failed rejoin does not apply to fresh data.
+        datadir::set_fenced(cfg, None)?;
         self.start_server(true).await?;
         Ok(format!("cloned from {source} and started as a standby"))
     }

@@ -30,12 +30,20 @@ pub fn synchronous_set(input: &Input<'_>, previous: Option<&[String]>, primary: 
     }
     let others = members(input).into_iter().filter(|m| m != primary);
     let standbys: Vec<String> = match spec.failover.data_durability {
-        DataDurability::Required => others
-            .filter(|m| match report(input, m) {
-                Some(r) => r.initialized,
-                None => previous.is_some_and(|p| p.contains(m)),
-            })
-            .collect(),
+        DataDurability::Required => {
+            let others: Vec<String> = others.collect();
+            let holding: Vec<String> = others
+                .iter()
+                .filter(|m| match report(input, m) {
+                    Some(r) => r.initialized,
+                    None => previous.is_some_and(|p| p.contains(*m)),
+                })
+                .cloned()
+                .collect();
+            // Until a standby holds data, every commit still waits for one: an acknowledged
+            // commit is always on a standby.
+            if holding.is_empty() { others } else { holding }
+        }
         DataDurability::Preferred => {
             let streaming: Vec<String> = report(input, primary)
                 .map(|r| {

@@ -31,7 +31,12 @@ fn primary_loss(input: &Input<'_>, plan: &Plan, primary: &str) -> Option<String>
     let delay = SignedDuration::from_secs(i64::from(input.spec.failover.delay_seconds));
     match classify(input, primary) {
         InstanceHealth::Missing => Some(format!("the primary {primary} is gone")),
-        InstanceHealth::Dead => Some(format!("the primary {primary}'s instance manager died")),
+        // Its manager died but the server still answers: the platform restarts the manager,
+        // which adopts the server.
+        InstanceHealth::Dead { server_answers: true } => None,
+        InstanceHealth::Dead { server_answers: false } => {
+            Some(format!("the primary {primary}'s instance manager and server died"))
+        }
         InstanceHealth::Unreachable { server_answers: true } => None,
         InstanceHealth::Unreachable { server_answers: false } => {
             let silent = silent_for(input, plan, primary, input.watching_since);
@@ -63,6 +68,11 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
     if let Some(reason) = primary_loss(input, plan, &primary) {
         let has_standby =
             members(input).iter().any(|m| *m != primary && report(input, m).is_some_and(|r| r.initialized));
+        // With nobody to take over, a primary whose data is intact is simply started again.
+        let restartable = report(input, &primary).is_some_and(|r| r.initialized && !r.standby_configured);
+        if !has_standby && restartable {
+            return false;
+        }
         if !has_standby && input.spec.instances > 1 {
             plan.set_phase(Phase::FailoverBlocked, format!("{reason}; no standby has data to take over"));
             upkeep(input, plan);
@@ -238,7 +248,13 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
     {
         plan.send(old, Request::Fence);
     }
-    let old_quiet = old_report.is_none_or(|r| !r.server.running);
+    let old_quiet = match classify(input, old) {
+        InstanceHealth::Reachable(r) => !r.server.running,
+        InstanceHealth::Unreachable { server_answers } | InstanceHealth::Dead { server_answers } => {
+            !server_answers
+        }
+        InstanceHealth::Missing => true,
+    };
     let mut all_detached = true;
     for name in members(input).into_iter().filter(|n| n != old) {
         let Some(r) = report(input, &name) else {
@@ -260,7 +276,14 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
     if t.step == TransitionStep::Fencing {
         set_step(plan, TransitionStep::Detaching, None);
     }
-    if !old_quiet || !all_detached {
+    // Someone else accepting writes (a target of an earlier attempt that finished its
+    // promotion late) is fenced first; choosing now could make two primaries.
+    let other_writable = input
+        .observed
+        .instances
+        .iter()
+        .any(|(n, o)| n != old && o.report.as_ref().is_some_and(|r| r.is_writable_primary()));
+    if !old_quiet || !all_detached || other_writable {
         return false;
     }
     match choose(input, t) {
@@ -271,6 +294,7 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
                     "promoting {candidate}: the most advanced standby, holding every acknowledged commit"
                 ),
             ));
+            record_promotion_floor(input, plan, t, &candidate);
             set_step(plan, TransitionStep::Promoting, Some(candidate));
             true
         }
@@ -331,6 +355,15 @@ fn best_candidate(input: &Input<'_>, t: &Transition) -> Option<String> {
     candidates(input, t).into_iter().next().map(|(n, _, _)| n)
 }
 
+/// Remembers where the new primary starts: its position at promotion bounds every commit
+/// acknowledged so far.
+fn record_promotion_floor(input: &Input<'_>, plan: &mut Plan, t: &Transition, candidate: &str) {
+    let position = candidates(input, t).into_iter().find(|(n, _, _)| n == candidate).map(|(_, _, (p, _))| p);
+    if let Some(p) = position {
+        plan.status.last_promotion_lsn = Some(p.to_string());
+    }
+}
+
 /// The standby to promote, or why none may be.
 fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
     let list = candidates(input, t);
@@ -346,6 +379,16 @@ fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
         t.synchronous.as_ref().filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
     if let Some(sync) = sync {
         durable_choice(input, sync, best_pos)?;
+        let floor = input.status.last_promotion_lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok());
+        if let Some(floor) = floor
+            && best_pos < floor
+        {
+            return Err(format!(
+                "no reachable standby has received {floor}, where the current primary took over: \
+                 commits acknowledged before then may exist only on {}",
+                t.from
+            ));
+        }
     }
     Ok(best)
 }
@@ -417,6 +460,7 @@ fn demote_for_switchover(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> 
     };
     let caught_up = report(input, &target).and_then(live_position).is_some_and(|(pos, _)| pos > final_lsn);
     if caught_up {
+        plan.status.last_promotion_lsn = Some(final_lsn.to_string());
         set_step(plan, TransitionStep::Promoting, Some(target));
         return true;
     }
@@ -470,25 +514,28 @@ fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
             set_step(plan, TransitionStep::Repointing, None);
             true
         }
+        // It may have promoted just before it was lost: wait for it to come back rather than
+        // risk a second primary. Only an instance gone for good, or without data, is replaced.
+        InstanceHealth::Reachable(r) if !r.initialized => retarget(plan, t, &target),
         InstanceHealth::Reachable(r) => {
-            if r.is_running_standby() && !operation_running(r) {
-                let desired = desired_config(input, &target, DesiredRole::Primary);
+            if operation_running(r) {
+                return false;
+            }
+            let desired = desired_config(input, &target, DesiredRole::Primary);
+            if r.is_running_standby() {
                 plan.send(&target, Request::Promote { config: desired });
+            } else if !r.standby_configured && !r.server.running {
+                // It promoted, then its server stopped: start it again as the primary.
+                plan.send(&target, Request::Start { config: desired });
             }
             false
         }
-        InstanceHealth::Dead | InstanceHealth::Missing => retarget(plan, t, &target),
-        InstanceHealth::Unreachable { .. } => {
-            let delay = SignedDuration::from_secs(i64::from(input.spec.failover.delay_seconds));
-            if silent_for(input, plan, &target, input.watching_since) >= delay {
-                return retarget(plan, t, &target);
-            }
-            false
-        }
+        InstanceHealth::Missing => retarget(plan, t, &target),
+        InstanceHealth::Dead { .. } | InstanceHealth::Unreachable { .. } => false,
     }
 }
 
-/// The chosen standby was lost before it accepted writes: choose again. It cannot have
+/// The chosen standby is gone for good before it accepted writes: choose again. It cannot have
 /// acknowledged a commit meanwhile, since every other standby is detached.
 fn retarget(plan: &mut Plan, t: &Transition, lost: &str) -> bool {
     plan.event(Event::warning(

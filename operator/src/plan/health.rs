@@ -59,8 +59,11 @@ pub fn operation_failure(r: &InstanceReport) -> Option<&str> {
 pub enum InstanceHealth<'a> {
     /// The platform has no such instance.
     Missing,
-    /// Its manager's process or pod is gone.
-    Dead,
+    /// Its manager's process or pod is gone; `server_answers` tells whether its database
+    /// still answers (a manager can die and leave its server running).
+    Dead {
+        server_answers: bool,
+    },
     /// Its manager did not answer; `server_answers` tells whether the database port did.
     Unreachable {
         server_answers: bool,
@@ -74,7 +77,7 @@ pub fn classify<'a>(input: &Input<'a>, name: &str) -> InstanceHealth<'a> {
         Some(o) => match (o.platform, &o.report) {
             (PlatformState::Missing, _) => InstanceHealth::Missing,
             (_, Some(r)) => InstanceHealth::Reachable(r),
-            (PlatformState::Dead, None) => InstanceHealth::Dead,
+            (PlatformState::Dead, None) => InstanceHealth::Dead { server_answers: o.server_answers },
             (PlatformState::Running, None) => {
                 InstanceHealth::Unreachable { server_answers: o.server_answers }
             }
@@ -183,7 +186,7 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
     };
     match classify(input, name) {
         InstanceHealth::Missing => row.state = "missing".into(),
-        InstanceHealth::Dead => row.state = "dead".into(),
+        InstanceHealth::Dead { .. } => row.state = "dead".into(),
         InstanceHealth::Unreachable { server_answers } => {
             row.state = "unreachable".into();
             row.role = previous.role;

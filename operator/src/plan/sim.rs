@@ -1,1 +1,2067 @@
-//! Randomised simulation of the decision core (see the module doc once written).
+//! Randomised simulation of the decision core.
+//!
+//! A model of the cluster is driven by `decide` exactly as the controller drives it: observe,
+//! decide, persist the returned status, act. Thousands of seeded fault schedules are replayed
+//! against it and every step checks the invariants.
+//!
+//! The model, per instance: the manager process (missing, running, dead; frozen or not), the
+//! database server (running, accepting, crashed), the data directory (none, a primary's, a
+//! standby's; clean or crashed), the fence marker, the applied `DesiredConfig`, the operation
+//! in flight (one at a time, one or more steps, refusals and back-off as `instance::manager`
+//! has them), and a WAL history: a list of records `(timeline, id)` whose length is the LSN.
+//! A standby streams from its configured upstream when both run and its history is a prefix of
+//! the upstream's (sometimes only part of what is available: lag); a diverged one cannot, and
+//! needs a rewind (truncation to the common prefix) or a clone. A promotion starts a new
+//! timeline. Every step each writable primary gets a commit; the engine acknowledges it as
+//! PostgreSQL/openGauss would: at once without a synchronous set (or, `most_available_sync`
+//! honoured, with fewer than `number` listed standbys streaming), else once `number` of the
+//! listed standbys streaming from it (`ANY`) or the first `number` of them (`FIRST`) have it.
+//!
+//! Faults (each step with a per-seed probability, until a per-seed step): crash of an
+//! instance (manager and server; sometimes the data directory too, or the whole instance),
+//! server crash, manager crash with the server left running (the local platform), freeze of
+//! the whole instance or of its manager only, slow probe (no report for a pass, the database
+//! port answering or not), controller restart (fresh `watching_since`, sometimes losing the
+//! actions of the pass whose status it persisted), clock jump, switchover request. A disk is
+//! only lost while every other member is a standby with a complete copy. Then faults stop,
+//! frozen instances thaw, and the cluster must converge.
+//!
+//! Invariants:
+//! 1. one writer: acknowledgements never move back to a timeline that later acknowledgements
+//!    left, and never come from two instances in one step; the status never has two ready
+//!    primaries, and names the target as the primary whenever no transition is in flight;
+//!    nothing is promoted or started as primary while another instance may still accept
+//!    writes; a writable primary in sight that the plan does not keep is fenced at once. The
+//!    one tolerated case: a replaced primary that resumes (thawed, orphaned by its manager, or
+//!    finishing a late promotion) and acknowledges without standbys (asynchronous, or
+//!    `preferred`) before the next pass can see and fence it; only synchronous replication
+//!    with `required` prevents that, so it is counted (and printed), not failed;
+//! 2. with synchronous replication and `dataDurability: required`, no acknowledged commit is
+//!    lost: every acknowledgement extends the history of the earlier ones, and the primary the
+//!    status names holds all of them whenever it accepts writes (and at the end);
+//! 3. once faults stop, the cluster converges within `CONVERGENCE_STEPS` to `Healthy` with
+//!    exactly the requested members, one primary, every other member streaming from it, and no
+//!    transition in flight, and stays there;
+//! 4. every plan takes at most one disruptive step and never initialises a primary once the
+//!    cluster is initialised.
+//!
+//! `SIM_SEED=1234 cargo test -p opengauss-operator --lib plan::sim -- --nocapture` replays one
+//! seed and prints its step-by-step trace; `SIM_SEEDS=n` changes how many seeds the normal run
+//! tries. A failure prints the seed, its parameters and the last steps of its trace.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use opengauss_crd::names::instance_names;
+use opengauss_crd::{
+    DataDurability, OpenGaussClusterSpec, OpenGaussClusterStatus, Phase, Role, SyncMethod, TransitionStep,
+};
+
+use super::{Action, Input, Observation, Observed, Plan, PlatformState, UserRequests, decide};
+use crate::engine::{DesiredConfig, Endpoint, Lsn, SyncConfig};
+use crate::instance::report::{
+    ControlReport, InstanceReport, ManagerPhase, NodeReport, OperationKind, OperationReport, OperationState,
+    ReceiverReport, ReplicationRow, Request, ServerProcessReport,
+};
+
+const CLUSTER: &str = "sim";
+const PORT: u16 = 5432;
+const HA_PORT: u16 = 5433;
+/// Seeds tried by the normal test run.
+const DEFAULT_SEEDS: u64 = 3000;
+/// Fault-free steps allowed for convergence once faults stop. Generous against the slowest
+/// legitimate recovery: failover delay, a failed clone's retry back-off (up to 30 s), a rejoin
+/// falling back to a re-clone, and the repointing of every standby.
+const CONVERGENCE_STEPS: u64 = 180;
+/// Converged must hold this many passes in a row.
+const STABLE_PASSES: u32 = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+
+/// SplitMix64: tiny, fast, and good enough to spread fault schedules.
+#[derive(Clone, Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters of one run
+
+#[derive(Clone, Debug)]
+struct Params {
+    instances: u32,
+    method: SyncMethod,
+    number: u32,
+    durability: DataDurability,
+    delay_seconds: u32,
+    /// Steps during which faults are injected.
+    fault_steps: u64,
+    /// Probability of a fault in each faulty step.
+    fault_rate: f64,
+    /// Probability that a streaming standby receives only part of what it could this step.
+    lag: f64,
+    /// The engine honours `most_available_sync` (openGauss) rather than ignoring it (PostgreSQL).
+    most_available_honoured: bool,
+}
+
+impl Params {
+    fn draw(rng: &mut Rng) -> Self {
+        let instances = if rng.chance(0.5) { 3 } else { rng.range(2, 5) as u32 };
+        let method = match rng.below(10) {
+            0..=5 => SyncMethod::Any,
+            6 | 7 => SyncMethod::First,
+            _ => SyncMethod::Off,
+        };
+        let number = if instances >= 3 && rng.chance(0.25) {
+            rng.range(2, u64::from(instances) - 1) as u32
+        } else {
+            1
+        };
+        let durability = if rng.chance(0.75) { DataDurability::Required } else { DataDurability::Preferred };
+        Params {
+            instances,
+            method,
+            number,
+            durability,
+            delay_seconds: rng.range(1, 6) as u32,
+            fault_steps: rng.range(0, 250),
+            fault_rate: 0.02 + 0.13 * (rng.below(1000) as f64 / 1000.0),
+            lag: rng.below(4) as f64 * 0.1,
+            most_available_honoured: rng.chance(0.5),
+        }
+    }
+
+    fn spec(&self) -> OpenGaussClusterSpec {
+        let durability = match self.durability {
+            DataDurability::Required => "required",
+            DataDurability::Preferred => "preferred",
+        };
+        let json = serde_json::json!({
+            "instances": self.instances,
+            "replication": { "synchronous": { "method": self.method.as_str(), "number": self.number } },
+            "failover": { "delaySeconds": self.delay_seconds, "dataDurability": durability },
+        });
+        let spec: OpenGaussClusterSpec = serde_json::from_value(json).expect("a valid simulated spec");
+        assert!(spec.problems().is_empty(), "simulated spec is invalid: {:?}", spec.problems());
+        spec
+    }
+
+    /// Whether no acknowledged commit may be lost.
+    fn no_loss(&self) -> bool {
+        self.instances > 1 && self.method != SyncMethod::Off && self.durability == DataDurability::Required
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "instances={} sync={} {} durability={:?} delay={}s fault_steps={} fault_rate={:.3} lag={:.1} most_available_sync={}",
+            self.instances,
+            self.method.as_str(),
+            self.number,
+            self.durability,
+            self.delay_seconds,
+            self.fault_steps,
+            self.fault_rate,
+            self.lag,
+            if self.most_available_honoured { "honoured" } else { "ignored" }
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WAL
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Checkpoint,
+    Promotion,
+    Commit,
+}
+
+/// One WAL record. Ids are unique across the run, so two histories holding the same record at
+/// the same position agree on everything before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rec {
+    tl: u32,
+    id: u64,
+    kind: Kind,
+}
+
+/// A complete data directory.
+#[derive(Clone, Debug)]
+struct Data {
+    wal: Vec<Rec>,
+    /// `standby.signal` is present.
+    standby: bool,
+    /// The control file says the last shutdown was clean.
+    clean: bool,
+    replayed: usize,
+}
+
+impl Data {
+    fn tl(&self) -> u32 {
+        self.wal.last().map_or(1, |r| r.tl)
+    }
+
+    /// Whether this history is a prefix of `up`'s: it can stream from it.
+    fn follows(&self, up: &Data) -> bool {
+        let n = self.wal.len();
+        n <= up.wal.len() && (n == 0 || up.wal[n - 1] == self.wal[n - 1])
+    }
+
+    fn contains(&self, history: &[Rec]) -> bool {
+        let n = history.len();
+        n == 0 || (self.wal.len() >= n && self.wal[n - 1] == history[n - 1])
+    }
+
+    /// Position and timeline of the last checkpoint (or restartpoint).
+    fn checkpoint(&self) -> (usize, u32) {
+        self.wal
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, r)| r.kind != Kind::Commit && *i < self.replayed.max(1))
+            .map_or((0, 1), |(i, r)| (i, r.tl))
+    }
+}
+
+fn lsn(pos: usize) -> Lsn {
+    Lsn(0x0100_0000 + pos as u64 * 0x80)
+}
+
+fn common_prefix(a: &[Rec], b: &[Rec]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instances
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Freeze {
+    No,
+    /// Only the manager hangs; the server works.
+    Manager,
+    /// The whole instance (manager and server) is stopped, as by SIGSTOP or a paused VM.
+    Whole,
+}
+
+#[derive(Clone, Debug)]
+struct Work {
+    request: Request,
+    left: u32,
+    started: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Inst {
+    name: String,
+    endpoint: Endpoint,
+    /// The manager process (pod).
+    platform: PlatformState,
+    freeze: Freeze,
+    thaw_at: u64,
+    data: Option<Data>,
+    /// The applied configuration, kept next to the data directory.
+    applied: Option<DesiredConfig>,
+    fenced: bool,
+    /// The final WAL position a standby recorded when it was fenced (detached first).
+    fenced_lsn: Option<usize>,
+    running: bool,
+    accepting: bool,
+    crashed: bool,
+    work: Option<Work>,
+    operation: Option<OperationReport>,
+    last_failure: Option<(Request, Timestamp, u32)>,
+    /// Whom the server streams from, as of the last replication step.
+    streaming_from: Option<usize>,
+    /// Commits waiting for synchronous standbys: WAL positions.
+    pending: Vec<usize>,
+    /// The manager's report is missing this pass; the value says whether the database port
+    /// answers.
+    slow_probe: Option<bool>,
+}
+
+impl Inst {
+    fn new(name: String) -> Self {
+        Inst {
+            endpoint: Endpoint { host: name.clone(), port: PORT },
+            name,
+            platform: PlatformState::Missing,
+            freeze: Freeze::No,
+            thaw_at: 0,
+            data: None,
+            applied: None,
+            fenced: false,
+            fenced_lsn: None,
+            running: false,
+            accepting: false,
+            crashed: false,
+            work: None,
+            operation: None,
+            last_failure: None,
+            streaming_from: None,
+            pending: Vec::new(),
+            slow_probe: None,
+        }
+    }
+
+    /// The manager is up and can act.
+    fn manager_works(&self) -> bool {
+        self.platform == PlatformState::Running && self.freeze == Freeze::No
+    }
+
+    /// The server is up, not frozen, answering.
+    fn serving(&self) -> bool {
+        self.running && self.accepting && self.freeze != Freeze::Whole && self.data.is_some()
+    }
+
+    fn writable(&self) -> bool {
+        self.serving() && self.data.as_ref().is_some_and(|d| !d.standby)
+    }
+
+    fn is_standby_server(&self) -> bool {
+        self.serving() && self.data.as_ref().is_some_and(|d| d.standby)
+    }
+
+    fn short(&self) -> &str {
+        self.name.rsplit('-').next().unwrap_or(&self.name)
+    }
+}
+
+/// How the engine treats a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ack {
+    Waiting,
+    /// Acknowledged without any standby's confirmation (asynchronous, or no synchronous
+    /// standby left with `most_available_sync`).
+    WithoutStandby,
+    Confirmed,
+}
+
+/// What the manager answered to a request.
+#[derive(Debug)]
+enum Submitted {
+    Accepted,
+    Busy,
+    Refused(String),
+    Unreachable,
+}
+
+fn request_id(request: &Request) -> String {
+    // FNV-1a over the debug form: stable within a run, which is all the model needs.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{request:?}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn retry_backoff(failures: u32) -> SignedDuration {
+    SignedDuration::from_millis(500i64.saturating_mul(1 << failures.min(6)))
+        .min(SignedDuration::from_secs(30))
+}
+
+fn sync_names(s: Option<&SyncConfig>) -> String {
+    match s {
+        Some(s) if s.method != SyncMethod::Off && !s.standbys.is_empty() => {
+            format!("{} {} ({})", s.method.as_str().to_uppercase(), s.number, s.standbys.join(", "))
+        }
+        _ => String::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+#[derive(Default, Debug, Clone)]
+struct Stats {
+    steps: u64,
+    acked: u64,
+    faults: BTreeMap<&'static str, u64>,
+    events: BTreeMap<&'static str, u64>,
+    refusals: u64,
+    stray_acks: u64,
+    lost_histories: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.steps += o.steps;
+        self.acked += o.acked;
+        self.refusals += o.refusals;
+        self.stray_acks += o.stray_acks;
+        self.lost_histories += o.lost_histories;
+        for (k, v) in &o.faults {
+            *self.faults.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.events {
+            *self.events.entry(k).or_default() += v;
+        }
+    }
+}
+
+struct Model {
+    p: Params,
+    spec: OpenGaussClusterSpec,
+    /// The fault schedule's randomness.
+    faults: Rng,
+    /// The model's own randomness (operation durations, replication lag, failed rewinds).
+    rng: Rng,
+    insts: Vec<Inst>,
+    start: Timestamp,
+    now: Timestamp,
+    step: u64,
+    next_id: u64,
+    next_tl: u32,
+    faults_on: bool,
+    /// The acknowledged history: a prefix of the acknowledging primary's WAL up to the latest
+    /// acknowledged commit.
+    acked: Vec<Rec>,
+    /// Timeline of the latest acknowledged commit.
+    acked_tl: Option<u32>,
+    /// Timelines whose acknowledgements were superseded by another timeline's.
+    retired: BTreeSet<u32>,
+    /// Whether some data directory was initialised (a second `initdb` gets a timeline of its own).
+    initdb_done: bool,
+    // The controller.
+    status: OpenGaussClusterStatus,
+    watching_since: Timestamp,
+    requests: UserRequests,
+    drop_actions: bool,
+    stats: Stats,
+    trace: Option<Vec<String>>,
+    line: String,
+    /// The last step whose trace line was written.
+    traced: u64,
+}
+
+impl Model {
+    fn new(seed: u64, trace: bool) -> Self {
+        let mut faults = Rng::new(seed);
+        let p = Params::draw(&mut faults);
+        let rng = Rng::new(seed ^ 0x5DEE_CE66_D1CE_5EED);
+        let spec = p.spec();
+        let insts = instance_names(CLUSTER, p.instances).into_iter().map(Inst::new).collect();
+        let start = Timestamp::from_second(1_700_000_000).expect("valid timestamp");
+        Model {
+            spec,
+            faults,
+            rng,
+            insts,
+            start,
+            now: start,
+            step: 0,
+            next_id: 1,
+            next_tl: 2,
+            faults_on: p.fault_steps > 0,
+            acked: Vec::new(),
+            acked_tl: None,
+            retired: BTreeSet::new(),
+            initdb_done: false,
+            status: OpenGaussClusterStatus::default(),
+            watching_since: start,
+            requests: UserRequests::default(),
+            drop_actions: false,
+            stats: Stats::default(),
+            trace: trace.then(Vec::new),
+            line: String::new(),
+            traced: 0,
+            p,
+        }
+    }
+
+    fn note(&mut self, f: impl FnOnce() -> String) {
+        if self.trace.is_some() {
+            let s = f();
+            self.line.push_str(&s);
+            self.line.push(' ');
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn by_endpoint(&self, ep: &Endpoint) -> Option<usize> {
+        self.insts.iter().position(|x| x.endpoint == *ep)
+    }
+
+    fn by_name(&self, name: &str) -> Option<usize> {
+        self.insts.iter().position(|x| x.name == name)
+    }
+
+    fn holds_acked(&self, i: usize) -> bool {
+        self.insts[i].data.as_ref().is_some_and(|d| d.contains(&self.acked))
+    }
+
+    // --- servers ---
+
+    fn start_server(&mut self, i: usize) {
+        let x = &mut self.insts[i];
+        if !x.running {
+            x.running = true;
+            x.accepting = false;
+            x.crashed = false;
+            if let Some(d) = x.data.as_mut() {
+                d.clean = false;
+            }
+        }
+    }
+
+    /// Sends what the primary `i` has to the standbys streaming from it, as a fast shutdown
+    /// does with its shutdown checkpoint.
+    fn flush_to_streamers(&mut self, i: usize) {
+        let Some(src) = self.insts[i].data.as_ref().map(|d| d.wal.clone()) else {
+            return;
+        };
+        for s in 0..self.insts.len() {
+            if s == i || self.insts[s].streaming_from != Some(i) || !self.insts[s].serving() {
+                continue;
+            }
+            if let Some(d) = self.insts[s].data.as_mut()
+                && d.wal.len() <= src.len()
+                && (d.wal.is_empty() || src[d.wal.len() - 1] == d.wal[d.wal.len() - 1])
+            {
+                d.wal = src.clone();
+            }
+        }
+    }
+
+    /// A clean, fast stop: a primary writes its shutdown checkpoint and its standbys receive it.
+    fn stop_fast(&mut self, i: usize) {
+        if !self.insts[i].running {
+            self.insts[i].crashed = false;
+            return;
+        }
+        if self.insts[i].writable() {
+            let tl = self.insts[i].data.as_ref().map_or(1, Data::tl);
+            let id = self.fresh_id();
+            if let Some(d) = self.insts[i].data.as_mut() {
+                d.wal.push(Rec { tl, id, kind: Kind::Checkpoint });
+                d.replayed = d.wal.len();
+            }
+            self.flush_to_streamers(i);
+        }
+        let x = &mut self.insts[i];
+        x.running = false;
+        x.accepting = false;
+        x.crashed = false;
+        x.pending.clear();
+        x.streaming_from = None;
+        if let Some(d) = x.data.as_mut() {
+            d.clean = true;
+            d.replayed = d.wal.len();
+        }
+    }
+
+    /// The server dies on its own.
+    fn kill_server(&mut self, i: usize, noticed: bool) {
+        let x = &mut self.insts[i];
+        if x.running {
+            x.crashed = noticed;
+        }
+        x.running = false;
+        x.accepting = false;
+        x.pending.clear();
+        x.streaming_from = None;
+    }
+
+    // --- the manager ---
+
+    fn check(&self, i: usize, request: &Request) -> Result<(), String> {
+        let x = &self.insts[i];
+        let initialized = x.data.is_some();
+        let standby = x.data.as_ref().is_some_and(|d| d.standby);
+        let invalid = |m: &str| Err(m.to_string());
+        match request {
+            Request::Bootstrap { .. } if initialized => invalid("the data directory is already initialised"),
+            Request::Bootstrap { source: None, config } if config.standby => {
+                invalid("a new primary cannot be configured as a standby")
+            }
+            Request::Bootstrap { source: Some(_), config } if !config.standby => {
+                invalid("a clone must be configured as a standby")
+            }
+            Request::Start { .. }
+            | Request::Configure { .. }
+            | Request::Promote { .. }
+            | Request::Rejoin { .. }
+            | Request::Rebuild { .. }
+            | Request::Restart { .. }
+                if !initialized =>
+            {
+                invalid("the data directory is not initialised yet")
+            }
+            Request::Start { config } | Request::Configure { config } | Request::Restart { config }
+                if config.standby != standby =>
+            {
+                invalid(if standby {
+                    "this instance is a standby: promote it to make it a primary"
+                } else {
+                    "this instance was a primary: rejoin it to make it a standby"
+                })
+            }
+            Request::Promote { config } if config.standby => {
+                invalid("a promoted instance cannot be configured as a standby")
+            }
+            Request::Rejoin { config, .. } | Request::Rebuild { config, .. } if !config.standby => {
+                invalid("a rejoining instance must be configured as a standby")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn submit(&mut self, i: usize, request: &Request) -> Submitted {
+        if !self.insts[i].manager_works() {
+            return Submitted::Unreachable;
+        }
+        if let Some(w) = &self.insts[i].work {
+            return if w.request == *request { Submitted::Accepted } else { Submitted::Busy };
+        }
+        // The same bootstrap again after it succeeded is a no-op.
+        if let Some(op) = &self.insts[i].operation
+            && op.state == OperationState::Succeeded
+            && op.kind == OperationKind::Bootstrap
+            && op.request_id == request_id(request)
+        {
+            return Submitted::Accepted;
+        }
+        if let Err(why) = self.check(i, request) {
+            return Submitted::Refused(why);
+        }
+        if let Some((failed, at, failures)) = &self.insts[i].last_failure
+            && failed == request
+            && self.now.duration_since(*at) < retry_backoff(*failures)
+        {
+            return Submitted::Refused(format!("the same request failed {failures} time(s); backing off"));
+        }
+        let left = match request {
+            Request::Bootstrap { source: None, .. } => self.rng.range(1, 3),
+            Request::Bootstrap { source: Some(_), .. } => self.rng.range(1, 4),
+            Request::Start { .. } | Request::Configure { .. } | Request::Restart { .. } | Request::Fence => 1,
+            Request::Promote { .. } => self.rng.range(1, 2),
+            Request::Rejoin { .. } | Request::Rebuild { .. } => self.rng.range(1, 4),
+        } as u32;
+        let x = &mut self.insts[i];
+        x.work = Some(Work { request: request.clone(), left, started: false });
+        x.operation = Some(OperationReport {
+            kind: request.kind(),
+            state: OperationState::Running,
+            request_id: request_id(request),
+            message: String::new(),
+        });
+        Submitted::Accepted
+    }
+
+    /// Advances the operation of instance `i` by one step.
+    fn progress(&mut self, i: usize) {
+        if !self.insts[i].manager_works() {
+            return;
+        }
+        let Some(mut w) = self.insts[i].work.take() else {
+            return;
+        };
+        let first = !w.started;
+        w.started = true;
+        w.left = w.left.saturating_sub(1);
+        let result = self.execute(i, &w.request, first, w.left == 0);
+        match result {
+            None => self.insts[i].work = Some(w),
+            Some(r) => {
+                let now = self.now;
+                let x = &mut self.insts[i];
+                match &r {
+                    Ok(_) => x.last_failure = None,
+                    Err(_) => {
+                        let failures = match &x.last_failure {
+                            Some((prev, _, n)) if *prev == w.request => n + 1,
+                            _ => 1,
+                        };
+                        x.last_failure = Some((w.request.clone(), now, failures));
+                    }
+                }
+                if let Some(op) = x.operation.as_mut() {
+                    match r {
+                        Ok(m) => {
+                            op.state = OperationState::Succeeded;
+                            op.message = m;
+                        }
+                        Err(m) => {
+                            op.state = OperationState::Failed;
+                            op.message = m;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One step of a request, mirroring `instance::manager`. `None` while it still runs.
+    fn execute(
+        &mut self,
+        i: usize,
+        request: &Request,
+        first: bool,
+        last: bool,
+    ) -> Option<Result<String, String>> {
+        match request {
+            Request::Bootstrap { source: None, config } => {
+                if first {
+                    self.insts[i].data = None;
+                }
+                if !last {
+                    return None;
+                }
+                if self.faults_on && self.rng.chance(0.05) {
+                    return Some(Err("initdb failed".into()));
+                }
+                let id = self.fresh_id();
+                // Every new cluster starts on timeline 1; a second one (which the plan must
+                // never create) gets a timeline of its own so that its writes stand apart.
+                let tl = if self.initdb_done {
+                    self.next_tl += 1;
+                    self.next_tl - 1
+                } else {
+                    1
+                };
+                self.initdb_done = true;
+                let x = &mut self.insts[i];
+                x.data = Some(Data {
+                    wal: vec![Rec { tl, id, kind: Kind::Checkpoint }],
+                    standby: false,
+                    clean: true,
+                    replayed: 1,
+                });
+                x.applied = Some(config.clone());
+                x.fenced = false;
+                x.fenced_lsn = None;
+                x.running = true;
+                x.accepting = true;
+                x.crashed = false;
+                Some(Ok("initialised a new primary".into()))
+            }
+            Request::Bootstrap { source: Some(src), config } => {
+                if first {
+                    self.insts[i].data = None;
+                }
+                let source = self.by_endpoint(src).filter(|&j| j != i && self.insts[j].serving());
+                let Some(j) = source else {
+                    return Some(Err(format!("pg_basebackup: could not connect to {src}")));
+                };
+                if !last {
+                    return None;
+                }
+                let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
+                let len = wal.len();
+                let x = &mut self.insts[i];
+                x.data = Some(Data { wal, standby: true, clean: false, replayed: len });
+                x.applied = Some(config.clone());
+                // A fence left by an earlier failed rejoin does not apply to fresh data.
+                x.fenced = false;
+                x.fenced_lsn = None;
+                x.running = true;
+                x.accepting = true;
+                x.crashed = false;
+                Some(Ok(format!("cloned from {src} and started as a standby")))
+            }
+            Request::Start { config } => {
+                if first {
+                    self.insts[i].applied = Some(config.clone());
+                    self.insts[i].fenced = false;
+                    self.insts[i].fenced_lsn = None;
+                    self.start_server(i);
+                }
+                let x = &self.insts[i];
+                if x.running && x.accepting {
+                    Some(Ok(format!("started as {}", if config.standby { "standby" } else { "primary" })))
+                } else if !x.running {
+                    Some(Err("the database server exited while starting".into()))
+                } else {
+                    None
+                }
+            }
+            Request::Configure { config } => {
+                self.insts[i].applied = Some(config.clone());
+                Some(Ok("configuration reloaded".into()))
+            }
+            Request::Promote { config } => {
+                if first {
+                    if !self.insts[i].running {
+                        return Some(Err("the server is not running".into()));
+                    }
+                    if let Some(from) = self.insts[i].data.as_ref().filter(|d| d.standby).map(Data::tl) {
+                        let tl = self.next_tl;
+                        self.next_tl += 1;
+                        let _ = from;
+                        let id = self.fresh_id();
+                        let x = &mut self.insts[i];
+                        if let Some(d) = x.data.as_mut() {
+                            d.wal.push(Rec { tl, id, kind: Kind::Promotion });
+                            d.replayed = d.wal.len();
+                            d.standby = false;
+                        }
+                        x.accepting = true;
+                        x.streaming_from = None;
+                    }
+                }
+                if !self.insts[i].running {
+                    return Some(Err("the database server exited".into()));
+                }
+                if !last {
+                    return None;
+                }
+                self.insts[i].applied = Some(config.clone());
+                Some(Ok("promoted to primary".into()))
+            }
+            Request::Rejoin { source, config } => {
+                if first {
+                    self.stop_fast(i);
+                }
+                if !last {
+                    return None;
+                }
+                let how = if self.insts[i].data.as_ref().is_some_and(|d| d.standby) {
+                    self.insts[i].applied = Some(config.clone());
+                    "followed"
+                } else {
+                    let src = self.by_endpoint(source).filter(|&j| j != i && self.insts[j].serving());
+                    let rewind_fails = self.rng.chance(0.15);
+                    match src {
+                        Some(j) if !rewind_fails => {
+                            let src_wal =
+                                self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
+                            let x = &mut self.insts[i];
+                            if let Some(d) = x.data.as_mut() {
+                                let keep = common_prefix(&d.wal, &src_wal);
+                                d.wal.truncate(keep);
+                                d.replayed = d.replayed.min(keep);
+                                d.standby = true;
+                            }
+                            x.applied = Some(config.clone());
+                            "rewound"
+                        }
+                        _ => {
+                            // The data directory is set aside; a clone replaces it.
+                            self.insts[i].data = None;
+                            let Some(j) = src else {
+                                return Some(Err(format!(
+                                    "re-cloning after a failed rewind: could not connect to {source}"
+                                )));
+                            };
+                            let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
+                            let len = wal.len();
+                            let x = &mut self.insts[i];
+                            x.data = Some(Data { wal, standby: true, clean: true, replayed: len });
+                            x.applied = Some(config.clone());
+                            "re-cloned"
+                        }
+                    }
+                };
+                let x = &mut self.insts[i];
+                x.fenced = false;
+                x.fenced_lsn = None;
+                x.running = true;
+                x.accepting = true;
+                x.crashed = false;
+                if let Some(d) = x.data.as_mut() {
+                    d.clean = false;
+                }
+                Some(Ok(format!("{how} from {source} and started as a standby")))
+            }
+            Request::Rebuild { source, config } => {
+                if first {
+                    self.stop_fast(i);
+                    // The data directory is set aside before cloning again.
+                    self.insts[i].data = None;
+                }
+                let src = self.by_endpoint(source).filter(|&j| j != i && self.insts[j].serving());
+                let Some(j) = src else {
+                    return Some(Err(format!("cloning again: could not connect to {source}")));
+                };
+                if !last {
+                    return None;
+                }
+                let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
+                let len = wal.len();
+                let x = &mut self.insts[i];
+                x.data = Some(Data { wal, standby: true, clean: false, replayed: len });
+                x.applied = Some(config.clone());
+                x.fenced = false;
+                x.fenced_lsn = None;
+                x.running = true;
+                x.accepting = true;
+                x.crashed = false;
+                Some(Ok(format!("cloned again from {source} and started as a standby")))
+            }
+            Request::Restart { config } => {
+                if first {
+                    self.stop_fast(i);
+                    self.insts[i].applied = Some(config.clone());
+                    self.start_server(i);
+                }
+                let x = &self.insts[i];
+                if x.running && x.accepting {
+                    Some(Ok("restarted".into()))
+                } else if !x.running {
+                    Some(Err("the database server exited while starting".into()))
+                } else {
+                    None
+                }
+            }
+            Request::Fence => {
+                if first {
+                    // A running standby is detached first; its position is then final.
+                    let x = &mut self.insts[i];
+                    let position = match &x.data {
+                        Some(d) if d.standby && x.running && x.accepting => {
+                            if let Some(c) = x.applied.as_mut() {
+                                c.upstream = None;
+                            }
+                            x.streaming_from = None;
+                            Some(d.wal.len())
+                        }
+                        _ => None,
+                    };
+                    x.fenced = true;
+                    x.fenced_lsn = position;
+                    self.stop_fast(i);
+                }
+                if !last {
+                    return None;
+                }
+                Some(Ok("fenced: server stopped".into()))
+            }
+        }
+    }
+
+    /// The manager's supervisor: a standby's server that is down is started again.
+    fn supervise(&mut self, i: usize) {
+        let x = &self.insts[i];
+        let busy = x.work.is_some();
+        if !x.manager_works() || busy || x.fenced || x.running || !x.data.as_ref().is_some_and(|d| d.standby)
+        {
+            return;
+        }
+        self.start_server(i);
+    }
+
+    // --- replication and clients ---
+
+    fn replicate(&mut self) {
+        let n = self.insts.len();
+        for s in 0..n {
+            self.insts[s].streaming_from = None;
+        }
+        for s in 0..n {
+            if !self.insts[s].is_standby_server() {
+                continue;
+            }
+            let Some(up) = self.insts[s].applied.as_ref().and_then(|c| c.upstream.clone()) else {
+                continue;
+            };
+            let Some(u) = self.by_endpoint(&up).filter(|&u| u != s && self.insts[u].serving()) else {
+                continue;
+            };
+            let src = self.insts[u].data.as_ref().expect("serving has data");
+            let dst = self.insts[s].data.as_ref().expect("serving has data");
+            if !dst.follows(src) {
+                continue;
+            }
+            let have = dst.wal.len();
+            let avail = src.wal.len();
+            let lagging = self.rng.chance(self.p.lag);
+            let upto =
+                if lagging { have + self.rng.below((avail - have) as u64 + 1) as usize } else { avail };
+            let records: Vec<Rec> = src.wal[have..upto].to_vec();
+            let replay_lag = if lagging { self.rng.below(3) as usize } else { 0 };
+            let x = &mut self.insts[s];
+            x.streaming_from = Some(u);
+            if let Some(d) = x.data.as_mut() {
+                d.wal.extend(records);
+                d.replayed = d.wal.len().saturating_sub(replay_lag).max(d.replayed.min(d.wal.len()));
+            }
+        }
+    }
+
+    fn client_commits(&mut self) {
+        for i in 0..self.insts.len() {
+            if !self.insts[i].writable() {
+                continue;
+            }
+            let id = self.fresh_id();
+            let x = &mut self.insts[i];
+            let d = x.data.as_mut().expect("writable has data");
+            let tl = d.tl();
+            d.wal.push(Rec { tl, id, kind: Kind::Commit });
+            d.replayed = d.wal.len();
+            x.pending.push(d.wal.len() - 1);
+        }
+    }
+
+    /// Whether the engine acknowledges the commit at `pos` on primary `i` now, and how.
+    fn acknowledged(&self, i: usize, pos: usize) -> Ack {
+        let x = &self.insts[i];
+        let Some(config) = x.applied.as_ref() else {
+            return Ack::WithoutStandby;
+        };
+        let Some(sync) =
+            config.synchronous.as_ref().filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty())
+        else {
+            return Ack::WithoutStandby;
+        };
+        let number = sync.number.max(1) as usize;
+        let streaming: Vec<usize> = sync
+            .standbys
+            .iter()
+            .filter_map(|n| self.by_name(n))
+            .filter(|&s| self.insts[s].streaming_from == Some(i))
+            .collect();
+        if config.most_available_sync && self.p.most_available_honoured && streaming.len() < number {
+            return Ack::WithoutStandby;
+        }
+        let has = |s: usize| self.insts[s].data.as_ref().is_some_and(|d| d.wal.len() > pos);
+        let confirmed = match sync.method {
+            SyncMethod::First => streaming.len() >= number && streaming.iter().take(number).all(|&s| has(s)),
+            _ => streaming.iter().filter(|&&s| has(s)).count() >= number,
+        };
+        if confirmed { Ack::Confirmed } else { Ack::Waiting }
+    }
+
+    /// Not the writer the (persisted) status endorses.
+    fn is_stray(&self, i: usize) -> bool {
+        !endorsed(&self.status, &self.insts[i].name)
+    }
+
+    /// Acknowledges what can be, and checks invariant 1 (and the history part of 2) on the
+    /// acknowledgements. Each primary writes on its own timeline (every promotion starts a new
+    /// one), so two writers show as acknowledgements on two timelines: once acknowledgements
+    /// moved on from a timeline, that timeline is retired and must never acknowledge again, and
+    /// at most one instance acknowledges per step. Without loss allowed, every acknowledged
+    /// commit must also stay in the history of every later one.
+    fn acknowledge(&mut self) -> Result<(), String> {
+        let mut ackers = BTreeSet::new();
+        for i in 0..self.insts.len() {
+            if !self.insts[i].writable() || self.insts[i].pending.is_empty() {
+                continue;
+            }
+            let pending = std::mem::take(&mut self.insts[i].pending);
+            let mut waiting = Vec::new();
+            for pos in pending {
+                let how = self.acknowledged(i, pos);
+                if how == Ack::Waiting {
+                    waiting.push(pos);
+                    continue;
+                }
+                self.stats.acked += 1;
+                let rec = self.insts[i].data.as_ref().expect("writable has data").wal[pos];
+                let loss_allowed =
+                    how == Ack::WithoutStandby || self.p.durability == DataDurability::Preferred;
+                if loss_allowed && self.is_stray(i) {
+                    // A primary the status does not endorse, acknowledging without standbys
+                    // (or with `preferred`, with a standby that could not be detached): a
+                    // primary that was frozen (or lost its manager, or whose late promotion
+                    // completed) while it was replaced, acknowledging before the fence the plan
+                    // sends on sight (checked in `check_plan`) takes effect. Only synchronous
+                    // replication with `required` prevents that, so it is tolerated, counted
+                    // and left out of the bookkeeping below; its commits are as good as lost.
+                    self.stats.stray_acks += 1;
+                    let name = self.insts[i].short().to_string();
+                    self.note(|| format!("stray-ack@{name}"));
+                    continue;
+                }
+                if self.retired.contains(&rec.tl) {
+                    return Err(format!(
+                        "two writers: {} acknowledged commit {:?} at {} on timeline {} after commits on timeline {:?} were acknowledged{}",
+                        self.insts[i].name,
+                        rec,
+                        pos,
+                        rec.tl,
+                        self.acked_tl,
+                        if how == Ack::WithoutStandby {
+                            " (without standbys)"
+                        } else {
+                            " (confirmed by a synchronous standby)"
+                        }
+                    ));
+                }
+                if self.acked_tl != Some(rec.tl) {
+                    if let Some(previous) = self.acked_tl {
+                        self.retired.insert(previous);
+                    }
+                    self.acked_tl = Some(rec.tl);
+                }
+                ackers.insert(i);
+                let wal = &self.insts[i].data.as_ref().expect("writable has data").wal;
+                let h = self.acked.len();
+                let consistent = if pos < h {
+                    self.acked[pos] == wal[pos]
+                } else {
+                    h == 0 || wal[h - 1] == self.acked[h - 1]
+                };
+                if !consistent {
+                    if self.p.no_loss() {
+                        return Err(format!(
+                            "acknowledged commits lost: {} acknowledged {:?} at {} on a history without the earlier acknowledged {:?} at {}",
+                            self.insts[i].name,
+                            rec,
+                            pos,
+                            self.acked.last(),
+                            h.saturating_sub(1)
+                        ));
+                    }
+                    // Asynchronous or `preferred`: a failover may lose acknowledged commits.
+                    self.stats.lost_histories += 1;
+                    self.acked = wal[..=pos].to_vec();
+                } else if pos >= h {
+                    self.acked.extend_from_slice(&wal[h..=pos]);
+                }
+            }
+            self.insts[i].pending = waiting;
+        }
+        if ackers.len() > 1 {
+            let names: Vec<&str> = ackers.iter().map(|&i| self.insts[i].name.as_str()).collect();
+            return Err(format!(
+                "two writers: {} acknowledged commits in the same step",
+                names.join(" and ")
+            ));
+        }
+        if let Some(&i) = ackers.iter().next() {
+            let name = self.insts[i].short().to_string();
+            self.note(|| format!("ack@{name}"));
+        }
+        Ok(())
+    }
+
+    // --- faults ---
+
+    fn current_primary_index(&self) -> Option<usize> {
+        self.insts.iter().position(Inst::writable)
+    }
+
+    fn inject_faults(&mut self) {
+        for i in 0..self.insts.len() {
+            let x = &mut self.insts[i];
+            x.slow_probe = None;
+            if x.freeze != Freeze::No && (self.step >= x.thaw_at || !self.faults_on) {
+                x.freeze = Freeze::No;
+                let name = x.short().to_string();
+                self.note(|| format!("thaw({name})"));
+            }
+        }
+        // The fault stream draws the same amount every step, whatever happens, so a seed's
+        // faults come at the same steps however the plan behaves.
+        let f = &mut self.faults;
+        let (roll, kind, prefer_primary, pick, r1, r2) =
+            (f.chance(self.p.fault_rate), f.below(100), f.chance(0.5), f.next(), f.next(), f.next());
+        if !self.faults_on || !roll {
+            return;
+        }
+        let n = self.insts.len() as u64;
+        let target = match self.current_primary_index() {
+            Some(p) if prefer_primary => p,
+            _ => (pick % n) as usize,
+        };
+        let label: &'static str = match kind {
+            0..=24 => self.crash(target, r1 % 100 < 20, r2 % 2 == 0),
+            25..=41 => self.freeze(target, Freeze::Whole, 1 + r1 % 25),
+            42..=46 => self.freeze(target, Freeze::Manager, 1 + r1 % 25),
+            47..=56 => {
+                if self.insts[target].running && self.insts[target].freeze != Freeze::Whole {
+                    let noticed = self.insts[target].platform == PlatformState::Running;
+                    self.kill_server(target, noticed);
+                    if let Some(d) = self.insts[target].data.as_mut() {
+                        d.clean = false;
+                    }
+                    "server crash"
+                } else {
+                    "none"
+                }
+            }
+            57..=63 => {
+                if self.insts[target].platform == PlatformState::Running {
+                    let x = &mut self.insts[target];
+                    x.platform = PlatformState::Dead;
+                    x.work = None;
+                    x.operation = None;
+                    x.last_failure = None;
+                    x.freeze = Freeze::No;
+                    "manager crash"
+                } else {
+                    "none"
+                }
+            }
+            64..=78 => {
+                self.insts[target].slow_probe = Some(r1 % 2 == 0);
+                "slow probe"
+            }
+            79..=87 => {
+                self.drop_actions = r1 % 2 == 0;
+                self.watching_since = self.now;
+                "controller restart"
+            }
+            88..=94 => {
+                let extra = 2 + r1 % (u64::from(self.p.delay_seconds) + 2);
+                self.now += SignedDuration::from_secs(extra as i64);
+                "clock jump"
+            }
+            _ => {
+                let to = self.insts[(r1 % n) as usize].name.clone();
+                self.requests.switchover_to = Some(to);
+                "switchover request"
+            }
+        };
+        if label != "none" {
+            *self.stats.faults.entry(label).or_default() += 1;
+            let name = self.insts[target].short().to_string();
+            let what = match label {
+                "controller restart" if self.drop_actions => "controller restart (actions lost)".to_string(),
+                "controller restart" | "clock jump" => label.to_string(),
+                "switchover request" => format!("switchover to {:?}", self.requests.switchover_to),
+                _ => format!("{label}({name})"),
+            };
+            self.note(|| format!("FAULT[{what}]"));
+        }
+    }
+
+    fn freeze(&mut self, i: usize, how: Freeze, steps: u64) -> &'static str {
+        if self.insts[i].platform == PlatformState::Missing || self.insts[i].freeze != Freeze::No {
+            return "none";
+        }
+        self.insts[i].freeze = how;
+        self.insts[i].thaw_at = self.step + steps;
+        match how {
+            Freeze::Whole => "freeze",
+            _ => "manager freeze",
+        }
+    }
+
+    /// Manager and server die; with `lose_disk` (when allowed) the data directory too, and with
+    /// `vanish` the whole instance (pod and volume).
+    fn crash(&mut self, i: usize, lose_disk: bool, vanish: bool) -> &'static str {
+        if self.insts[i].platform == PlatformState::Missing {
+            return "none";
+        }
+        // Losing a disk is allowed only while every other member is a standby with a complete
+        // copy (an old primary waiting to rejoin holds a stale one): the model never exceeds
+        // what replication is meant to survive.
+        let others_complete = self.insts.len() > 1
+            && self.insts.iter().enumerate().all(|(j, y)| {
+                // An operation that sets the data directory aside may leave it empty.
+                let discarding = y.work.as_ref().is_some_and(|w| {
+                    matches!(
+                        w.request,
+                        Request::Rejoin { .. } | Request::Rebuild { .. } | Request::Bootstrap { .. }
+                    )
+                });
+                j == i || (y.data.as_ref().is_some_and(|d| d.standby) && !discarding)
+            })
+            && (self.acked.is_empty() || (0..self.insts.len()).any(|j| j != i && self.holds_acked(j)));
+        let lose_data = others_complete && lose_disk;
+        let x = &mut self.insts[i];
+        if x.running
+            && let Some(d) = x.data.as_mut()
+        {
+            d.clean = false;
+        }
+        x.running = false;
+        x.accepting = false;
+        x.crashed = false;
+        x.pending.clear();
+        x.streaming_from = None;
+        x.work = None;
+        x.operation = None;
+        x.last_failure = None;
+        x.freeze = Freeze::No;
+        x.platform = PlatformState::Dead;
+        if lose_data {
+            x.data = None;
+            x.applied = None;
+            x.fenced = false;
+            x.fenced_lsn = None;
+            if vanish {
+                x.platform = PlatformState::Missing;
+            }
+            "crash with data loss"
+        } else {
+            "crash"
+        }
+    }
+
+    // --- observation ---
+
+    fn report(&self, i: usize) -> InstanceReport {
+        let x = &self.insts[i];
+        let initialized = x.data.is_some();
+        let standby = x.data.as_ref().is_some_and(|d| d.standby);
+        let busy = x.work.is_some();
+        let node = x.data.as_ref().filter(|_| x.running && x.accepting).map(|d| NodeReport {
+            in_recovery: d.standby,
+            current_lsn: (!d.standby).then(|| lsn(d.wal.len())),
+            received_lsn: d.standby.then(|| lsn(d.wal.len())),
+            replayed_lsn: d.standby.then(|| lsn(d.replayed)),
+            timeline: Some(d.tl()),
+            synchronous_standby_names: sync_names(x.applied.as_ref().and_then(|c| c.synchronous.as_ref())),
+        });
+        let receiver = match (x.streaming_from, &x.data) {
+            (Some(u), Some(d)) if standby && node.is_some() => Some(ReceiverReport {
+                status: "streaming".into(),
+                upstream_host: Some(self.insts[u].endpoint.host.clone()),
+                upstream_port: Some(self.insts[u].endpoint.port),
+                flushed_lsn: Some(lsn(d.wal.len())),
+            }),
+            _ => None,
+        };
+        let mut replication = Vec::new();
+        if let (Some(n), Some(d)) = (&node, &x.data)
+            && !n.in_recovery
+        {
+            let sync = x.applied.as_ref().and_then(|c| c.synchronous.as_ref());
+            let mut first_left = sync.map_or(0, |s| s.number as usize);
+            let listed: Vec<&String> = sync.map(|s| s.standbys.iter().collect()).unwrap_or_default();
+            let mut rows: Vec<(usize, ReplicationRow)> = Vec::new();
+            for (s, y) in self.insts.iter().enumerate() {
+                if y.streaming_from != Some(i) {
+                    continue;
+                }
+                let yd = y.data.as_ref().expect("streaming has data");
+                let rank = listed.iter().position(|n| **n == y.name);
+                rows.push((
+                    rank.unwrap_or(usize::MAX),
+                    ReplicationRow {
+                        instance: y.name.clone(),
+                        client_addr: Some(format!("10.0.0.{s}")),
+                        state: "streaming".into(),
+                        sync_state: String::new(),
+                        sent_lsn: Some(lsn(yd.wal.len())),
+                        flush_lsn: Some(lsn(yd.wal.len())),
+                        replay_lsn: Some(lsn(yd.replayed)),
+                        lag_bytes: Some(lsn(d.wal.len()).bytes_after(lsn(yd.replayed))),
+                        lag_seconds: None,
+                    },
+                ));
+            }
+            rows.sort_by_key(|(rank, r)| (*rank, r.instance.clone()));
+            for (rank, mut row) in rows {
+                row.sync_state = match (sync.map(|s| s.method), rank) {
+                    (_, usize::MAX) | (None | Some(SyncMethod::Off), _) => "async".into(),
+                    (Some(SyncMethod::Any), _) => "quorum".into(),
+                    (Some(SyncMethod::First), _) if first_left > 0 => {
+                        first_left -= 1;
+                        "sync".into()
+                    }
+                    (Some(SyncMethod::First), _) => "potential".into(),
+                };
+                replication.push(row);
+            }
+            replication.sort_by(|a, b| a.instance.cmp(&b.instance));
+        }
+        let control = x.data.as_ref().filter(|_| !x.running).map(|d| {
+            let (pos, tl) = d.checkpoint();
+            ControlReport {
+                state: match (d.clean, d.standby) {
+                    (true, false) => "shut down".into(),
+                    (true, true) => "shut down in recovery".into(),
+                    (false, false) => "in production".into(),
+                    (false, true) => "in archive recovery".into(),
+                },
+                clean_shutdown: d.clean,
+                checkpoint_lsn: Some(lsn(pos)),
+                timeline: Some(tl),
+            }
+        });
+        let phase = if !initialized {
+            ManagerPhase::AwaitingBootstrap
+        } else if x.running || busy {
+            ManagerPhase::Running
+        } else if x.fenced {
+            ManagerPhase::Stopped
+        } else {
+            ManagerPhase::AwaitingRole
+        };
+        let accepting = node.is_some();
+        InstanceReport {
+            instance: x.name.clone(),
+            manager_pid: 100 + i as u32,
+            phase,
+            initialized,
+            standby_configured: standby,
+            fenced: x.fenced,
+            fenced_lsn: x.fenced_lsn.filter(|_| x.fenced).map(lsn),
+            pending_restart: Vec::new(),
+            server: ServerProcessReport {
+                running: x.running,
+                pid: x.running.then_some(1000 + i as u32),
+                accepting,
+                crashed: x.crashed,
+            },
+            node,
+            receiver,
+            replication,
+            control,
+            operation: x.operation.clone(),
+            config: x.applied.clone(),
+        }
+    }
+
+    fn observe(&self) -> Observation {
+        let instances = self
+            .insts
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let answers_report = x.manager_works() && x.slow_probe.is_none();
+                let report = answers_report.then(|| self.report(i));
+                let server_answers = report.is_none()
+                    && x.platform == PlatformState::Running
+                    && match x.slow_probe {
+                        Some(answers) => answers && x.serving(),
+                        None => x.serving(),
+                    };
+                let observed = Observed {
+                    platform: x.platform,
+                    endpoint: x.endpoint.clone(),
+                    ha_port: HA_PORT,
+                    report,
+                    server_answers,
+                };
+                (x.name.clone(), observed)
+            })
+            .collect();
+        Observation { instances }
+    }
+
+    // --- the controller's actions ---
+
+    fn act(&mut self, action: &Action) {
+        let Some(i) = self.by_name(action.instance()) else {
+            return;
+        };
+        match action {
+            Action::Create { .. } => {
+                if self.insts[i].platform == PlatformState::Missing {
+                    let x = &mut self.insts[i];
+                    x.platform = PlatformState::Running;
+                    x.data = None;
+                    x.applied = None;
+                    x.fenced = false;
+                    x.fenced_lsn = None;
+                    x.running = false;
+                    x.accepting = false;
+                }
+            }
+            Action::Restart { .. } => {
+                if self.insts[i].platform == PlatformState::Dead {
+                    let x = &mut self.insts[i];
+                    x.platform = PlatformState::Running;
+                    x.work = None;
+                    x.operation = None;
+                    x.last_failure = None;
+                    // A server that outlived its manager is adopted.
+                    x.crashed = false;
+                }
+            }
+            Action::Delete { .. } => {
+                let x = &mut self.insts[i];
+                *x = Inst::new(x.name.clone());
+            }
+            Action::Send { request, .. } => {
+                let outcome = self.submit(i, request);
+                match outcome {
+                    Submitted::Accepted => {}
+                    Submitted::Busy => self.note(|| format!("(busy {})", action.instance())),
+                    Submitted::Refused(why) => {
+                        self.stats.refusals += 1;
+                        self.note(|| format!("(REFUSED {} {:?}: {why})", action.instance(), request.kind()));
+                    }
+                    Submitted::Unreachable => self.note(|| format!("(unreachable {})", action.instance())),
+                }
+            }
+        }
+    }
+
+    // --- one step ---
+
+    fn tick(&mut self) -> Result<(), String> {
+        // A server started last step accepts connections now.
+        for x in &mut self.insts {
+            if x.running && !x.accepting && x.freeze != Freeze::Whole && x.data.is_some() {
+                x.accepting = true;
+                if let Some(d) = x.data.as_mut() {
+                    d.replayed = d.wal.len();
+                }
+            }
+        }
+        for i in 0..self.insts.len() {
+            self.progress(i);
+        }
+        for i in 0..self.insts.len() {
+            self.supervise(i);
+        }
+        self.client_commits();
+        self.replicate();
+        self.acknowledge()
+    }
+
+    fn step_once(&mut self) -> Result<Plan, String> {
+        self.step += 1;
+        self.now += SignedDuration::from_secs(1);
+        if self.faults_on && self.step > self.p.fault_steps {
+            self.faults_on = false;
+            self.note(|| "FAULTS STOP".into());
+        }
+        self.inject_faults();
+        self.tick()?;
+        let observed = self.observe();
+        let requests = std::mem::take(&mut self.requests);
+        let input = Input {
+            cluster: CLUSTER,
+            generation: Some(1),
+            spec: &self.spec,
+            status: &self.status,
+            observed: &observed,
+            requests: &requests,
+            now: self.now,
+            watching_since: self.watching_since,
+        };
+        let plan = decide(input);
+        if let Err(e) = self.check_plan(&plan, &observed) {
+            self.finish_trace_line(Some(&plan));
+            return Err(e);
+        }
+        for e in &plan.events {
+            *self.stats.events.entry(e.reason).or_default() += 1;
+        }
+        // Persist, then act (unless the controller died in between).
+        self.status = plan.status.clone();
+        if self.drop_actions {
+            self.drop_actions = false;
+        } else {
+            for a in &plan.actions {
+                self.act(a);
+            }
+        }
+        self.check_status()?;
+        Ok(plan)
+    }
+
+    // --- invariants ---
+
+    fn check_plan(&self, plan: &Plan, observed: &Observation) -> Result<(), String> {
+        let disruptive: Vec<&Action> = plan.actions.iter().filter(|a| a.is_disruptive()).collect();
+        if disruptive.len() > 1 {
+            return Err(format!("more than one disruptive action in one pass: {disruptive:?}"));
+        }
+        // The membership never changes here: nothing may be deleted.
+        if let Some(a) = plan.actions.iter().find(|a| matches!(a, Action::Delete { .. })) {
+            return Err(format!("deletes a member of the cluster: {a:?}"));
+        }
+        let sends = |name: &str, what: fn(&Request) -> bool| {
+            plan.actions
+                .iter()
+                .any(|a| matches!(a, Action::Send { instance, request } if instance == name && what(request)))
+        };
+        // A writable primary in sight that the plan does not keep is fenced at once, unless an
+        // operation it runs makes its manager refuse, or the pass already takes its one
+        // disruptive step (with two strays in sight, one is fenced per pass).
+        if plan.status.initialized {
+            for (name, o) in &observed.instances {
+                if let Some(r) = &o.report
+                    && r.is_writable_primary()
+                    && !super::health::operation_running(r)
+                    && !endorsed(&plan.status, name)
+                    && !sends(name, |r| matches!(r, Request::Fence))
+                    && disruptive.is_empty()
+                {
+                    return Err(format!(
+                        "{name} accepts writes, is not the primary, and the plan does not fence it"
+                    ));
+                }
+            }
+        }
+        // Nothing is promoted or started as primary while another instance may still accept
+        // writes: one whose manager is silent while its database answers and that the status
+        // last endorsed as the writer (the primary a promotion replaces, or a target already
+        // told to promote), or, for a promotion, one that reports itself writable. (A start
+        // beside a writable stray is left to the fence-on-sight check above: the stray is
+        // fenced in the same pass unless the pass's one disruptive step went elsewhere.)
+        for a in &plan.actions {
+            let (target, what) = match a {
+                Action::Send { instance, request: Request::Promote { .. } } => (instance, "promotes"),
+                Action::Send { instance, request: Request::Start { config } } if !config.standby => {
+                    (instance, "starts as primary")
+                }
+                _ => continue,
+            };
+            for (name, o) in &observed.instances {
+                if name == target {
+                    continue;
+                }
+                let writable = what == "promotes"
+                    && o.report.as_ref().is_some_and(InstanceReport::is_writable_primary)
+                    && !sends(name, |r| matches!(r, Request::Fence));
+                let is = |n: Option<&str>| n == Some(name.as_str());
+                let was_primary = match &self.status.transition {
+                    Some(t) => {
+                        let told_to_promote =
+                            matches!(t.step, TransitionStep::Promoting | TransitionStep::Repointing);
+                        is(Some(&t.from)) || (told_to_promote && is(t.to.as_deref()))
+                    }
+                    None => is(self.status.current_primary.as_deref()),
+                };
+                if writable || (o.report.is_none() && o.server_answers && was_primary) {
+                    return Err(format!(
+                        "{what} {target} while {name} may still accept writes ({})",
+                        if writable {
+                            "it reports so"
+                        } else {
+                            "its manager is silent but its database answers"
+                        }
+                    ));
+                }
+            }
+        }
+        if self.status.initialized || plan.status.initialized {
+            for a in &plan.actions {
+                if let Action::Send { instance, request: Request::Bootstrap { source: None, .. } } = a {
+                    return Err(format!(
+                        "initialises a new primary on {instance} although the cluster is initialised"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_status(&self) -> Result<(), String> {
+        let s = &self.status;
+        let ready_primaries: Vec<&str> = s
+            .instances
+            .iter()
+            .filter(|r| r.role == Role::Primary && r.ready)
+            .map(|r| r.name.as_str())
+            .collect();
+        if ready_primaries.len() > 1 {
+            return Err(format!(
+                "the status treats several instances as ready primaries: {ready_primaries:?}"
+            ));
+        }
+        if s.initialized && s.transition.is_none() && s.target_primary != s.current_primary {
+            return Err(format!(
+                "no transition in flight but targetPrimary {:?} differs from currentPrimary {:?}",
+                s.target_primary, s.current_primary
+            ));
+        }
+        if self.p.no_loss()
+            && let Some(p) = s.current_primary.as_deref().and_then(|p| self.by_name(p))
+            && self.insts[p].writable()
+            && !self.holds_acked(p)
+        {
+            return Err(format!(
+                "acknowledged commits lost: the primary {} accepts writes without the acknowledged commit {:?} at {}",
+                self.insts[p].name,
+                self.acked.last(),
+                self.acked.len().saturating_sub(1)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Invariant 3: the requested topology, every standby streaming from the primary.
+    fn converged(&self) -> Result<(), String> {
+        let s = &self.status;
+        if s.phase != Some(Phase::Healthy) {
+            return Err(format!("phase {:?}: {}", s.phase, s.phase_reason.clone().unwrap_or_default()));
+        }
+        if let Some(t) = &s.transition {
+            return Err(format!("transition in flight: {t:?}"));
+        }
+        let Some(p) = s.current_primary.as_deref().and_then(|p| self.by_name(p)) else {
+            return Err("no current primary".into());
+        };
+        if !self.insts[p].writable() {
+            return Err(format!("the primary {} does not accept writes", self.insts[p].name));
+        }
+        let members = instance_names(CLUSTER, self.p.instances);
+        if s.instances.len() != members.len() || s.instances.iter().any(|r| !members.contains(&r.name)) {
+            return Err(format!("status lists {} instances", s.instances.len()));
+        }
+        for (j, y) in self.insts.iter().enumerate() {
+            if j != p && (y.streaming_from != Some(p) || !y.is_standby_server()) {
+                return Err(format!("{} does not stream from {}", y.name, self.insts[p].name));
+            }
+        }
+        if self.p.no_loss() && !self.holds_acked(p) {
+            return Err(format!("the final primary {} lacks acknowledged commits", self.insts[p].name));
+        }
+        Ok(())
+    }
+
+    // --- tracing ---
+
+    fn describe_instances(&self) -> String {
+        let mut out = Vec::new();
+        for x in &self.insts {
+            let mut s = format!("{}:", x.short());
+            match x.platform {
+                PlatformState::Missing => s.push_str("MISSING "),
+                PlatformState::Dead => s.push_str("DEAD "),
+                PlatformState::Running => {}
+            }
+            match x.freeze {
+                Freeze::Whole => s.push_str("FROZEN "),
+                Freeze::Manager => s.push_str("mgr-frozen "),
+                Freeze::No => {}
+            }
+            match &x.data {
+                None => s.push_str("nodata"),
+                Some(d) => s.push_str(&format!(
+                    "{}tl{}/{}{}",
+                    if d.standby { "S" } else { "P" },
+                    d.tl(),
+                    d.wal.len(),
+                    if d.clean { "" } else { "~" }
+                )),
+            }
+            s.push(' ');
+            s.push_str(match (x.running, x.accepting, x.crashed) {
+                (true, true, _) => "up",
+                (true, false, _) => "starting",
+                (false, _, true) => "crashed",
+                (false, _, false) => "down",
+            });
+            if x.fenced {
+                s.push_str(" fenced");
+            }
+            if let Some(c) = &x.applied
+                && c.standby
+            {
+                let up = c.upstream.as_ref().and_then(|u| self.by_endpoint(u));
+                s.push_str(&format!(
+                    " ->{}",
+                    up.map_or("none".to_string(), |u| self.insts[u].short().to_string())
+                ));
+                if x.streaming_from.is_some() {
+                    s.push('*');
+                }
+            }
+            if let Some(w) = &x.work {
+                s.push_str(&format!(" op={:?}", w.request.kind()));
+            } else if let Some(op) = x.operation.as_ref().filter(|o| o.state == OperationState::Failed) {
+                s.push_str(&format!(" failed={:?}", op.kind));
+            }
+            out.push(s);
+        }
+        out.join(" | ")
+    }
+
+    fn finish_trace_line(&mut self, plan: Option<&Plan>) {
+        if self.trace.is_none() || self.traced == self.step {
+            return;
+        }
+        self.traced = self.step;
+        let mut line = format!(
+            "#{:<3} +{:<4}s {}\n      [{}]",
+            self.step,
+            self.now.duration_since(self.start).as_secs(),
+            std::mem::take(&mut self.line),
+            self.describe_instances()
+        );
+        if let Some(plan) = plan {
+            let s = &plan.status;
+            let t = s.transition.as_ref().map_or("-".to_string(), |t| {
+                format!("{:?}/{:?} from {} to {}", t.kind, t.step, t.from, t.to.as_deref().unwrap_or("?"))
+            });
+            let acts: Vec<String> = plan.actions.iter().map(describe_action).collect();
+            let events: Vec<&str> = plan.events.iter().map(|e| e.reason).collect();
+            line.push_str(&format!(
+                "\n      phase={} primary={} target={} transition={} sync={}\n      actions: {}{}",
+                s.phase.map_or("-", |p| p.as_str()),
+                s.current_primary.as_deref().unwrap_or("-"),
+                s.target_primary.as_deref().unwrap_or("-"),
+                t,
+                s.synchronous
+                    .as_ref()
+                    .map_or("-".to_string(), |x| format!("{} {} {:?}", x.method, x.number, x.standbys)),
+                if acts.is_empty() { "-".to_string() } else { acts.join(", ") },
+                if events.is_empty() { String::new() } else { format!("  events: {}", events.join(",")) }
+            ));
+            if let Some(r) = &s.phase_reason
+                && s.phase != Some(Phase::Healthy)
+            {
+                line.push_str(&format!("\n      reason: {r}"));
+            }
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.push(line);
+        }
+    }
+}
+
+/// Whether the status endorses `name` as the writer: the current primary when no transition is
+/// in flight, else the instance being promoted.
+fn endorsed(status: &OpenGaussClusterStatus, name: &str) -> bool {
+    let name = Some(name);
+    match &status.transition {
+        None if !status.initialized => status.target_primary.as_deref() == name,
+        None => status.current_primary.as_deref() == name,
+        Some(t) => t.to.as_deref() == name || status.target_primary.as_deref() == name,
+    }
+}
+
+fn describe_action(a: &Action) -> String {
+    let short = |ep: &Endpoint| ep.host.rsplit('-').next().unwrap_or(&ep.host).to_string();
+    match a {
+        Action::Create { instance } => format!("create {instance}"),
+        Action::Restart { instance } => format!("restart {instance}"),
+        Action::Delete { instance } => format!("DELETE {instance}"),
+        Action::Send { instance, request } => {
+            let r = match request {
+                Request::Bootstrap { source: None, .. } => "initdb".to_string(),
+                Request::Bootstrap { source: Some(s), .. } => format!("clone<-{}", short(s)),
+                Request::Start { config } => {
+                    format!("start({})", if config.standby { "standby" } else { "primary" })
+                }
+                Request::Configure { config } => format!(
+                    "configure(up={} sync=[{}])",
+                    config.upstream.as_ref().map_or("none".to_string(), short),
+                    sync_names(config.synchronous.as_ref())
+                ),
+                Request::Promote { .. } => "PROMOTE".to_string(),
+                Request::Rejoin { source, .. } => format!("REJOIN<-{}", short(source)),
+                Request::Rebuild { source, .. } => format!("REBUILD<-{}", short(source)),
+                Request::Restart { .. } => "RESTART".to_string(),
+                Request::Fence => "FENCE".to_string(),
+            };
+            format!("{instance}:{r}")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running seeds
+
+#[derive(Debug)]
+struct Failure {
+    seed: u64,
+    step: u64,
+    message: String,
+    params: String,
+}
+
+/// Runs one seed to the end: its faults, then fault-free passes until the cluster has
+/// converged (or the bound is exceeded).
+fn run_seed(seed: u64, trace: bool) -> Result<Stats, (Failure, Vec<String>)> {
+    let mut m = Model::new(seed, trace);
+    let mut stable = 0;
+    let fail = |m: &mut Model, message: String| {
+        m.finish_trace_line(None);
+        let f = Failure { seed, step: m.step, message, params: m.p.describe() };
+        Err((f, m.trace.take().unwrap_or_default()))
+    };
+    loop {
+        let plan = match m.step_once() {
+            Ok(plan) => plan,
+            Err(e) => return fail(&mut m, e),
+        };
+        m.finish_trace_line(Some(&plan));
+        if m.faults_on {
+            continue;
+        }
+        match m.converged() {
+            Ok(()) => {
+                stable += 1;
+                if stable >= STABLE_PASSES {
+                    m.stats.steps = m.step;
+                    return Ok(m.stats);
+                }
+            }
+            Err(why) => {
+                stable = 0;
+                if m.step > m.p.fault_steps + CONVERGENCE_STEPS {
+                    return fail(
+                        &mut m,
+                        format!("no convergence within {CONVERGENCE_STEPS} fault-free steps: {why}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn report_failure(f: &Failure, trace: &[String]) -> String {
+    let mut out = format!(
+        "seed {} failed at step {}: {}\n  params: {}\n  replay: SIM_SEED={} cargo test -p opengauss-operator --lib plan::sim -- --nocapture\n",
+        f.seed, f.step, f.message, f.params, f.seed
+    );
+    // The tail of the trace is what matters; the full one is printed on replay.
+    let skip = trace.len().saturating_sub(60);
+    if skip > 0 {
+        out.push_str(&format!("  ... {skip} earlier steps (replay the seed for all of them)\n"));
+    }
+    for line in &trace[skip..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn randomized_fault_schedules() {
+    if let Some(seed) = env_u64("SIM_SEED") {
+        println!("seed {seed}: {}", Model::new(seed, false).p.describe());
+        for line in replay_trace(seed) {
+            println!("{line}");
+        }
+        match run_seed(seed, false) {
+            Ok(stats) => println!("seed {seed} passed in {} steps: {stats:?}", stats.steps),
+            Err((f, _)) => panic!("{}", report_failure(&f, &[])),
+        }
+        return;
+    }
+    let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) as u64;
+    let started = std::time::Instant::now();
+    let results: Vec<(Stats, Vec<Failure>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut stats = Stats::default();
+                    let mut failures = Vec::new();
+                    for seed in (t..count).step_by(threads as usize) {
+                        match run_seed(seed, false) {
+                            Ok(s) => stats.add(&s),
+                            Err((f, _)) => failures.push(f),
+                        }
+                    }
+                    (stats, failures)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("simulation thread")).collect()
+    });
+    let mut stats = Stats::default();
+    let mut failures = Vec::new();
+    for (s, f) in results {
+        stats.add(&s);
+        failures.extend(f);
+    }
+    failures.sort_by_key(|f| f.seed);
+    println!(
+        "simulated {count} seeds ({} passing steps, {} acknowledged commits, {} refused requests) in {:.1}s\n\
+         acknowledgements by a replaced primary before a pass could fence it (tolerated): {}; \
+         acknowledged histories lost by asynchronous or preferred failovers: {}",
+        stats.steps,
+        stats.acked,
+        stats.refusals,
+        started.elapsed().as_secs_f64(),
+        stats.stray_acks,
+        stats.lost_histories,
+    );
+    println!("faults: {:?}", stats.faults);
+    println!("events: {:?}", stats.events);
+    if failures.is_empty() {
+        return;
+    }
+    let mut message = format!("{} of {count} seeds violate an invariant:\n", failures.len());
+    for f in &failures {
+        message.push_str(&format!("  seed {} step {} [{}]: {}\n", f.seed, f.step, f.params, f.message));
+    }
+    // Full traces of the first few, replayed deterministically.
+    for f in failures.iter().take(3) {
+        if let Err((f, trace)) = run_seed(f.seed, true) {
+            message.push_str(&report_failure(&f, &trace));
+        }
+    }
+    panic!("{message}");
+}
+
+/// The trace of a seed's run, pass or fail.
+fn replay_trace(seed: u64) -> Vec<String> {
+    let mut m = Model::new(seed, true);
+    let mut stable = 0;
+    loop {
+        let Ok(plan) = m.step_once() else {
+            m.finish_trace_line(None);
+            break;
+        };
+        m.finish_trace_line(Some(&plan));
+        if m.faults_on {
+            continue;
+        }
+        if m.converged().is_ok() {
+            stable += 1;
+            if stable >= STABLE_PASSES {
+                break;
+            }
+        } else {
+            stable = 0;
+            if m.step > m.p.fault_steps + CONVERGENCE_STEPS {
+                break;
+            }
+        }
+    }
+    m.trace.take().unwrap_or_default()
+}
+
+#[test]
+fn fault_free_cluster_converges_and_acknowledges() {
+    for instances in 1..=5u32 {
+        let mut m = Model::new(7, false);
+        m.p.instances = instances;
+        m.p.fault_steps = 0;
+        m.p.number = 1;
+        m.p.method = SyncMethod::Any;
+        m.p.durability = DataDurability::Required;
+        m.faults_on = false;
+        m.spec = m.p.spec();
+        m.insts = instance_names(CLUSTER, instances).into_iter().map(Inst::new).collect();
+        let mut converged_at = None;
+        for _ in 0..60 {
+            m.step_once().unwrap_or_else(|e| panic!("{instances} instances: {e}"));
+            if m.converged().is_ok() {
+                converged_at = Some(m.step);
+                break;
+            }
+        }
+        let at = converged_at
+            .unwrap_or_else(|| panic!("{instances} instances never converged: {:?}", m.converged().err()));
+        assert!(at < 30, "{instances} instances took {at} steps");
+        // Commits keep being acknowledged once healthy.
+        let before = m.stats.acked;
+        for _ in 0..5 {
+            m.step_once().expect("steady state");
+        }
+        assert!(m.stats.acked >= before + 4, "{instances} instances: commits not acknowledged");
+    }
+}

@@ -69,8 +69,9 @@ pub fn bootstrap(input: &Input<'_>, plan: &mut Plan) {
         plan.set_phase(Phase::Initializing, format!("waiting for {target}'s instance manager"));
         return;
     };
-    // Complete only once its bootstrap finished (the replication role exists).
-    if r.is_writable_primary() && r.initialized {
+    // Complete once its bootstrap finished (the replication role exists); if it stopped since,
+    // the steady state starts it again.
+    if r.initialized && !r.standby_configured {
         plan.status.initialized = true;
         plan.status.current_primary = Some(target.clone());
         plan.event(Event::normal("PrimaryInitialized", format!("{target} initialised and accepts writes")));

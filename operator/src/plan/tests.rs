@@ -276,7 +276,8 @@ fn fresh_cluster_initialises_only_the_first_instance() {
     match requests_to(&plan, 0).as_slice() {
         [Request::Bootstrap { source: None, config }] => {
             assert!(!config.standby);
-            assert_eq!(config.synchronous, None, "no standby holds data yet: commits must not wait");
+            let sync = config.synchronous.as_ref().expect("required durability: commits wait for a standby");
+            assert_eq!(sync.standbys, ["demo-1", "demo-2"], "until one holds data, every member is listed");
         }
         other => panic!("expected one Bootstrap of a new primary, got {other:?}"),
     }
@@ -692,7 +693,8 @@ fn promotion_completes_then_standbys_are_repointed_and_the_old_primary_rejoins()
 }
 
 #[test]
-fn a_promotion_target_lost_before_promoting_is_replaced() {
+fn a_promotion_target_that_died_is_waited_for_not_replaced() {
+    // It may have promoted before dying: replacing it could make two primaries.
     let mut w = detached_world([0, 100, 100]);
     if let Some(t) = w.status.transition.as_mut() {
         t.step = TransitionStep::Promoting;
@@ -700,9 +702,49 @@ fn a_promotion_target_lost_before_promoting_is_replaced() {
     }
     w.platform(1, PlatformState::Dead);
     let plan = w.decide();
-    let t = transition(&plan);
-    assert_ne!(t.to.as_deref(), Some("demo-1"));
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-1"));
+    assert!(plan.actions.contains(&Action::Restart { instance: name(1) }));
+    assert!(kinds_to(&plan, 2).is_empty(), "no other standby promoted meanwhile");
+}
+
+#[test]
+fn a_promotion_target_gone_for_good_is_replaced() {
+    let mut w = detached_world([0, 100, 100]);
+    if let Some(t) = w.status.transition.as_mut() {
+        t.step = TransitionStep::Promoting;
+        t.to = Some(name(1));
+    }
+    w.platform(1, PlatformState::Missing);
+    let plan = w.decide();
+    assert_ne!(transition(&plan).to.as_deref(), Some("demo-1"));
     assert!(plan.events.iter().any(|e| e.reason == "FailoverTargetLost"));
+}
+
+#[test]
+fn a_dead_manager_with_a_live_server_is_no_lost_primary() {
+    let mut w = World::healthy(3);
+    w.platform(0, PlatformState::Dead);
+    w.obs.instances.get_mut(&name(0)).expect("p").server_answers = true;
+    let plan = w.decide();
+    assert!(plan.status.transition.is_none(), "the manager is restarted and adopts the server");
+    assert!(plan.actions.contains(&Action::Restart { instance: name(0) }));
+}
+
+#[test]
+fn no_standby_below_the_last_promotion_point_is_promoted() {
+    let mut w = detached_world([0, 100, 100]);
+    w.status.last_promotion_lsn = Some(lsn(150).to_string());
+    let plan = w.decide();
+    assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked), "{:?}", plan.status.phase_reason);
+    assert!(plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("took over")));
+    w.status.last_promotion_lsn = Some(lsn(90).to_string());
+    let plan = w.decide();
+    assert_eq!(transition(&plan).step, TransitionStep::Promoting);
+    assert_eq!(
+        plan.status.last_promotion_lsn,
+        Some(lsn(100).to_string()),
+        "the new floor is the candidate's position"
+    );
 }
 
 #[test]
