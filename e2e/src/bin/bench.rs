@@ -93,9 +93,17 @@ async fn first_write(c: &LocalCluster, old: &str, deadline: Instant) -> anyhow::
 /// the old primary streaming again).
 async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result<(f64, f64)> {
     let old = c.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let server = c.server_pid(&old);
     let killed = Instant::now();
     c.signal_instance(&old, Signal::SIGKILL)?;
     if forget_data {
+        // The killed server's processes must be gone before its files are.
+        while let Some(pid) = server
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && killed.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let dir = c.instance_dir(&old);
         std::fs::remove_dir_all(dir.join("data"))?;
         std::fs::remove_file(dir.join("bootstrapped"))?;
