@@ -128,6 +128,21 @@ impl Writer {
         Ok(Self { stop, acked, task })
     }
 
+    /// Waits until more than `since` commits are acknowledged (at most 30 s); returns the new
+    /// count. `what` says when, for the failure message.
+    pub async fn progress(&self, since: usize, what: &str) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = self.acknowledged_count();
+            if n > since {
+                return n;
+            }
+            assert!(self.is_running(), "the writer stopped");
+            assert!(std::time::Instant::now() < deadline, "no acknowledged write {what} (still {n})");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Commits acknowledged so far.
     pub fn acknowledged_count(&self) -> usize {
         self.acked.load(Ordering::SeqCst)

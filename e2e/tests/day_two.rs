@@ -19,18 +19,6 @@ async fn started(test: &str, instances: u32, extra: &str) -> LocalCluster {
     c
 }
 
-async fn writes_progress(w: &Writer, since: usize, what: &str) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = w.acknowledged_count();
-        if n > since {
-            return n;
-        }
-        assert!(std::time::Instant::now() < deadline, "no acknowledged write {what} (still {n})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The setting as the server reports it; `None` while it cannot be asked (restarting).
 async fn show(c: &LocalCluster, instance: &str, setting: &str) -> Option<String> {
     let client = c.connect(instance).await.ok()?;
@@ -49,7 +37,7 @@ async fn started_at(c: &LocalCluster, instance: &str) -> SystemTime {
 async fn scale_three_five_two_three_without_losing_writes() {
     let mut c = started("scale", 3, "").await;
     let w = Writer::start(&c).await.expect("writer");
-    let mut acked = writes_progress(&w, 0, "at 3").await;
+    let mut acked = w.progress(0, "at 3").await;
 
     let generation = c.apply(5, "");
     let s = c.wait_healthy_at(generation, CONVERGE).await.expect("5 instances");
@@ -61,14 +49,14 @@ async fn scale_three_five_two_three_without_losing_writes() {
         Some(4),
         "new standbys join the synchronous set"
     );
-    acked = writes_progress(&w, acked, "at 5").await;
+    acked = w.progress(acked, "at 5").await;
 
     // Make the highest ordinal the primary, so the scale-down must move it first.
     let dir = c.state_dir.display().to_string();
     let out = c.cli(&["local", "switchover", "--state-dir", &dir, "demo-4"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     c.wait_healthy(CONVERGE).await.expect("healthy after the switchover");
-    acked = writes_progress(&w, acked, "after the switchover").await;
+    acked = w.progress(acked, "after the switchover").await;
 
     let generation = c.apply(2, "");
     let s = c.wait_healthy_at(generation, CONVERGE).await.expect("2 instances");
@@ -80,12 +68,12 @@ async fn scale_three_five_two_three_without_losing_writes() {
     for gone in ["demo-2", "demo-3", "demo-4"] {
         assert!(!c.instance_dir(gone).exists(), "{gone} removed with its data");
     }
-    acked = writes_progress(&w, acked, "at 2").await;
+    acked = w.progress(acked, "at 2").await;
 
     let generation = c.apply(3, "");
     let s = c.wait_healthy_at(generation, CONVERGE).await.expect("3 instances again");
     assert_eq!(s.instances.iter().filter(|i| i.role == Role::Standby && i.ready).count(), 2);
-    writes_progress(&w, acked, "at 3 again").await;
+    w.progress(acked, "at 3 again").await;
 
     let written = w.stop().await.expect("writer");
     let missing = missing_rows(&c, &written.acknowledged).await.expect("check");
@@ -126,7 +114,7 @@ async fn a_restart_only_parameter_rolls_through_standbys_then_the_primary() {
         before.push(started_at(&c, &c.instance(k)).await);
     }
     let w = Writer::start(&c).await.expect("writer");
-    let acked = writes_progress(&w, 0, "before").await;
+    let acked = w.progress(0, "before").await;
 
     let generation = c.apply(3, "  parameters:\n    max_connections: \"120\"\n");
     let deadline = std::time::Instant::now() + CONVERGE;
@@ -142,7 +130,7 @@ async fn a_restart_only_parameter_rolls_through_standbys_then_the_primary() {
         assert!(std::time::Instant::now() < deadline, "the rolling restart never completed: {s:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    writes_progress(&w, acked, "after the rolling restart").await;
+    w.progress(acked, "after the rolling restart").await;
     let written = w.stop().await.expect("writer");
     assert!(missing_rows(&c, &written.acknowledged).await.expect("check").is_empty());
 

@@ -61,20 +61,6 @@ async fn wait_rows(c: &LocalCluster, instance: &str, sql: &str, want: i64) {
     }
 }
 
-/// Waits until the writer has more acknowledged commits than `since`.
-async fn writes_progress(w: &Writer, since: usize, what: &str) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = w.acknowledged_count();
-        if n > since {
-            return n;
-        }
-        assert!(w.is_running(), "writer stopped");
-        assert!(std::time::Instant::now() < deadline, "no acknowledged write {what} (still {n})");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_primary_fails_over_and_the_old_primary_rejoins() {
     let c = started("kill", 3, "").await;
@@ -147,12 +133,12 @@ async fn no_acknowledged_commit_is_lost_across_three_failovers() {
     let c = started("writer", 3, "").await;
     let tl = c.timeline_of(&c.primary().expect("primary")).expect("timeline");
     let w = Writer::start(&c).await.expect("writer");
-    let mut acked = writes_progress(&w, 0, "before the first failover").await;
+    let mut acked = w.progress(0, "before the first failover").await;
     for round in 1..=3 {
         let old = c.primary().expect("primary");
         c.signal_instance(&old, Signal::SIGKILL).expect("kill");
         healthy_without(&c, &old).await;
-        acked = writes_progress(&w, acked, &format!("after failover {round}")).await;
+        acked = w.progress(acked, &format!("after failover {round}")).await;
     }
     let written = w.stop().await.expect("writer");
     assert!(written.acknowledged.len() >= acked);
@@ -173,14 +159,14 @@ async fn killing_a_standby_keeps_writes_flowing_and_it_streams_again() {
     let primary = c.primary().expect("primary");
     let victim = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
     let w = Writer::start(&c).await.expect("writer");
-    let acked = writes_progress(&w, 0, "before the kill").await;
+    let acked = w.progress(0, "before the kill").await;
     c.signal_instance(&victim, Signal::SIGKILL).expect("kill standby");
     c.wait_for("the standby seen down", Duration::from_secs(30), |s| {
         s.instance(&victim).is_some_and(|i| !i.ready)
     })
     .await
     .expect("down");
-    writes_progress(&w, acked, "while a standby is down").await;
+    w.progress(acked, "while a standby is down").await;
     let s = c.wait_healthy(FAILOVER).await.expect("standby back");
     assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "no failover for a standby");
     let written = w.stop().await.expect("writer");
@@ -253,7 +239,7 @@ async fn switchover_to_a_named_standby_loses_nothing() {
     let old = c.primary().expect("primary");
     let target = (0..3).map(|k| c.instance(k)).find(|n| *n != old).expect("a standby");
     let w = Writer::start(&c).await.expect("writer");
-    let acked = writes_progress(&w, 0, "before the switchover").await;
+    let acked = w.progress(0, "before the switchover").await;
 
     let dir = c.state_dir.display().to_string();
     let out = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
@@ -273,7 +259,7 @@ async fn switchover_to_a_named_standby_loses_nothing() {
         Some((Role::Standby, true)),
         "old primary follows"
     );
-    writes_progress(&w, acked, "after the switchover").await;
+    w.progress(acked, "after the switchover").await;
     let written = w.stop().await.expect("writer");
     assert!(
         missing_rows(&c, &written.acknowledged).await.expect("check").is_empty(),

@@ -236,44 +236,9 @@ impl Manager {
 
     /// Refuses requests that cannot apply to the instance as it is.
     fn check(&self, request: &Request) -> Result<(), Refusal> {
-        let cfg = &self.cfg;
-        let initialized = is_initialized(cfg);
-        let standby = is_standby_configured(cfg);
-        let invalid = |m: &str| Err(Refusal::Invalid(m.to_string()));
-        match request {
-            Request::Bootstrap { .. } if initialized => invalid("the data directory is already initialised"),
-            Request::Bootstrap { source: None, config } if config.standby => {
-                invalid("a new primary cannot be configured as a standby")
-            }
-            Request::Bootstrap { source: Some(_), config } if !config.standby => {
-                invalid("a clone must be configured as a standby")
-            }
-            Request::Start { .. }
-            | Request::Configure { .. }
-            | Request::Promote { .. }
-            | Request::Rejoin { .. }
-            | Request::Rebuild { .. }
-            | Request::Restart { .. }
-                if !initialized =>
-            {
-                invalid("the data directory is not initialised yet")
-            }
-            Request::Start { config } | Request::Configure { config } | Request::Restart { config }
-                if config.standby != standby =>
-            {
-                invalid(if standby {
-                    "this instance is a standby: promote it to make it a primary"
-                } else {
-                    "this instance was a primary: rejoin it to make it a standby"
-                })
-            }
-            Request::Promote { config } if config.standby => {
-                invalid("a promoted instance cannot be configured as a standby")
-            }
-            Request::Rejoin { config, .. } | Request::Rebuild { config, .. } if !config.standby => {
-                invalid("a rejoining instance must be configured as a standby")
-            }
-            _ => Ok(()),
+        match refusal(request, is_initialized(&self.cfg), is_standby_configured(&self.cfg)) {
+            Some(why) => Err(Refusal::Invalid(why.to_string())),
+            None => Ok(()),
         }
     }
 
@@ -555,6 +520,46 @@ impl Manager {
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.server.lock().await.stop(&self.cfg, StopMode::Fast).await
+    }
+}
+
+/// Why `request` cannot apply to an instance whose data directory is (or is not)
+/// `initialized` and set up as a standby (`standby`); `None` when it can.
+pub fn refusal(request: &Request, initialized: bool, standby: bool) -> Option<&'static str> {
+    match request {
+        Request::Bootstrap { .. } if initialized => Some("the data directory is already initialised"),
+        Request::Bootstrap { source: None, config } if config.standby => {
+            Some("a new primary cannot be configured as a standby")
+        }
+        Request::Bootstrap { source: Some(_), config } if !config.standby => {
+            Some("a clone must be configured as a standby")
+        }
+        Request::Start { .. }
+        | Request::Configure { .. }
+        | Request::Promote { .. }
+        | Request::Rejoin { .. }
+        | Request::Rebuild { .. }
+        | Request::Restart { .. }
+            if !initialized =>
+        {
+            Some("the data directory is not initialised yet")
+        }
+        Request::Start { config } | Request::Configure { config } | Request::Restart { config }
+            if config.standby != standby =>
+        {
+            Some(if standby {
+                "this instance is a standby: promote it to make it a primary"
+            } else {
+                "this instance was a primary: rejoin it to make it a standby"
+            })
+        }
+        Request::Promote { config } if config.standby => {
+            Some("a promoted instance cannot be configured as a standby")
+        }
+        Request::Rejoin { config, .. } | Request::Rebuild { config, .. } if !config.standby => {
+            Some("a rejoining instance must be configured as a standby")
+        }
+        _ => None,
     }
 }
 
