@@ -270,3 +270,31 @@ async fn switchover_to_a_named_standby_loses_nothing() {
     assert!(!refused.status.success(), "switching over to the current primary is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already the primary"));
 }
+
+/// A primary cut off from the controller and from every standby stops itself, so it does not
+/// keep taking (here asynchronous) writes that a failover elsewhere would discard; once the
+/// controller is back, it resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_primary_fences_itself() {
+    let mut c = started("isolated", 3, "  replication:\n    synchronous:\n      method: off\n").await;
+    let primary = c.primary().expect("primary");
+    c.signal_controller(Signal::SIGSTOP);
+    for k in 0..3 {
+        let name = c.instance(k);
+        if name != primary {
+            c.signal_instance(&name, Signal::SIGKILL).expect("kill standby");
+        }
+    }
+    // Alone and unheard of for 2 x failover.delaySeconds (10 s): it stops accepting writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while c.connect(&primary).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the isolated primary kept running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(c.instance_dir(&primary).join("manager.log")).expect("manager log");
+    assert!(log.contains("isolated primary"), "the manager says why it stopped");
+
+    c.signal_controller(Signal::SIGCONT);
+    let s = c.wait_healthy(FAILOVER).await.expect("healthy again");
+    assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "nobody else could take over");
+}

@@ -70,6 +70,7 @@ fn replconninfo_uses_stable_per_pod_dns_names() {
         wal_keep_segments: 256,
         peers,
         parameters: Default::default(),
+        isolation_seconds: 0,
     };
     let conf = engine::dialect(c.spec.engine).managed_conf(&cfg.server_config(&desired));
     assert!(

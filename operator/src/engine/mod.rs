@@ -129,6 +129,11 @@ pub struct DesiredConfig {
     pub peers: Vec<Peer>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
+    /// A primary that has heard nothing from the controller for this many seconds while no
+    /// standby streams from it stops itself: it is cut off, and a failover may already have
+    /// replaced it. 0 turns this off (a single-instance cluster).
+    #[serde(default)]
+    pub isolation_seconds: u32,
 }
 
 /// Which clients may connect, and how they authenticate.

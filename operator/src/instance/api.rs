@@ -42,6 +42,7 @@ async fn require_token(State(m): State<Arc<Manager>>, req: HttpRequest, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if same_secret(presented.as_bytes(), m.token().as_bytes()) {
+        m.contacted();
         next.run(req).await
     } else {
         (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()

@@ -40,6 +40,8 @@ pub struct Manager {
     /// The last failed request, when, and how many times in a row: the same request is not
     /// retried before its back-off has passed.
     last_failure: std::sync::Mutex<Option<(String, std::time::Instant, u32)>>,
+    /// When the controller last reached this manager (any authenticated request).
+    last_contact: std::sync::Mutex<std::time::Instant>,
     /// Set while the manager shuts down: no more restarts.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -77,12 +79,43 @@ impl Manager {
             operation: std::sync::Mutex::new(None),
             applied: std::sync::Mutex::new(applied),
             last_failure: std::sync::Mutex::new(None),
+            last_contact: std::sync::Mutex::new(std::time::Instant::now()),
             stopping: Default::default(),
         }))
     }
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Records that the controller reached this manager.
+    pub fn contacted(&self) {
+        *self.last_contact.lock().expect("contact lock") = std::time::Instant::now();
+    }
+
+    /// Stops a primary that is cut off from the controller and from every standby (see
+    /// `isolated`), so an isolated primary does not keep taking writes a failover will discard.
+    async fn fence_if_isolated(self: &Arc<Self>) {
+        let Some(limit) = self.applied_config().map(|c| c.isolation_seconds).filter(|s| *s > 0) else {
+            return;
+        };
+        let silent = self.last_contact.lock().expect("contact lock").elapsed();
+        if silent < Duration::from_secs(u64::from(limit)) {
+            return;
+        }
+        let Some(probe) = self.status_conn.lock().await.probe(&self.cfg, PROBE_TIMEOUT).await else {
+            return;
+        };
+        let streaming = probe.replication.iter().filter(|r| r.state == "streaming").count();
+        if isolated(silent, limit, !probe.node.in_recovery, streaming) {
+            tracing::warn!(
+                silent_seconds = silent.as_secs(),
+                "isolated primary: no word from the controller and no standby streams; fencing myself"
+            );
+            if let Err(e) = self.submit(Request::Fence) {
+                tracing::error!(error = %e, "cannot fence the isolated primary");
+            }
+        }
     }
 
     fn current_operation(&self) -> Option<OperationReport> {
@@ -498,7 +531,11 @@ impl Manager {
             }
             let busy = self.current_operation().is_some_and(|o| o.state == OperationState::Running);
             let cfg = &self.cfg;
-            if busy || !is_initialized(cfg) || is_fenced(cfg) || !is_standby_configured(cfg) {
+            if busy || !is_initialized(cfg) || is_fenced(cfg) {
+                continue;
+            }
+            if !is_standby_configured(cfg) {
+                self.fence_if_isolated().await;
                 continue;
             }
             let mut server = self.server.lock().await;
@@ -521,6 +558,16 @@ impl Manager {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.server.lock().await.stop(&self.cfg, StopMode::Fast).await
     }
+}
+
+/// Whether a primary should stop itself: it accepts writes, has heard nothing from the
+/// controller for at least `limit_seconds` (0: never), and no standby streams from it. With a
+/// standby streaming, the controller being away is no reason to stop.
+pub fn isolated(silent: Duration, limit_seconds: u32, writable: bool, streaming_standbys: usize) -> bool {
+    limit_seconds > 0
+        && writable
+        && streaming_standbys == 0
+        && silent >= Duration::from_secs(u64::from(limit_seconds))
 }
 
 /// Why `request` cannot apply to an instance whose data directory is (or is not)
@@ -594,6 +641,16 @@ pub fn parse_controldata(out: &str) -> ControlReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_writable_primary_cut_off_from_everyone_fences_itself() {
+        let long = Duration::from_secs(11);
+        assert!(isolated(long, 10, true, 0));
+        assert!(!isolated(Duration::from_secs(9), 10, true, 0), "not silent long enough");
+        assert!(!isolated(long, 10, true, 1), "a streaming standby: the controller is just away");
+        assert!(!isolated(long, 10, false, 0), "a standby never fences itself");
+        assert!(!isolated(long, 0, true, 0), "turned off");
+    }
 
     #[test]
     fn controldata_fields() {

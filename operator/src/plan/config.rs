@@ -95,6 +95,8 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
         wal_keep_segments: spec.replication.wal_keep_segments,
         peers,
         parameters: spec.parameters.clone(),
+        // Twice the failover delay: by then a failover of an unreachable primary has begun.
+        isolation_seconds: if spec.instances > 1 { spec.failover.delay_seconds.saturating_mul(2) } else { 0 },
     }
 }
 
