@@ -25,7 +25,9 @@ pub enum DesiredRole {
 /// writes continue even with none.
 pub fn synchronous_set(input: &Input<'_>, previous: Option<&[String]>, primary: &str) -> Option<SyncConfig> {
     let spec = input.spec;
-    if !spec.is_synchronous() {
+    // Not `spec.is_synchronous()`: a primary beyond a new size of one still has standbys, and
+    // its commits must wait for the member that takes over from it.
+    if spec.replication.synchronous.method == SyncMethod::Off {
         return None;
     }
     let others = members(input).into_iter().filter(|m| m != primary);

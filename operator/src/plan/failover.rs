@@ -7,16 +7,16 @@ use std::cmp::Reverse;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
-use opengauss_crd::{
-    DataDurability, Phase, SyncMethod, SynchronousStatus, Transition, TransitionKind, TransitionStep,
-};
+use opengauss_crd::{DataDurability, Phase, Transition, TransitionKind, TransitionStep};
 
+use super::choice::{best_candidate, candidates, choose, cloning_from_old, detached, live_position};
 use super::config::{DesiredRole, desired_config};
-use super::health::{InstanceHealth, classify, endpoint, members, operation_running, report, silent_for};
+use super::health::{
+    InstanceHealth, classify, endpoint, extras, members, operation_running, report, silent_for,
+};
 use super::steady::{fence_stray_primaries, reconcile, upkeep};
 use super::{Event, Input, Plan};
-use crate::engine::Lsn;
-use crate::instance::report::{InstanceReport, ManagerPhase, OperationKind, OperationState, Request};
+use crate::instance::report::{ManagerPhase, OperationKind, OperationState, Request};
 
 /// How long a switchover waits for its target to receive the old primary's last WAL before
 /// giving up and restarting the old primary.
@@ -76,9 +76,11 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
         if !has_standby && input.spec.instances > 1 {
             plan.set_phase(Phase::FailoverBlocked, format!("{reason}; no standby has data to take over"));
             upkeep(input, plan);
+            fence_stray_primaries(input, plan, Some(&primary));
             return true;
         }
-        if input.spec.instances == 1 {
+        // A lone member has nobody to hand over to; a primary beyond a new size of one does.
+        if input.spec.instances == 1 && members(input).contains(&primary) {
             return false;
         }
         plan.event(Event::warning("FailingOver", format!("{reason}; failing over")));
@@ -216,25 +218,6 @@ fn set_step(plan: &mut Plan, step: TransitionStep, to: Option<String>) {
     }
 }
 
-/// The WAL position a running server reports. A server that is down may hold more WAL than its
-/// control file shows, so its position counts as unknown.
-fn live_position(r: &InstanceReport) -> Option<(Lsn, Lsn)> {
-    if !r.server.accepting {
-        return None;
-    }
-    let node = r.node.as_ref()?;
-    let received = [node.received_lsn, node.replayed_lsn, r.receiver.as_ref().and_then(|x| x.flushed_lsn)]
-        .into_iter()
-        .flatten()
-        .max()?;
-    Some((received, node.replayed_lsn.unwrap_or_default()))
-}
-
-fn detached(r: &InstanceReport) -> bool {
-    r.config.as_ref().is_some_and(|c| c.upstream.is_none())
-        && r.receiver.as_ref().is_none_or(|rc| rc.status != "streaming")
-}
-
 /// Failover steps 1-3: fence the old primary, detach every reachable standby, choose.
 fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
     let old = t.from.as_str();
@@ -256,7 +239,9 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         InstanceHealth::Missing => true,
     };
     let mut all_detached = true;
-    for name in members(input).into_iter().filter(|n| n != old) {
+    // Instances a scale-down has yet to remove count too: one still streaming from the old
+    // primary could acknowledge its commits if it came back.
+    for name in members(input).into_iter().chain(extras(input)).filter(|n| n != old) {
         let Some(r) = report(input, &name) else {
             continue;
         };
@@ -266,6 +251,12 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
             continue;
         }
         let desired = desired_config(input, &name, DesiredRole::Standby(None));
+        let idle = matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped);
+        if !r.server.running && idle && !operation_running(r) && !input.spec.is_fenced(&name) {
+            // A standby left stopped (fenced once, then unfenced in the spec, or a cluster
+            // restart) is a candidate only once it runs: start it, detached.
+            plan.send(&name, Request::Start { config: desired.clone() });
+        }
         if !detached(r) {
             all_detached = false;
             if !operation_running(r) {
@@ -284,6 +275,10 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         .iter()
         .any(|(n, o)| n != old && o.report.as_ref().is_some_and(|r| r.is_writable_primary()));
     if !old_quiet || !all_detached || other_writable {
+        return false;
+    }
+    if let Some(why) = cloning_from_old(input, old) {
+        plan.set_phase(Phase::FailingOver, why);
         return false;
     }
     match choose(input, t) {
@@ -333,28 +328,6 @@ fn blocked_or_abort(input: &Input<'_>, plan: &mut Plan, t: &Transition, why: Str
     false
 }
 
-fn candidates<'a>(input: &Input<'a>, t: &Transition) -> Vec<(String, &'a InstanceReport, (Lsn, Lsn))> {
-    let mut list: Vec<_> = members(input)
-        .into_iter()
-        .filter(|n| *n != t.from)
-        .filter_map(|n| {
-            let r = report(input, &n)?;
-            if !r.is_running_standby() || r.fenced || input.spec.is_fenced(&n) || !detached(r) {
-                return None;
-            }
-            let pos = live_position(r)?;
-            Some((n, r, pos))
-        })
-        .collect();
-    // Highest received position, then highest replayed, then name.
-    list.sort_by_key(|(n, _, (received, replayed))| (Reverse(*received), Reverse(*replayed), n.clone()));
-    list
-}
-
-fn best_candidate(input: &Input<'_>, t: &Transition) -> Option<String> {
-    candidates(input, t).into_iter().next().map(|(n, _, _)| n)
-}
-
 /// Remembers where the new primary starts: its position at promotion bounds every commit
 /// acknowledged so far.
 fn record_promotion_floor(input: &Input<'_>, plan: &mut Plan, t: &Transition, candidate: &str) {
@@ -362,68 +335,6 @@ fn record_promotion_floor(input: &Input<'_>, plan: &mut Plan, t: &Transition, ca
     if let Some(p) = position {
         plan.status.last_promotion_lsn = Some(p.to_string());
     }
-}
-
-/// The standby to promote, or why none may be.
-fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String> {
-    let list = candidates(input, t);
-    let Some((best, _, (best_pos, _))) = list.first().cloned() else {
-        let fenced: Vec<String> = members(input).into_iter().filter(|m| input.spec.is_fenced(m)).collect();
-        return Err(if fenced.is_empty() {
-            "no standby is running, reachable and detached".into()
-        } else {
-            format!("no standby can take over: {} fenced, no other running and reachable", fenced.join(", "))
-        });
-    };
-    let sync =
-        t.synchronous.as_ref().filter(|s| s.method != SyncMethod::Off.as_str() && !s.standbys.is_empty());
-    if let Some(sync) = sync {
-        durable_choice(input, sync, best_pos)?;
-        let floor = input.status.last_promotion_lsn.as_deref().and_then(|l| l.parse::<Lsn>().ok());
-        if let Some(floor) = floor
-            && best_pos < floor
-        {
-            return Err(format!(
-                "no reachable standby has received {floor}, where the current primary took over: \
-                 commits acknowledged before then may exist only on {}",
-                t.from
-            ));
-        }
-    }
-    Ok(best)
-}
-
-/// Every acknowledged commit is on at least `number` members of the synchronous set. The
-/// candidate holds them all when fewer than `number` members are out of sight and it is at
-/// least as far as every member in sight.
-fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, best: Lsn) -> Result<(), String> {
-    let mut unknown = Vec::new();
-    let mut furthest: Option<(Lsn, &str)> = None;
-    for name in &sync.standbys {
-        // A fenced standby was detached before it stopped: its recorded position is final.
-        let position = report(input, name).and_then(|r| live_position(r).or(r.fenced_lsn.map(|l| (l, l))));
-        match position {
-            Some((pos, _)) => {
-                if furthest.is_none_or(|(f, _)| pos > f) {
-                    furthest = Some((pos, name));
-                }
-            }
-            None => unknown.push(name.clone()),
-        }
-    }
-    if unknown.len() as u32 >= sync.number.max(1) {
-        return Err(format!(
-            "{} of the synchronous standbys ({}) cannot report their position, and an acknowledged commit may exist only there",
-            unknown.join(", "),
-            sync.standbys.join(", ")
-        ));
-    }
-    if let Some((pos, name)) = furthest
-        && pos > best
-    {
-        return Err(format!("{name} holds WAL up to {pos} that no promotable standby has"));
-    }
-    Ok(())
 }
 
 /// Switchover step 1: stop the old primary cleanly, then wait for the target to have received
@@ -516,10 +427,32 @@ fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
         }
         // It may have promoted just before it was lost: wait for it to come back rather than
         // risk a second primary. Only an instance gone for good, or without data, is replaced.
-        InstanceHealth::Reachable(r) if !r.initialized => retarget(plan, t, &target),
+        InstanceHealth::Reachable(r) if !r.initialized => {
+            retarget(plan, t, &format!("{target} was lost before its promotion completed"))
+        }
         InstanceHealth::Reachable(r) => {
             if operation_running(r) {
                 return false;
+            }
+            if !r.server.running
+                && r.standby_configured
+                && !input.spec.is_fenced(&target)
+                && matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped)
+            {
+                // Stopped since it was chosen (a fence the spec has lifted again, a clean
+                // stop): start it detached, then promote it.
+                let detached = desired_config(input, &target, DesiredRole::Standby(None));
+                plan.send(&target, Request::Start { config: detached });
+                return false;
+            }
+            if input.spec.is_fenced(&target) {
+                // Fenced before it accepted writes: stop it first (a promotion it may still
+                // have queued cannot then make a second primary), then choose again.
+                if r.server.running {
+                    plan.send(&target, Request::Fence);
+                    return false;
+                }
+                return retarget(plan, t, &format!("{target} was fenced in the spec before its promotion"));
             }
             let desired = desired_config(input, &target, DesiredRole::Primary);
             if r.is_running_standby() {
@@ -530,24 +463,24 @@ fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
             }
             false
         }
-        InstanceHealth::Missing => retarget(plan, t, &target),
+        InstanceHealth::Missing => {
+            retarget(plan, t, &format!("{target} was lost before its promotion completed"))
+        }
         InstanceHealth::Dead { .. } | InstanceHealth::Unreachable { .. } => false,
     }
 }
 
-/// The chosen standby is gone for good before it accepted writes: choose again. It cannot have
-/// acknowledged a commit meanwhile, since every other standby is detached.
-fn retarget(plan: &mut Plan, t: &Transition, lost: &str) -> bool {
-    plan.event(Event::warning(
-        "FailoverTargetLost",
-        format!("{lost} was lost before its promotion completed; choosing again"),
-    ));
+/// The chosen standby is gone for good (or fenced and stopped) before it accepted writes:
+/// choose again. It cannot have acknowledged a commit meanwhile, since every other standby is
+/// detached.
+fn retarget(plan: &mut Plan, t: &Transition, why: &str) -> bool {
+    plan.event(Event::warning("FailoverTargetLost", format!("{why}; choosing again")));
     plan.status.target_primary = None;
     if let Some(tr) = plan.status.transition.as_mut() {
         tr.kind = TransitionKind::Failover;
         tr.to = None;
         tr.step = TransitionStep::Fencing;
-        tr.reason = format!("{}; then {lost} was lost", t.reason);
+        tr.reason = format!("{}; then {why}", t.reason);
     }
     true
 }
@@ -561,7 +494,7 @@ fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
         return false;
     };
     let mut pending = Vec::new();
-    for name in members(input).into_iter().filter(|n| *n != primary && *n != t.from) {
+    for name in members(input).into_iter().chain(extras(input)).filter(|n| *n != primary && *n != t.from) {
         let Some(r) = report(input, &name) else {
             continue;
         };

@@ -10,6 +10,7 @@
 //! - with synchronous replication and `dataDurability: required`, a standby is promoted only
 //!   when it holds every acknowledged commit.
 
+mod choice;
 mod config;
 mod failover;
 mod health;

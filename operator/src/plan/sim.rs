@@ -23,8 +23,30 @@
 //! the whole instance or of its manager only, slow probe (no report for a pass, the database
 //! port answering or not), controller restart (fresh `watching_since`, sometimes losing the
 //! actions of the pass whose status it persisted), clock jump, switchover request. A disk is
-//! only lost while every other member is a standby with a complete copy. Then faults stop,
-//! frozen instances thaw, and the cluster must converge.
+//! only lost while every other instance is a standby with a complete copy and a member the spec
+//! does not fence holds every acknowledged commit. Then faults stop, frozen instances thaw, and
+//! the cluster must converge.
+//!
+//! Spec changes, during the same steps (each with a per-seed probability, from a stream of
+//! their own, so a seed's faults do not depend on them):
+//! - scaling: `spec.instances` changes to any other size in 1..=`MAX_SIM_INSTANCES`, the rest
+//!   of the spec kept valid as `crd::validate` wants it (the synchronous number below the size,
+//!   `maxWalSenders` at least the size plus one, fences only on instances of the new size). A
+//!   scale-down never leaves every copy of the acknowledged commits beyond the new size (users
+//!   do not remove data on purpose). The model holds a slot for every instance the spec may ask
+//!   for: the platform creates members (`Action::Create`), and `Action::Delete` stops an
+//!   instance and removes its data, after which it is `Missing` and leaves the observation (an
+//!   orphaned server keeps the platform from removing its data);
+//! - spec fencing: `fencedInstances` gains or loses a member (during a transition, half the
+//!   time the one it promotes or would choose);
+//! - parameters: a reload-only one (`RELOAD_PARAMETER`) or a restart-only one
+//!   (`RESTART_PARAMETER`; `maxWalSenders` is restart-only too, and changes now and then with a
+//!   resize). A running server started with other values of the restart-only settings than its
+//!   applied configuration reports them in `pending_restart`, as PostgreSQL does.
+//!
+//! When faults stop, fences are settled: standbys may stay fenced if the primary is healthy, no
+//! transition is in flight and enough other standbys remain for the synchronous number (else
+//! the cluster could rightly never converge); everything else is unfenced.
 //!
 //! Invariants:
 //! 1. one writer: acknowledgements never move back to a timeline that later acknowledgements
@@ -39,15 +61,35 @@
 //! 2. with synchronous replication and `dataDurability: required`, no acknowledged commit is
 //!    lost: every acknowledgement extends the history of the earlier ones, and the primary the
 //!    status names holds all of them whenever it accepts writes (and at the end);
-//! 3. once faults stop, the cluster converges within `CONVERGENCE_STEPS` to `Healthy` with
-//!    exactly the requested members, one primary, every other member streaming from it, and no
-//!    transition in flight, and stays there;
+//! 3. once faults stop, the cluster converges within `CONVERGENCE_STEPS` to exactly the final
+//!    `spec.instances` members (every other instance deleted with its data), one primary that
+//!    the spec does not fence, every other member streaming from it except the fenced ones,
+//!    which are stopped and not ready (`Healthy`, or `Degraded` for those alone), no restart
+//!    pending on a running member and no transition in flight, and stays there;
 //! 4. every plan takes at most one disruptive step and never initialises a primary once the
-//!    cluster is initialised.
+//!    cluster is initialised;
+//! 5. membership: only members are created; an instance is deleted only when it is beyond
+//!    `spec.instances`, neither the primary nor an end of a transition in flight (nor the
+//!    target the last pass was promoting), the highest ordinal left, and no longer listed in the
+//!    primary's applied synchronous set. With `required`, removing a synchronous standby must
+//!    not take away a copy of an acknowledged commit that a failover counts on: every
+//!    acknowledged commit is on the primary and on `number` members of its synchronous set (that
+//!    is what `ANY`/`FIRST n` promise, and what the failover's durability check trusts), so a
+//!    deleted standby's acknowledged commits must already be on `number` members of the set the
+//!    primary applied without it, or losing the primary next would lose them;
+//! 6. spec fencing: a fenced instance is never sent `Promote`, `Start`, `Restart`, `Rejoin`,
+//!    `Rebuild` or `Bootstrap` and never becomes the primary (unless its promotion was under way
+//!    or done when the fence came: the plan may complete it, as primary, and fence it after), a
+//!    fenced primary causes no failover, and a fenced instance's server stops within
+//!    `FENCE_PASSES` passes in which the plan could stop it (steady state, its manager answering
+//!    and idle, the controller acting);
+//! 7. rolling restarts: at most one `Restart` in flight, and never one to the primary while the
+//!    spec asks for more than one instance (it hands over through a switchover).
 //!
 //! `SIM_SEED=1234 cargo test -p opengauss-operator --lib plan::sim -- --nocapture` replays one
 //! seed and prints its step-by-step trace; `SIM_SEEDS=n` changes how many seeds the normal run
-//! tries. A failure prints the seed, its parameters and the last steps of its trace.
+//! tries, `SIM_FIRST_SEED=k` where they start. A failure prints the seed, its parameters and
+//! the last steps of its trace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,6 +117,18 @@ const DEFAULT_SEEDS: u64 = 3000;
 const CONVERGENCE_STEPS: u64 = 180;
 /// Converged must hold this many passes in a row.
 const STABLE_PASSES: u32 = 3;
+/// The largest size the simulated spec asks for; the model holds this many instance slots.
+const MAX_SIM_INSTANCES: u32 = 5;
+/// A parameter that takes effect only after a restart (reported in `pending_restart` while the
+/// running server still has the old value), and one a reload applies.
+const RESTART_PARAMETER: &str = "shared_buffers";
+const RELOAD_PARAMETER: &str = "work_mem";
+/// `max_wal_senders` also needs a restart (the server allocates its senders at start).
+const MAX_WAL_SENDERS: &str = "max_wal_senders";
+/// Passes the plan gets, with the instance's manager answering and nothing in its way, to stop
+/// the server of an instance the spec fences. One disruptive step per pass: fencing several
+/// instances at once, a removal or a rolling restart compete for it.
+const FENCE_PASSES: u32 = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Randomness
@@ -129,10 +183,22 @@ struct Params {
     lag: f64,
     /// The engine honours `most_available_sync` (openGauss) rather than ignoring it (PostgreSQL).
     most_available_honoured: bool,
+    /// Per faulty step, the probability that the spec's size changes (within
+    /// 1..=`MAX_SIM_INSTANCES`), that an instance is fenced or unfenced in the spec, and that
+    /// a server parameter changes (one needing a restart, or one a reload applies).
+    scale_rate: f64,
+    fence_rate: f64,
+    param_rate: f64,
 }
 
 impl Params {
-    fn draw(rng: &mut Rng) -> Self {
+    /// `rng` draws what the simulation always had (so a seed's cluster and faults do not
+    /// depend on the spec changes); `changes` draws the rates of spec changes.
+    fn draw(rng: &mut Rng, changes: &mut Rng) -> Self {
+        // A quarter of the seeds never change the spec in a given way: the fault mix alone.
+        let mut rate =
+            |max: f64| if changes.chance(0.25) { 0.0 } else { max * (changes.below(1000) as f64 / 1000.0) };
+        let (scale_rate, fence_rate, param_rate) = (rate(0.04), rate(0.04), rate(0.03));
         let instances = if rng.chance(0.5) { 3 } else { rng.range(2, 5) as u32 };
         let method = match rng.below(10) {
             0..=5 => SyncMethod::Any,
@@ -155,6 +221,9 @@ impl Params {
             fault_rate: 0.02 + 0.13 * (rng.below(1000) as f64 / 1000.0),
             lag: rng.below(4) as f64 * 0.1,
             most_available_honoured: rng.chance(0.5),
+            scale_rate,
+            fence_rate,
+            param_rate,
         }
     }
 
@@ -173,14 +242,16 @@ impl Params {
         spec
     }
 
-    /// Whether no acknowledged commit may be lost.
+    /// Whether no acknowledged commit may be lost: synchronous replication with `required`.
+    /// (While the spec asks for one instance nothing waits for a standby, but nothing can
+    /// replace the primary either, so nothing acknowledged may be lost then too.)
     fn no_loss(&self) -> bool {
-        self.instances > 1 && self.method != SyncMethod::Off && self.durability == DataDurability::Required
+        self.method != SyncMethod::Off && self.durability == DataDurability::Required
     }
 
     fn describe(&self) -> String {
         format!(
-            "instances={} sync={} {} durability={:?} delay={}s fault_steps={} fault_rate={:.3} lag={:.1} most_available_sync={}",
+            "instances={} sync={} {} durability={:?} delay={}s fault_steps={} fault_rate={:.3} lag={:.1} most_available_sync={} scale_rate={:.3} fence_rate={:.3} param_rate={:.3}",
             self.instances,
             self.method.as_str(),
             self.number,
@@ -189,7 +260,10 @@ impl Params {
             self.fault_steps,
             self.fault_rate,
             self.lag,
-            if self.most_available_honoured { "honoured" } else { "ignored" }
+            if self.most_available_honoured { "honoured" } else { "ignored" },
+            self.scale_rate,
+            self.fence_rate,
+            self.param_rate,
         )
     }
 }
@@ -305,6 +379,15 @@ struct Inst {
     /// The manager's report is missing this pass; the value says whether the database port
     /// answers.
     slow_probe: Option<bool>,
+    /// The restart-only settings the running server started with: `RESTART_PARAMETER` and
+    /// `max_wal_senders`.
+    started: Option<(Option<String>, u32)>,
+    /// Passes the spec has fenced this instance while its server ran and the plan could have
+    /// stopped it.
+    fence_due: u32,
+    /// The spec fenced this instance while its promotion was under way (requested, done, or
+    /// already accepting writes): the plan cannot take that back, so it may still complete.
+    fenced_mid_promotion: bool,
 }
 
 impl Inst {
@@ -328,6 +411,9 @@ impl Inst {
             streaming_from: None,
             pending: Vec::new(),
             slow_probe: None,
+            started: None,
+            fence_due: 0,
+            fenced_mid_promotion: false,
         }
     }
 
@@ -351,6 +437,32 @@ impl Inst {
 
     fn short(&self) -> &str {
         self.name.rsplit('-').next().unwrap_or(&self.name)
+    }
+
+    /// The restart-only settings of the applied configuration.
+    fn restart_settings(&self) -> Option<(Option<String>, u32)> {
+        self.applied.as_ref().map(|c| (c.parameters.get(RESTART_PARAMETER).cloned(), c.max_wal_senders))
+    }
+
+    /// Restart-only parameters whose applied value the running server does not have yet, as
+    /// the engine reports them (only while it answers SQL).
+    fn pending_restart(&self) -> Vec<String> {
+        let (Some((param, senders)), Some((want_param, want_senders))) =
+            (&self.started, self.restart_settings())
+        else {
+            return Vec::new();
+        };
+        if !self.running || !self.accepting {
+            return Vec::new();
+        }
+        let mut pending = Vec::new();
+        if senders != &want_senders {
+            pending.push(MAX_WAL_SENDERS.to_string());
+        }
+        if param != &want_param {
+            pending.push(RESTART_PARAMETER.to_string());
+        }
+        pending
     }
 }
 
@@ -405,6 +517,7 @@ struct Stats {
     steps: u64,
     acked: u64,
     faults: BTreeMap<&'static str, u64>,
+    changes: BTreeMap<&'static str, u64>,
     events: BTreeMap<&'static str, u64>,
     refusals: u64,
     stray_acks: u64,
@@ -421,6 +534,9 @@ impl Stats {
         for (k, v) in &o.faults {
             *self.faults.entry(k).or_default() += v;
         }
+        for (k, v) in &o.changes {
+            *self.changes.entry(k).or_default() += v;
+        }
         for (k, v) in &o.events {
             *self.events.entry(k).or_default() += v;
         }
@@ -434,6 +550,10 @@ struct Model {
     faults: Rng,
     /// The model's own randomness (operation durations, replication lag, failed rewinds).
     rng: Rng,
+    /// The spec changes' randomness: sizes, fences, parameters.
+    changes: Rng,
+    /// The spec's generation, bumped with every change.
+    generation: i64,
     insts: Vec<Inst>,
     start: Timestamp,
     now: Timestamp,
@@ -465,15 +585,20 @@ struct Model {
 impl Model {
     fn new(seed: u64, trace: bool) -> Self {
         let mut faults = Rng::new(seed);
-        let p = Params::draw(&mut faults);
+        let mut changes = Rng::new(seed ^ 0x0C4A_6E5D_00DD_BA11);
+        let p = Params::draw(&mut faults, &mut changes);
         let rng = Rng::new(seed ^ 0x5DEE_CE66_D1CE_5EED);
         let spec = p.spec();
-        let insts = instance_names(CLUSTER, p.instances).into_iter().map(Inst::new).collect();
+        // Every instance the spec may ever ask for has a slot; those beyond the spec's size that
+        // the platform does not have (never created, or deleted) are not observed.
+        let insts = instance_names(CLUSTER, MAX_SIM_INSTANCES).into_iter().map(Inst::new).collect();
         let start = Timestamp::from_second(1_700_000_000).expect("valid timestamp");
         Model {
             spec,
             faults,
             rng,
+            changes,
+            generation: 1,
             insts,
             start,
             now: start,
@@ -518,6 +643,24 @@ impl Model {
         self.insts.iter().position(|x| x.name == name)
     }
 
+    /// The spec asks for this instance.
+    fn member(&self, i: usize) -> bool {
+        (i as u32) < self.spec.instances
+    }
+
+    /// The platform has this instance (or the spec asks for it): it is observed.
+    fn exists(&self, i: usize) -> bool {
+        self.member(i) || self.insts[i].platform != PlatformState::Missing
+    }
+
+    fn existing(&self) -> Vec<usize> {
+        (0..self.insts.len()).filter(|&i| self.exists(i)).collect()
+    }
+
+    fn fenced_in_spec(&self, i: usize) -> bool {
+        self.spec.is_fenced(&self.insts[i].name)
+    }
+
     fn holds_acked(&self, i: usize) -> bool {
         self.insts[i].data.as_ref().is_some_and(|d| d.contains(&self.acked))
     }
@@ -530,6 +673,7 @@ impl Model {
             x.running = true;
             x.accepting = false;
             x.crashed = false;
+            x.started = x.restart_settings();
             if let Some(d) = x.data.as_mut() {
                 d.clean = false;
             }
@@ -598,43 +742,10 @@ impl Model {
 
     fn check(&self, i: usize, request: &Request) -> Result<(), String> {
         let x = &self.insts[i];
-        let initialized = x.data.is_some();
         let standby = x.data.as_ref().is_some_and(|d| d.standby);
-        let invalid = |m: &str| Err(m.to_string());
-        match request {
-            Request::Bootstrap { .. } if initialized => invalid("the data directory is already initialised"),
-            Request::Bootstrap { source: None, config } if config.standby => {
-                invalid("a new primary cannot be configured as a standby")
-            }
-            Request::Bootstrap { source: Some(_), config } if !config.standby => {
-                invalid("a clone must be configured as a standby")
-            }
-            Request::Start { .. }
-            | Request::Configure { .. }
-            | Request::Promote { .. }
-            | Request::Rejoin { .. }
-            | Request::Rebuild { .. }
-            | Request::Restart { .. }
-                if !initialized =>
-            {
-                invalid("the data directory is not initialised yet")
-            }
-            Request::Start { config } | Request::Configure { config } | Request::Restart { config }
-                if config.standby != standby =>
-            {
-                invalid(if standby {
-                    "this instance is a standby: promote it to make it a primary"
-                } else {
-                    "this instance was a primary: rejoin it to make it a standby"
-                })
-            }
-            Request::Promote { config } if config.standby => {
-                invalid("a promoted instance cannot be configured as a standby")
-            }
-            Request::Rejoin { config, .. } | Request::Rebuild { config, .. } if !config.standby => {
-                invalid("a rejoining instance must be configured as a standby")
-            }
-            _ => Ok(()),
+        match crate::instance::manager::refusal(request, x.data.is_some(), standby) {
+            Some(why) => Err(why.to_string()),
+            None => Ok(()),
         }
     }
 
@@ -765,6 +876,7 @@ impl Model {
                 x.running = true;
                 x.accepting = true;
                 x.crashed = false;
+                x.started = x.restart_settings();
                 Some(Ok("initialised a new primary".into()))
             }
             Request::Bootstrap { source: Some(src), config } => {
@@ -789,6 +901,7 @@ impl Model {
                 x.running = true;
                 x.accepting = true;
                 x.crashed = false;
+                x.started = x.restart_settings();
                 Some(Ok(format!("cloned from {src} and started as a standby")))
             }
             Request::Start { config } => {
@@ -890,6 +1003,7 @@ impl Model {
                 x.running = true;
                 x.accepting = true;
                 x.crashed = false;
+                x.started = x.restart_settings();
                 if let Some(d) = x.data.as_mut() {
                     d.clean = false;
                 }
@@ -918,6 +1032,7 @@ impl Model {
                 x.running = true;
                 x.accepting = true;
                 x.crashed = false;
+                x.started = x.restart_settings();
                 Some(Ok(format!("cloned again from {source} and started as a standby")))
             }
             Request::Restart { config } => {
@@ -1183,10 +1298,11 @@ impl Model {
         if !self.faults_on || !roll {
             return;
         }
-        let n = self.insts.len() as u64;
+        let existing = self.existing();
+        let n = existing.len() as u64;
         let target = match self.current_primary_index() {
             Some(p) if prefer_primary => p,
-            _ => (pick % n) as usize,
+            _ => existing[(pick % n) as usize],
         };
         let label: &'static str = match kind {
             0..=24 => self.crash(target, r1 % 100 < 20, r2 % 2 == 0),
@@ -1232,7 +1348,7 @@ impl Model {
                 "clock jump"
             }
             _ => {
-                let to = self.insts[(r1 % n) as usize].name.clone();
+                let to = self.insts[existing[(r1 % n) as usize]].name.clone();
                 self.requests.switchover_to = Some(to);
                 "switchover request"
             }
@@ -1247,6 +1363,163 @@ impl Model {
                 _ => format!("{label}({name})"),
             };
             self.note(|| format!("FAULT[{what}]"));
+        }
+    }
+
+    // --- spec changes ---
+
+    /// Changes the spec as users do: its size, its fences, its parameters; always a valid spec.
+    fn change_spec(&mut self) {
+        // Like the fault stream, the same amount is drawn every step.
+        let c = &mut self.changes;
+        let (scale, fence, param) =
+            (c.chance(self.p.scale_rate), c.chance(self.p.fence_rate), c.chance(self.p.param_rate));
+        let (u1, u2, u3, u4) = (c.next(), c.next(), c.next(), c.next());
+        if !self.faults_on {
+            return;
+        }
+        let mut changed = Vec::new();
+        if scale {
+            let from = self.spec.instances;
+            // Any other size in 1..=MAX_SIM_INSTANCES.
+            let mut to = 1 + (u1 % u64::from(MAX_SIM_INSTANCES - 1)) as u32;
+            if to >= from {
+                to += 1;
+            }
+            // Users do not scale away every copy of the data: some remaining member must hold
+            // every acknowledged commit (a scale-down is no way to lose data on purpose).
+            let kept = (0..to as usize).any(|j| self.insts[j].data.is_some() && self.holds_acked(j));
+            if to > from || kept {
+                self.resize(to, u2);
+                *self.stats.changes.entry(if to > from { "scale up" } else { "scale down" }).or_default() +=
+                    1;
+                let sync = &self.spec.replication;
+                changed.push(format!(
+                    "instances {from}->{to} (sync {} {}, maxWalSenders {}, fenced {:?})",
+                    sync.synchronous.method.as_str(),
+                    sync.synchronous.number,
+                    sync.max_wal_senders,
+                    self.spec.fenced_instances
+                ));
+            }
+        }
+        // Fencing is for a running cluster: the first primary is whichever instance initialises.
+        if fence && self.status.initialized {
+            // During a transition, half the time the instance where it hurts most: the one it
+            // promotes (or the most advanced standby, which it would choose).
+            let n = self.spec.instances as usize;
+            let pointed = self.status.transition.as_ref().and_then(|t| {
+                t.to.as_deref().and_then(|p| self.by_name(p)).filter(|&i| i < n).or_else(|| {
+                    (0..n)
+                        .filter(|&j| self.insts[j].is_standby_server())
+                        .max_by_key(|&j| self.insts[j].data.as_ref().map_or(0, |d| d.wal.len()))
+                })
+            });
+            let i = match pointed {
+                Some(i) if (u3 >> 32) % 2 == 0 => i,
+                _ => (u3 % n as u64) as usize,
+            };
+            let name = self.insts[i].name.clone();
+            let target = self.status.transition.as_ref().and_then(|t| t.to.as_deref()) == Some(name.as_str());
+            let x = &mut self.insts[i];
+            x.fenced_mid_promotion = x.writable()
+                || x.work.as_ref().is_some_and(|w| matches!(w.request, Request::Promote { .. }))
+                || (target && x.data.as_ref().is_some_and(|d| !d.standby));
+            let list = &mut self.spec.fenced_instances;
+            if let Some(k) = list.iter().position(|f| *f == name) {
+                list.remove(k);
+                *self.stats.changes.entry("unfence").or_default() += 1;
+                changed.push(format!("unfence {name}"));
+            } else {
+                list.push(name.clone());
+                *self.stats.changes.entry("fence").or_default() += 1;
+                changed.push(format!("fence {name}"));
+            }
+        }
+        if param {
+            let (name, values, label) = if u4 % 2 == 0 {
+                (RESTART_PARAMETER, ["128MB", "256MB", "512MB"], "restart parameter")
+            } else {
+                (RELOAD_PARAMETER, ["4MB", "8MB", "16MB"], "reload parameter")
+            };
+            let pick = (u4 >> 8) % 4;
+            let before = self.spec.parameters.get(name).cloned();
+            match values.get(pick as usize) {
+                Some(v) => self.spec.parameters.insert(name.to_string(), v.to_string()),
+                None => self.spec.parameters.remove(name),
+            };
+            let after = self.spec.parameters.get(name).cloned();
+            if after != before {
+                *self.stats.changes.entry(label).or_default() += 1;
+                changed.push(format!("{name}={}", after.as_deref().unwrap_or("(default)")));
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        self.generation += 1;
+        let problems: Vec<String> = self
+            .spec
+            .problems()
+            .into_iter()
+            .chain(self.spec.fencing_problems(CLUSTER))
+            .map(|p| p.to_string())
+            .collect();
+        assert!(problems.is_empty(), "the simulation made an invalid spec: {problems:?}");
+        let what = changed.join(", ");
+        self.note(|| format!("SPEC[{what}]"));
+    }
+
+    /// Sets the spec's size and keeps the rest of it valid: the synchronous number below the
+    /// size, enough WAL senders, fences only on instances of the new size. Sometimes
+    /// `maxWalSenders` changes too (a restart-only setting), as a user adjusting it would.
+    fn resize(&mut self, to: u32, r: u64) {
+        let spec = &mut self.spec;
+        spec.instances = to;
+        if to > 1 {
+            spec.replication.synchronous.number = self.p.number.min(to - 1).max(1);
+        }
+        let least = (to + 1).max(2);
+        let senders = &mut spec.replication.max_wal_senders;
+        if r % 4 == 0 {
+            *senders = least + ((r >> 8) % u64::from(11 - least)) as u32;
+        } else if *senders < least {
+            *senders = least;
+        }
+        spec.fenced_instances
+            .retain(|f| opengauss_crd::names::instance_ordinal(CLUSTER, f).is_some_and(|k| k < to));
+    }
+
+    /// When faults stop, the spec's fences are settled: standbys may stay fenced (they must end
+    /// stopped, the others healthy around them) when the primary is healthy and no transition
+    /// is in flight, as long as one member besides the primary stays unfenced; everything else
+    /// is unfenced (a failover that only fenced instances could take over would rightly wait
+    /// for ever).
+    fn settle_fences(&mut self) {
+        if self.spec.fenced_instances.is_empty() {
+            return;
+        }
+        let s = &self.status;
+        let primary = s.current_primary.as_deref().and_then(|p| self.by_name(p));
+        let primary_fine =
+            s.transition.is_none() && primary.is_some_and(|p| self.member(p) && self.insts[p].writable());
+        let mut keep: Vec<String> = if primary_fine {
+            let not = [s.current_primary.as_deref(), s.target_primary.as_deref()];
+            self.spec.fenced_instances.iter().filter(|f| !not.contains(&Some(f.as_str()))).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        // Enough unfenced standbys remain for the synchronous number (with `required`, the
+        // fenced ones stay listed: writes would wait for ever, and so would a removal that must
+        // first see the remaining synchronous standbys hold what the removed one confirmed).
+        let sync = &self.spec.replication.synchronous;
+        let need = if self.p.no_loss() { sync.number.max(1) } else { 1 };
+        keep.truncate(self.spec.instances.saturating_sub(1 + need) as usize);
+        if keep != self.spec.fenced_instances {
+            self.spec.fenced_instances = keep;
+            self.generation += 1;
+            let what = format!("{:?}", self.spec.fenced_instances);
+            self.note(|| format!("SPEC[final fences {what}]"));
         }
     }
 
@@ -1271,8 +1544,10 @@ impl Model {
         // Losing a disk is allowed only while every other member is a standby with a complete
         // copy (an old primary waiting to rejoin holds a stale one): the model never exceeds
         // what replication is meant to survive.
-        let others_complete = self.insts.len() > 1
-            && self.insts.iter().enumerate().all(|(j, y)| {
+        let existing = self.existing();
+        let others_complete = existing.len() > 1
+            && existing.iter().all(|&j| {
+                let y = &self.insts[j];
                 // An operation that sets the data directory aside may leave it empty.
                 let discarding = y.work.as_ref().is_some_and(|w| {
                     matches!(
@@ -1282,7 +1557,11 @@ impl Model {
                 });
                 j == i || (y.data.as_ref().is_some_and(|d| d.standby) && !discarding)
             })
-            && (self.acked.is_empty() || (0..self.insts.len()).any(|j| j != i && self.holds_acked(j)));
+            // Some other member that a failover may promote (one the spec does not fence) holds
+            // every acknowledged commit.
+            && (self.acked.is_empty()
+                || (0..self.insts.len())
+                    .any(|j| j != i && self.member(j) && !self.fenced_in_spec(j) && self.holds_acked(j)));
         let lose_data = others_complete && lose_disk;
         let x = &mut self.insts[i];
         if x.running
@@ -1414,7 +1693,7 @@ impl Model {
             standby_configured: standby,
             fenced: x.fenced,
             fenced_lsn: x.fenced_lsn.filter(|_| x.fenced).map(lsn),
-            pending_restart: Vec::new(),
+            pending_restart: x.pending_restart(),
             server: ServerProcessReport {
                 running: x.running,
                 pid: x.running.then_some(1000 + i as u32),
@@ -1435,6 +1714,7 @@ impl Model {
             .insts
             .iter()
             .enumerate()
+            .filter(|(i, _)| self.exists(*i))
             .map(|(i, x)| {
                 let answers_report = x.manager_works() && x.slow_probe.is_none();
                 let report = answers_report.then(|| self.report(i));
@@ -1467,13 +1747,8 @@ impl Model {
             Action::Create { .. } => {
                 if self.insts[i].platform == PlatformState::Missing {
                     let x = &mut self.insts[i];
+                    *x = Inst::new(x.name.clone());
                     x.platform = PlatformState::Running;
-                    x.data = None;
-                    x.applied = None;
-                    x.fenced = false;
-                    x.fenced_lsn = None;
-                    x.running = false;
-                    x.accepting = false;
                 }
             }
             Action::Restart { .. } => {
@@ -1488,8 +1763,15 @@ impl Model {
                 }
             }
             Action::Delete { .. } => {
+                // The platform stops the manager (which stops its server) and removes the data;
+                // a server that outlived its manager keeps its data from being removed.
                 let x = &mut self.insts[i];
+                if x.platform == PlatformState::Dead && x.running {
+                    self.note(|| format!("(delete refused: {}'s server still runs)", action.instance()));
+                    return;
+                }
                 *x = Inst::new(x.name.clone());
+                *self.stats.changes.entry("instance deleted").or_default() += 1;
             }
             Action::Send { request, .. } => {
                 let outcome = self.submit(i, request);
@@ -1535,14 +1817,16 @@ impl Model {
         if self.faults_on && self.step > self.p.fault_steps {
             self.faults_on = false;
             self.note(|| "FAULTS STOP".into());
+            self.settle_fences();
         }
         self.inject_faults();
+        self.change_spec();
         self.tick()?;
         let observed = self.observe();
         let requests = std::mem::take(&mut self.requests);
         let input = Input {
             cluster: CLUSTER,
-            generation: Some(1),
+            generation: Some(self.generation),
             spec: &self.spec,
             status: &self.status,
             observed: &observed,
@@ -1559,6 +1843,11 @@ impl Model {
             *self.stats.events.entry(e.reason).or_default() += 1;
         }
         // Persist, then act (unless the controller died in between).
+        let acted = !self.drop_actions;
+        if let Err(e) = self.check_fence_progress(&observed, &plan, acted) {
+            self.finish_trace_line(Some(&plan));
+            return Err(e);
+        }
         self.status = plan.status.clone();
         if self.drop_actions {
             self.drop_actions = false;
@@ -1578,10 +1867,8 @@ impl Model {
         if disruptive.len() > 1 {
             return Err(format!("more than one disruptive action in one pass: {disruptive:?}"));
         }
-        // The membership never changes here: nothing may be deleted.
-        if let Some(a) = plan.actions.iter().find(|a| matches!(a, Action::Delete { .. })) {
-            return Err(format!("deletes a member of the cluster: {a:?}"));
-        }
+        self.check_membership(plan)?;
+        self.check_fences_and_restarts(plan)?;
         let sends = |name: &str, what: fn(&Request) -> bool| {
             plan.actions
                 .iter()
@@ -1659,6 +1946,219 @@ impl Model {
         Ok(())
     }
 
+    /// Scaling: only instances beyond the spec's size are created never, removed only when
+    /// they are neither the primary nor either end of a transition, highest ordinal first, once
+    /// the primary's applied synchronous set no longer lists them, and without taking away a
+    /// copy of acknowledged commits that a failover would count on.
+    ///
+    /// The durability guarantee of `ANY n` / `FIRST n` with `required` is that every
+    /// acknowledged commit is on the primary and on `n` members of the synchronous set, so
+    /// that a failover (`durable_choice`, which trusts the set the primary applied) finds it on
+    /// a standby it may promote. Dropping a standby from the set does not move its copies:
+    /// commits it confirmed may exist on no remaining member until the remaining ones have
+    /// received them. Removing it (with its data) is safe only once `n` members of the new set
+    /// hold every acknowledged commit; before that, losing the primary loses them.
+    fn check_membership(&self, plan: &Plan) -> Result<(), String> {
+        // The primary and both ends of a transition in flight after this pass, and whoever the
+        // last pass was promoting. (The old primary of a switchover that completed in this pass
+        // may go: a scale-down that removes the primary hands over first, then removes it.)
+        let (old, new) = (&self.status, &plan.status);
+        let old_to = old.transition.as_ref().and_then(|t| t.to.clone());
+        let new_t = new.transition.as_ref();
+        let protected: Vec<String> = [
+            new.current_primary.clone(),
+            new.target_primary.clone(),
+            new_t.map(|t| t.from.clone()),
+            new_t.and_then(|t| t.to.clone()),
+            old.target_primary.clone(),
+            old_to,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for a in &plan.actions {
+            match a {
+                Action::Create { instance } if !self.by_name(instance).is_some_and(|i| self.member(i)) => {
+                    return Err(format!(
+                        "creates {instance}, beyond spec.instances = {}",
+                        self.spec.instances
+                    ));
+                }
+                Action::Delete { instance } => {
+                    let Some(v) = self.by_name(instance) else {
+                        return Err(format!("deletes {instance}, which is no instance"));
+                    };
+                    if self.member(v) {
+                        return Err(format!(
+                            "deletes {instance}, a member (spec.instances = {})",
+                            self.spec.instances
+                        ));
+                    }
+                    if protected.contains(instance) {
+                        return Err(format!("deletes {instance}, the primary or an end of a transition"));
+                    }
+                    let highest = (0..self.insts.len()).rev().find(|&j| self.exists(j) && !self.member(j));
+                    if highest != Some(v) {
+                        return Err(format!(
+                            "deletes {instance} before {}: the highest ordinal goes first",
+                            highest.map_or("-", |h| self.insts[h].name.as_str())
+                        ));
+                    }
+                    let Some(p) = plan.status.current_primary.as_deref().and_then(|p| self.by_name(p)) else {
+                        return Err(format!("deletes {instance} with no primary"));
+                    };
+                    let sync = self.insts[p]
+                        .applied
+                        .as_ref()
+                        .and_then(|c| c.synchronous.as_ref())
+                        .filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty());
+                    if sync.is_some_and(|s| s.standbys.contains(instance)) {
+                        return Err(format!(
+                            "deletes {instance} while the primary {}'s applied synchronous standbys still list it",
+                            self.insts[p].name
+                        ));
+                    }
+                    if !self.p.no_loss() {
+                        continue;
+                    }
+                    if !self.holds_acked(p) {
+                        return Err(format!(
+                            "deletes {instance} while the primary {} lacks acknowledged commits",
+                            self.insts[p].name
+                        ));
+                    }
+                    if let Some(sync) = sync
+                        && !self.acked.is_empty()
+                        && self.holds_acked(v)
+                    {
+                        let need = sync.number.max(1).min(sync.standbys.len() as u32) as usize;
+                        let holders: Vec<&str> = sync
+                            .standbys
+                            .iter()
+                            .filter(|n| self.by_name(n).is_some_and(|j| self.holds_acked(j)))
+                            .map(String::as_str)
+                            .collect();
+                        if holders.len() < need {
+                            return Err(format!(
+                                "acknowledged commits exposed: deletes {instance}, which holds the acknowledged commit {:?} at {}, \
+                                 while only {holders:?} of the synchronous standbys ({}) hold it and {need} must: losing the primary {} now loses it",
+                                self.acked.last(),
+                                self.acked.len().saturating_sub(1),
+                                sync.standbys.join(", "),
+                                self.insts[p].name,
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Spec fencing and rolling restarts: a fenced instance is never promoted, started,
+    /// restarted, rejoined or cloned, never becomes the primary, and a fenced primary causes no
+    /// failover; at most one restart is in flight, and the primary is never restarted while
+    /// other instances could take over (it hands over through a switchover).
+    fn check_fences_and_restarts(&self, plan: &Plan) -> Result<(), String> {
+        let (old, new) = (&self.status, &plan.status);
+        let fenced = |n: &str| self.spec.is_fenced(n);
+        let mut restarts: BTreeSet<&str> = self
+            .insts
+            .iter()
+            .filter(|x| x.work.as_ref().is_some_and(|w| matches!(w.request, Request::Restart { .. })))
+            .map(|x| x.name.as_str())
+            .collect();
+        for a in &plan.actions {
+            let Action::Send { instance, request } = a else { continue };
+            let starts = matches!(
+                request,
+                Request::Promote { .. }
+                    | Request::Start { .. }
+                    | Request::Restart { .. }
+                    | Request::Rejoin { .. }
+                    | Request::Rebuild { .. }
+                    | Request::Bootstrap { .. }
+            );
+            // A promotion under way (or done) when the fence came is the one exception: the
+            // plan may complete it, as primary, and fences it afterwards.
+            let completes = matches!(request, Request::Promote { .. })
+                || matches!(request, Request::Start { config } if !config.standby);
+            let exempt =
+                completes && self.by_name(instance).is_some_and(|i| self.insts[i].fenced_mid_promotion);
+            if starts && fenced(instance) && !exempt {
+                return Err(format!("sends {} to {instance}, which the spec fences", describe_action(a)));
+            }
+            if let Request::Restart { .. } = request {
+                let primary = [old.current_primary.as_deref(), new.current_primary.as_deref()]
+                    .contains(&Some(instance.as_str()))
+                    || self.by_name(instance).is_some_and(|i| self.insts[i].writable());
+                if primary && self.spec.instances > 1 {
+                    return Err(format!(
+                        "restarts the primary {instance} although {} instances could take over",
+                        self.spec.instances
+                    ));
+                }
+                restarts.insert(instance);
+                if restarts.len() > 1 {
+                    return Err(format!("more than one restart in flight: {restarts:?}"));
+                }
+            }
+        }
+        if let Some(p) = new.current_primary.as_deref()
+            && new.current_primary != old.current_primary
+            && fenced(p)
+            && !self.by_name(p).is_some_and(|i| self.insts[i].fenced_mid_promotion)
+        {
+            return Err(format!("{p}, fenced in the spec, becomes the primary"));
+        }
+        if let Some(p) = old.current_primary.as_deref()
+            && fenced(p)
+            && old.transition.is_none()
+            && new.transition.as_ref().is_some_and(|t| t.kind == opengauss_crd::TransitionKind::Failover)
+        {
+            return Err(format!("the primary {p} is fenced in the spec, yet a failover starts"));
+        }
+        Ok(())
+    }
+
+    /// A spec-fenced instance's server stops within `FENCE_PASSES` passes in which the plan
+    /// could stop it: its manager answered, with no operation running, in the steady state
+    /// (no transition), and the controller acted.
+    fn check_fence_progress(
+        &mut self,
+        observed: &Observation,
+        plan: &Plan,
+        acted: bool,
+    ) -> Result<(), String> {
+        let steady =
+            self.status.initialized && self.status.transition.is_none() && plan.status.transition.is_none();
+        for i in 0..self.insts.len() {
+            let due = self.member(i) && self.fenced_in_spec(i) && self.insts[i].running;
+            if !due {
+                self.insts[i].fence_due = 0;
+                continue;
+            }
+            let could = steady
+                && acted
+                && observed
+                    .instances
+                    .get(&self.insts[i].name)
+                    .and_then(|o| o.report.as_ref())
+                    .is_some_and(|r| !super::health::operation_running(r));
+            if could {
+                self.insts[i].fence_due += 1;
+            }
+            if self.insts[i].fence_due > FENCE_PASSES {
+                return Err(format!(
+                    "{} is fenced in the spec, but its server still runs after {FENCE_PASSES} passes that could stop it",
+                    self.insts[i].name
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_status(&self) -> Result<(), String> {
         let s = &self.status;
         let ready_primaries: Vec<&str> = s
@@ -1693,10 +2193,15 @@ impl Model {
         Ok(())
     }
 
-    /// Invariant 3: the requested topology, every standby streaming from the primary.
+    /// Invariant 3: exactly the requested members, none beyond; one primary, not fenced, that
+    /// accepts writes; every other member streaming from it, except those the spec fences,
+    /// which are stopped (and not ready); no restart pending on a running member. With fences
+    /// left the phase is `Degraded` (a fenced member is not ready), else `Healthy`.
     fn converged(&self) -> Result<(), String> {
         let s = &self.status;
-        if s.phase != Some(Phase::Healthy) {
+        let fenced = !self.spec.fenced_instances.is_empty();
+        let phase = if fenced { Phase::Degraded } else { Phase::Healthy };
+        if s.phase != Some(phase) {
             return Err(format!("phase {:?}: {}", s.phase, s.phase_reason.clone().unwrap_or_default()));
         }
         if let Some(t) = &s.transition {
@@ -1705,16 +2210,37 @@ impl Model {
         let Some(p) = s.current_primary.as_deref().and_then(|p| self.by_name(p)) else {
             return Err("no current primary".into());
         };
-        if !self.insts[p].writable() {
-            return Err(format!("the primary {} does not accept writes", self.insts[p].name));
+        if !self.insts[p].writable()
+            || !self.member(p)
+            || self.fenced_in_spec(p)
+            || !s.instance(&self.insts[p].name).is_some_and(|r| r.ready)
+        {
+            return Err(format!("the primary {} does not accept writes as a member", self.insts[p].name));
         }
-        let members = instance_names(CLUSTER, self.p.instances);
+        let members = instance_names(CLUSTER, self.spec.instances);
         if s.instances.len() != members.len() || s.instances.iter().any(|r| !members.contains(&r.name)) {
-            return Err(format!("status lists {} instances", s.instances.len()));
+            let names: Vec<&str> = s.instances.iter().map(|r| r.name.as_str()).collect();
+            return Err(format!("status lists {names:?}, not the {} members", members.len()));
         }
         for (j, y) in self.insts.iter().enumerate() {
-            if j != p && (y.streaming_from != Some(p) || !y.is_standby_server()) {
+            if !self.member(j) {
+                if y.platform != PlatformState::Missing || y.data.is_some() {
+                    return Err(format!("{} is beyond spec.instances but not removed", y.name));
+                }
+                continue;
+            }
+            let ready = s.instance(&y.name).is_some_and(|r| r.ready);
+            if self.fenced_in_spec(j) {
+                if y.running || ready {
+                    return Err(format!("{} is fenced in the spec but its server runs", y.name));
+                }
+                continue;
+            }
+            if j != p && (y.streaming_from != Some(p) || !y.is_standby_server() || !ready) {
                 return Err(format!("{} does not stream from {}", y.name, self.insts[p].name));
+            }
+            if !y.pending_restart().is_empty() {
+                return Err(format!("{} still has to restart for {:?}", y.name, y.pending_restart()));
             }
         }
         if self.p.no_loss() && !self.holds_acked(p) {
@@ -1727,8 +2253,11 @@ impl Model {
 
     fn describe_instances(&self) -> String {
         let mut out = Vec::new();
-        for x in &self.insts {
-            let mut s = format!("{}:", x.short());
+        for (i, x) in self.insts.iter().enumerate() {
+            if !self.exists(i) {
+                continue;
+            }
+            let mut s = format!("{}{}:", x.short(), if self.member(i) { "" } else { "(extra)" });
             match x.platform {
                 PlatformState::Missing => s.push_str("MISSING "),
                 PlatformState::Dead => s.push_str("DEAD "),
@@ -1758,6 +2287,12 @@ impl Model {
             });
             if x.fenced {
                 s.push_str(" fenced");
+            }
+            if self.fenced_in_spec(i) {
+                s.push_str(" SPEC-FENCED");
+            }
+            if !x.pending_restart().is_empty() {
+                s.push_str(" restart-pending");
             }
             if let Some(c) = &x.applied
                 && c.standby
@@ -1950,6 +2485,7 @@ fn randomized_fault_schedules() {
         return;
     }
     let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) as u64;
     let started = std::time::Instant::now();
     let results: Vec<(Stats, Vec<Failure>)> = std::thread::scope(|scope| {
@@ -1958,7 +2494,7 @@ fn randomized_fault_schedules() {
                 scope.spawn(move || {
                     let mut stats = Stats::default();
                     let mut failures = Vec::new();
-                    for seed in (t..count).step_by(threads as usize) {
+                    for seed in (first + t..first + count).step_by(threads as usize) {
                         match run_seed(seed, false) {
                             Ok(s) => stats.add(&s),
                             Err((f, _)) => failures.push(f),
@@ -1978,9 +2514,10 @@ fn randomized_fault_schedules() {
     }
     failures.sort_by_key(|f| f.seed);
     println!(
-        "simulated {count} seeds ({} passing steps, {} acknowledged commits, {} refused requests) in {:.1}s\n\
+        "simulated {} seeds from {first} ({} passing steps, {} acknowledged commits, {} refused requests) in {:.1}s\n\
          acknowledgements by a replaced primary before a pass could fence it (tolerated): {}; \
          acknowledged histories lost by asynchronous or preferred failovers: {}",
+        count,
         stats.steps,
         stats.acked,
         stats.refusals,
@@ -1989,6 +2526,7 @@ fn randomized_fault_schedules() {
         stats.lost_histories,
     );
     println!("faults: {:?}", stats.faults);
+    println!("spec changes: {:?}", stats.changes);
     println!("events: {:?}", stats.events);
     if failures.is_empty() {
         return;
@@ -2045,7 +2583,6 @@ fn fault_free_cluster_converges_and_acknowledges() {
         m.p.durability = DataDurability::Required;
         m.faults_on = false;
         m.spec = m.p.spec();
-        m.insts = instance_names(CLUSTER, instances).into_iter().map(Inst::new).collect();
         let mut converged_at = None;
         for _ in 0..60 {
             m.step_once().unwrap_or_else(|e| panic!("{instances} instances: {e}"));

@@ -3,13 +3,15 @@
 //! return with a primary's data as standbys.
 
 use k8s_openapi::jiff::SignedDuration;
-use opengauss_crd::Phase;
+use opengauss_crd::{DataDurability, Phase};
 
+use super::choice::live_position;
 use super::config::{DesiredRole, desired_config, same_sync};
 use super::health::{
     InstanceHealth, classify, endpoint, extras, members, operation_failure, operation_running, report,
 };
 use super::{Action, Event, Input, Plan, PlatformState};
+use crate::engine::SyncConfig;
 use crate::instance::report::{InstanceReport, ManagerPhase, Request};
 
 /// Platform-level upkeep that applies in every phase: create what is missing, restart what
@@ -208,15 +210,20 @@ fn remove_extras(input: &Input<'_>, plan: &mut Plan, primary: &str) {
         return;
     }
     let Some(victim) = extras.into_iter().next() else { return };
-    let still_synchronous = report(input, primary)
-        .and_then(|r| r.config.as_ref())
-        .and_then(|c| c.synchronous.as_ref())
-        .is_some_and(|s| s.standbys.contains(&victim));
-    if still_synchronous {
+    let Some(primary_report) = report(input, primary) else { return };
+    let applied_sync = primary_report.config.as_ref().and_then(|c| c.synchronous.as_ref());
+    if applied_sync.is_some_and(|s| s.standbys.contains(&victim)) {
         plan.set_phase(
             Phase::Degraded,
             format!("removing {victim}: first dropping it from the synchronous standbys"),
         );
+        return;
+    }
+    if input.spec.failover.data_durability == DataDurability::Required
+        && let Some(sync) = applied_sync
+        && let Some(why) = removal_exposes_commits(input, primary_report, sync, &victim)
+    {
+        plan.set_phase(Phase::Degraded, format!("removing {victim}: waiting until {why}"));
         return;
     }
     plan.event(Event::normal(
@@ -224,6 +231,39 @@ fn remove_extras(input: &Input<'_>, plan: &mut Plan, primary: &str) {
         format!("{victim} is beyond spec.instances = {}: removing it and its data", input.spec.instances),
     ));
     plan.act(Action::Delete { instance: victim });
+}
+
+/// Commits `victim` acknowledged while it was synchronous must be on `number` members of the
+/// set the primary applies without it before its data goes: a failover's durability check
+/// trusts that set alone. Returns what is still missing, if anything.
+fn removal_exposes_commits(
+    input: &Input<'_>,
+    primary: &InstanceReport,
+    sync: &SyncConfig,
+    victim: &str,
+) -> Option<String> {
+    let row = |name: &str| primary.replication.iter().find(|row| row.instance == name);
+    // What the victim may have acknowledged: its feedback to the primary while it still
+    // streams, else what it reports (its final position once fenced); unknown means
+    // everything the primary has written.
+    let from_victim = report(input, victim).and_then(|r| live_position(r).map(|(p, _)| p).or(r.fenced_lsn));
+    let held = [row(victim).and_then(|r| r.flush_lsn), from_victim]
+        .into_iter()
+        .flatten()
+        .max()
+        .or_else(|| primary.wal_position())?;
+    let holding = sync
+        .standbys
+        .iter()
+        .filter(|m| row(m).is_some_and(|r| r.state == "streaming" && r.flush_lsn.is_some_and(|f| f >= held)))
+        .count() as u32;
+    (holding < sync.number.max(1)).then(|| {
+        format!(
+            "{} of the synchronous standbys ({}) hold WAL up to {held}, which {victim} may have acknowledged",
+            sync.number.max(1),
+            sync.standbys.join(", ")
+        )
+    })
 }
 
 /// Parameters that need a restart: standbys one at a time, each only once every other member
@@ -297,6 +337,15 @@ fn stalled(
 /// writes.
 fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &InstanceReport) -> bool {
     if operation_running(r) {
+        return false;
+    }
+    if input.spec.is_fenced(primary) {
+        // Fencing the primary is a user's choice of downtime: it is neither replaced nor
+        // started until unfenced.
+        plan.set_phase(
+            Phase::Degraded,
+            format!("the primary {primary} is fenced in the spec: no writes until it is unfenced"),
+        );
         return false;
     }
     let desired = desired_config(input, primary, DesiredRole::Primary);

@@ -806,3 +806,219 @@ fn timestamps_come_from_the_input_only() {
     let b = World::healthy(3).decide();
     assert_eq!(a, b, "the same input always gives the same plan");
 }
+
+// ---------------------------------------------------------------- day two: fencing, scaling
+
+/// A standby whose server the manager stopped for a fence.
+fn fenced_standby(k: u32, at_lsn: Lsn, config: DesiredConfig) -> InstanceReport {
+    let mut r = standby(k, at_lsn, None, config);
+    r.phase = ManagerPhase::Stopped;
+    r.fenced = true;
+    r.fenced_lsn = Some(at_lsn);
+    r.server = ServerProcessReport::default();
+    r.receiver = None;
+    r
+}
+
+#[test]
+fn a_fenced_primary_is_neither_replaced_nor_started() {
+    let mut w = World::healthy(3);
+    w.spec.fenced_instances = vec![name(0)];
+    w.set(0, Some(stopped_primary_data(0, false)));
+    let plan = w.decide();
+    assert!(plan.status.transition.is_none(), "fencing the primary is chosen downtime, not a loss");
+    assert!(
+        !kinds_to(&plan, 0).iter().any(|k| matches!(k, OperationKind::Start | OperationKind::Promote)),
+        "a fenced primary is not started: {:?}",
+        kinds_to(&plan, 0)
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Degraded));
+    assert!(plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("fenced")), "{plan:?}");
+}
+
+/// demo-0 primary of a cluster scaled from 3 to 2: it applied the set without demo-2, and
+/// demo-1 has flushed up to `demo1_flush` of the 100 that demo-2 confirmed.
+fn scaled_down_world(demo1_flush: u64) -> World {
+    let mut w = World::healthy(3);
+    w.spec.instances = 2;
+    let cfg = desired(&w, 0, false);
+    assert_eq!(cfg.synchronous.as_ref().map(|s| s.standbys.clone()), Some(vec![name(1)]));
+    let mut p = primary(0, lsn(100), &[name(1), name(2)], cfg);
+    p.replication[0].flush_lsn = Some(lsn(demo1_flush));
+    w.set(0, Some(p));
+    w
+}
+
+#[test]
+fn a_removed_standby_goes_only_once_the_remaining_synchronous_set_holds_what_it_confirmed() {
+    let plan = scaled_down_world(90).decide();
+    assert!(
+        !plan.actions.iter().any(|a| matches!(a, Action::Delete { .. })),
+        "demo-2 may hold acknowledged commits demo-1 lacks: {:?}",
+        plan.actions
+    );
+    assert!(plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("removing demo-2")), "{plan:?}");
+    let plan = scaled_down_world(100).decide();
+    assert!(plan.actions.contains(&Action::Delete { instance: name(2) }), "{:?}", plan.actions);
+}
+
+#[test]
+fn a_removed_standby_still_listed_as_synchronous_waits() {
+    let mut w = scaled_down_world(100);
+    let mut cfg = desired(&w, 0, false);
+    cfg.synchronous.as_mut().expect("sync").standbys.push(name(2));
+    let p = primary(0, lsn(100), &[name(1), name(2)], cfg);
+    w.set(0, Some(p));
+    let plan = w.decide();
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::Delete { .. })));
+    assert_eq!(kinds_to(&plan, 0), [OperationKind::Configure], "first the primary drops it from the set");
+}
+
+#[test]
+fn a_primary_beyond_a_new_size_of_one_still_waits_for_the_member_taking_over() {
+    let mut w = World::healthy(2);
+    w.spec.instances = 1;
+    let input = Input {
+        cluster: "demo",
+        generation: Some(1),
+        spec: &w.spec,
+        status: &w.status,
+        observed: &w.obs,
+        requests: &w.requests,
+        now: w.now,
+        watching_since: w.watching_since,
+    };
+    let beyond = config::synchronous_set(&input, None, &name(1)).map(|s| s.standbys);
+    assert_eq!(beyond, Some(vec![name(0)]), "demo-1 hands over to demo-0: its commits wait for it");
+    assert_eq!(config::synchronous_set(&input, None, &name(0)), None, "a single member waits for nobody");
+    let mut asynchronous = w.spec.clone();
+    asynchronous.replication.synchronous.method = opengauss_crd::SyncMethod::Off;
+    let input = Input { spec: &asynchronous, ..input };
+    assert_eq!(config::synchronous_set(&input, None, &name(1)), None, "asynchronous by choice");
+}
+
+#[test]
+fn a_switchover_target_fenced_before_its_promotion_is_stopped_then_replaced() {
+    let mut w = World::healthy(3);
+    w.status.transition = Some(Transition {
+        kind: TransitionKind::Switchover,
+        from: name(0),
+        to: Some(name(2)),
+        step: TransitionStep::Promoting,
+        reason: "test".into(),
+        started_at: Time(at(99)),
+        completed_at: None,
+        synchronous: w.status.synchronous.clone(),
+    });
+    w.status.target_primary = Some(name(2));
+    let mut stopped = stopped_primary_data(0, true);
+    stopped.fenced = true;
+    w.set(0, Some(stopped));
+    w.spec.fenced_instances = vec![name(2)];
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Fence], "stopped, not promoted");
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-2"), "nothing chosen before it stopped");
+
+    let cfg = desired(&w, 2, true);
+    w.set(2, Some(fenced_standby(2, lsn(100), cfg)));
+    let plan = w.decide();
+    assert!(plan.events.iter().any(|e| e.reason == "FailoverTargetLost"), "{:?}", plan.events);
+    assert!(!kinds_to(&plan, 2).contains(&OperationKind::Promote));
+    let t = transition(&plan);
+    assert_eq!(t.kind, TransitionKind::Failover, "the others are detached and the best chosen again");
+    assert_ne!(t.to.as_deref(), Some("demo-2"));
+}
+
+#[test]
+fn without_a_recorded_synchronous_set_required_durability_does_not_guess() {
+    let mut w = detached_world([0, 90, 100]);
+    w.status.transition.as_mut().expect("t").synchronous = None;
+    let plan = w.decide();
+    assert_eq!(
+        plan.status.phase,
+        Some(Phase::FailoverBlocked),
+        "the lone primary's commits may be nowhere else"
+    );
+    assert!(kinds_to(&plan, 2).is_empty() && kinds_to(&plan, 1).is_empty());
+
+    w.spec.failover.data_durability = DataDurability::Preferred;
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Promote], "preferred: availability first");
+}
+
+#[test]
+fn a_failover_detaches_instances_awaiting_removal_too() {
+    let mut w = World::healthy(4);
+    w.spec.instances = 3;
+    w.platform(0, PlatformState::Dead);
+    let plan = w.decide();
+    match requests_to(&plan, 3).as_slice() {
+        [Request::Configure { config }] => assert_eq!(config.upstream, None),
+        other => panic!("demo-3, awaiting removal, must be detached too: {other:?}"),
+    }
+}
+
+#[test]
+fn a_failover_starts_a_stopped_unfenced_standby_detached() {
+    let mut w = detached_world([0, 100, 90]);
+    let cfg = desired(&w, 1, true);
+    w.set(1, Some(fenced_standby(1, lsn(100), cfg)));
+    let plan = w.decide();
+    match requests_to(&plan, 1).as_slice() {
+        [Request::Start { config }] => assert!(config.standby && config.upstream.is_none()),
+        other => panic!("demo-1 is a candidate only once it runs: {other:?}"),
+    }
+    assert_eq!(transition(&plan).to, None, "nothing is chosen while demo-1 may hold more");
+
+    w.spec.fenced_instances = vec![name(1)];
+    let plan = w.decide();
+    assert!(requests_to(&plan, 1).is_empty(), "a standby the spec fences stays stopped");
+}
+
+#[test]
+fn an_instance_awaiting_removal_out_of_sight_holds_back_a_required_failover() {
+    // demo-3 left the synchronous set in a scale-down but may still hold what it confirmed.
+    let mut w = World::healthy(4);
+    w.spec.instances = 3;
+    w.platform(0, PlatformState::Dead);
+    w.status.transition = Some(Transition {
+        kind: TransitionKind::Failover,
+        from: name(0),
+        to: None,
+        step: TransitionStep::Detaching,
+        reason: "test".into(),
+        started_at: Time(at(99)),
+        completed_at: None,
+        synchronous: Some(SynchronousStatus {
+            method: "any".into(),
+            number: 1,
+            standbys: vec![name(1), name(2)],
+        }),
+    });
+    for k in [1, 2] {
+        let cfg = desired(&w, k, true);
+        w.set(k, Some(standby(k, lsn(90), None, cfg)));
+    }
+    let cfg = desired(&w, 3, true);
+    w.set(3, Some(standby(3, lsn(100), None, cfg)));
+    let plan = w.decide();
+    assert_eq!(transition(&plan).to.as_deref(), Some("demo-3"), "the most advanced copy wins, member or not");
+
+    w.set(3, None);
+    let plan = w.decide();
+    assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked), "demo-3 may hold commits nobody else has");
+    assert!(kinds_to(&plan, 1).is_empty() && kinds_to(&plan, 2).is_empty());
+}
+
+#[test]
+fn a_stray_primary_is_fenced_even_while_a_failover_is_blocked() {
+    let mut w = World::healthy(3);
+    w.spec.instances = 2;
+    w.platform(0, PlatformState::Dead);
+    w.set(1, Some(awaiting_bootstrap(1)));
+    let cfg = desired(&w, 2, false);
+    w.set(2, Some(primary(2, lsn(90), &[], cfg)));
+    let plan = w.decide();
+    assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked));
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Fence], "demo-2 accepts writes but is not the primary");
+}
