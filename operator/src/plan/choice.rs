@@ -144,27 +144,18 @@ fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, old: &str, best: 
     // A fenced standby was detached before it stopped: its recorded position is final.
     let position =
         |name: &str| report(input, name).and_then(|r| live_position(r).or(r.fenced_lsn.map(|l| (l, l))));
-    for name in &sync.standbys {
-        match position(name) {
-            Some((pos, _)) => {
-                if furthest.is_none_or(|(f, _)| pos > f) {
-                    furthest = Some((pos, name));
-                }
-            }
-            None => unknown.push(name.clone()),
-        }
-    }
     // An instance awaiting removal left the set but may still hold what it confirmed in it.
-    let leaving: Vec<String> = extras(input).into_iter().filter(|n| n != old).collect();
-    for name in &leaving {
+    let leaving: Vec<String> =
+        extras(input).into_iter().filter(|n| n != old && !sync.standbys.contains(n)).collect();
+    for name in sync.standbys.iter().chain(&leaving) {
         match position(name) {
-            Some((pos, _)) => {
-                if furthest.is_none_or(|(f, _)| pos > f) {
-                    furthest = Some((pos, name));
-                }
+            Some((pos, _)) if furthest.is_none_or(|(f, _)| pos > f) => furthest = Some((pos, name)),
+            Some(_) => {}
+            // Out of sight, it may hold an acknowledged commit; a leaving instance that reports
+            // no data holds none.
+            None if !leaving.contains(name) || report(input, name).is_none_or(|r| r.initialized) => {
+                unknown.push(name.clone())
             }
-            // Out of sight, it may hold what it confirmed; with no data, it holds nothing.
-            None if report(input, name).is_none_or(|r| r.initialized) => unknown.push(name.clone()),
             None => {}
         }
     }
