@@ -75,8 +75,8 @@ impl World {
         }
     }
 
-    fn decide(&self) -> Plan {
-        decide(Input {
+    fn input(&self) -> Input<'_> {
+        Input {
             cluster: "demo",
             generation: Some(1),
             spec: &self.spec,
@@ -85,7 +85,11 @@ impl World {
             requests: &self.requests,
             now: self.now,
             watching_since: self.watching_since,
-        })
+        }
+    }
+
+    fn decide(&self) -> Plan {
+        decide(self.input())
     }
 
     fn set(&mut self, k: u32, report: Option<InstanceReport>) -> &mut Self {
@@ -133,16 +137,7 @@ impl World {
 
 /// The configuration the plan wants for instance `k` (standby of demo-0 or primary).
 fn desired(w: &World, k: u32, standby: bool) -> DesiredConfig {
-    let input = Input {
-        cluster: "demo",
-        generation: Some(1),
-        spec: &w.spec,
-        status: &w.status,
-        observed: &w.obs,
-        requests: &w.requests,
-        now: w.now,
-        watching_since: w.watching_since,
-    };
+    let input = w.input();
     let role = if standby { config::DesiredRole::Standby(Some(ep(0))) } else { config::DesiredRole::Primary };
     desired_config(&input, &name(k), role)
 }
@@ -878,16 +873,7 @@ fn a_removed_standby_still_listed_as_synchronous_waits() {
 fn a_primary_beyond_a_new_size_of_one_still_waits_for_the_member_taking_over() {
     let mut w = World::healthy(2);
     w.spec.instances = 1;
-    let input = Input {
-        cluster: "demo",
-        generation: Some(1),
-        spec: &w.spec,
-        status: &w.status,
-        observed: &w.obs,
-        requests: &w.requests,
-        now: w.now,
-        watching_since: w.watching_since,
-    };
+    let input = w.input();
     let beyond = config::synchronous_set(&input, None, &name(1)).map(|s| s.standbys);
     assert_eq!(beyond, Some(vec![name(0)]), "demo-1 hands over to demo-0: its commits wait for it");
     assert_eq!(config::synchronous_set(&input, None, &name(0)), None, "a single member waits for nobody");
