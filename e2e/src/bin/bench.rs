@@ -91,6 +91,24 @@ async fn first_write(c: &LocalCluster, old: &str, deadline: Instant) -> anyhow::
 
 /// Kills the primary and returns (seconds to the first acknowledged write elsewhere, seconds to
 /// the old primary streaming again).
+/// Removes a killed instance's data directory. Backends of the killed server may still be
+/// exiting and writing for a moment, so a directory refilled under the removal is removed again
+/// (a bounded number of times).
+async fn remove_data(data: &std::path::Path) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir_all(data) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if attempt < 20 && e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("removing {}: {e}", data.display())),
+        }
+    }
+}
+
 async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result<(f64, f64)> {
     let old = c.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
     let server = c.server_pid(&old);
@@ -105,7 +123,7 @@ async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let dir = c.instance_dir(&old);
-        std::fs::remove_dir_all(dir.join("data"))?;
+        remove_data(&dir.join("data")).await?;
         std::fs::remove_file(dir.join("bootstrapped"))?;
     }
     let wrote = first_write(c, &old, killed + Duration::from_secs(120)).await?;
