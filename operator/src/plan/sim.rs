@@ -439,6 +439,18 @@ impl Inst {
         self.name.rsplit('-').next().unwrap_or(&self.name)
     }
 
+    /// An operation finished with the server running and accepting connections under `config`,
+    /// any fence lifted (fresh or rewound data is not what was fenced).
+    fn serve_with(&mut self, config: &DesiredConfig) {
+        self.applied = Some(config.clone());
+        self.fenced = false;
+        self.fenced_lsn = None;
+        self.running = true;
+        self.accepting = true;
+        self.crashed = false;
+        self.started = self.restart_settings();
+    }
+
     /// The restart-only settings of the applied configuration.
     fn restart_settings(&self) -> Option<(Option<String>, u32)> {
         self.applied.as_ref().map(|c| (c.parameters.get(RESTART_PARAMETER).cloned(), c.max_wal_senders))
@@ -667,6 +679,13 @@ impl Model {
 
     // --- servers ---
 
+    /// What a base backup from `j` holds: its WAL, as a standby not yet started.
+    fn copy_of(&self, j: usize) -> Data {
+        let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
+        let replayed = wal.len();
+        Data { wal, standby: true, clean: false, replayed }
+    }
+
     fn start_server(&mut self, i: usize) {
         let x = &mut self.insts[i];
         if !x.running {
@@ -870,13 +889,7 @@ impl Model {
                     clean: true,
                     replayed: 1,
                 });
-                x.applied = Some(config.clone());
-                x.fenced = false;
-                x.fenced_lsn = None;
-                x.running = true;
-                x.accepting = true;
-                x.crashed = false;
-                x.started = x.restart_settings();
+                x.serve_with(config);
                 Some(Ok("initialised a new primary".into()))
             }
             Request::Bootstrap { source: Some(src), config } => {
@@ -890,18 +903,10 @@ impl Model {
                 if !last {
                     return None;
                 }
-                let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
-                let len = wal.len();
+                let copy = self.copy_of(j);
                 let x = &mut self.insts[i];
-                x.data = Some(Data { wal, standby: true, clean: false, replayed: len });
-                x.applied = Some(config.clone());
-                // A fence left by an earlier failed rejoin does not apply to fresh data.
-                x.fenced = false;
-                x.fenced_lsn = None;
-                x.running = true;
-                x.accepting = true;
-                x.crashed = false;
-                x.started = x.restart_settings();
+                x.data = Some(copy);
+                x.serve_with(config);
                 Some(Ok(format!("cloned from {src} and started as a standby")))
             }
             Request::Start { config } => {
@@ -961,7 +966,6 @@ impl Model {
                     return None;
                 }
                 let how = if self.insts[i].data.as_ref().is_some_and(|d| d.standby) {
-                    self.insts[i].applied = Some(config.clone());
                     "followed"
                 } else {
                     let src = self.by_endpoint(source).filter(|&j| j != i && self.insts[j].serving());
@@ -977,7 +981,6 @@ impl Model {
                                 d.replayed = d.replayed.min(keep);
                                 d.standby = true;
                             }
-                            x.applied = Some(config.clone());
                             "rewound"
                         }
                         _ => {
@@ -988,22 +991,13 @@ impl Model {
                                     "re-cloning after a failed rewind: could not connect to {source}"
                                 )));
                             };
-                            let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
-                            let len = wal.len();
-                            let x = &mut self.insts[i];
-                            x.data = Some(Data { wal, standby: true, clean: true, replayed: len });
-                            x.applied = Some(config.clone());
+                            self.insts[i].data = Some(self.copy_of(j));
                             "re-cloned"
                         }
                     }
                 };
                 let x = &mut self.insts[i];
-                x.fenced = false;
-                x.fenced_lsn = None;
-                x.running = true;
-                x.accepting = true;
-                x.crashed = false;
-                x.started = x.restart_settings();
+                x.serve_with(config);
                 if let Some(d) = x.data.as_mut() {
                     d.clean = false;
                 }
@@ -1022,17 +1016,10 @@ impl Model {
                 if !last {
                     return None;
                 }
-                let wal = self.insts[j].data.as_ref().map(|d| d.wal.clone()).unwrap_or_default();
-                let len = wal.len();
+                let copy = self.copy_of(j);
                 let x = &mut self.insts[i];
-                x.data = Some(Data { wal, standby: true, clean: false, replayed: len });
-                x.applied = Some(config.clone());
-                x.fenced = false;
-                x.fenced_lsn = None;
-                x.running = true;
-                x.accepting = true;
-                x.crashed = false;
-                x.started = x.restart_settings();
+                x.data = Some(copy);
+                x.serve_with(config);
                 Some(Ok(format!("cloned again from {source} and started as a standby")))
             }
             Request::Restart { config } => {
