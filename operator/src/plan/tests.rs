@@ -92,6 +92,23 @@ impl World {
         decide(self.input())
     }
 
+    /// A transition away from demo-0, as `begin` records it, under the synchronous set in
+    /// force.
+    fn in_transition(&mut self, kind: TransitionKind, step: TransitionStep, to: Option<u32>) -> &mut Self {
+        self.status.transition = Some(Transition {
+            kind,
+            from: name(0),
+            to: to.map(name),
+            step,
+            reason: "test".into(),
+            started_at: Time(at(99)),
+            completed_at: None,
+            synchronous: self.status.synchronous.clone(),
+        });
+        self.status.target_primary = to.map(name);
+        self
+    }
+
     fn set(&mut self, k: u32, report: Option<InstanceReport>) -> &mut Self {
         self.obs.instances.get_mut(&name(k)).expect("instance").report = report;
         self
@@ -556,17 +573,7 @@ fn a_controller_restart_does_not_count_its_own_absence_as_silence() {
 fn detached_world(lsns: [u64; 3]) -> World {
     let mut w = World::healthy(3);
     w.platform(0, PlatformState::Dead);
-    w.status.transition = Some(Transition {
-        kind: TransitionKind::Failover,
-        from: name(0),
-        to: None,
-        step: TransitionStep::Detaching,
-        reason: "test".into(),
-        started_at: Time(at(99)),
-        completed_at: None,
-        synchronous: w.status.synchronous.clone(),
-    });
-    w.status.target_primary = None;
+    w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
     for k in [1, 2] {
         let cfg = desired(&w, k, true);
         w.set(k, Some(standby(k, lsn(lsns[k as usize]), None, cfg)));
@@ -633,14 +640,19 @@ fn a_reachable_old_primary_aborts_a_blocked_failover() {
     assert_eq!(kinds_to(&plan, 0), [OperationKind::Start], "the old primary resumes with its data");
 }
 
+/// The persisted failover chose demo-`k` and is promoting it.
+fn promoting(w: &mut World, k: u32) {
+    if let Some(t) = w.status.transition.as_mut() {
+        t.step = TransitionStep::Promoting;
+        t.to = Some(name(k));
+    }
+}
+
 #[test]
 fn a_restarted_controller_resumes_promotion_without_choosing_again() {
     let mut w = detached_world([0, 100, 120]);
     // Persisted before the restart: demo-1 was chosen (it was ahead then).
-    if let Some(t) = w.status.transition.as_mut() {
-        t.step = TransitionStep::Promoting;
-        t.to = Some(name(1));
-    }
+    promoting(&mut w, 1);
     w.status.target_primary = Some(name(1));
     w.watching_since = w.now;
     let plan = w.decide();
@@ -652,10 +664,7 @@ fn a_restarted_controller_resumes_promotion_without_choosing_again() {
 #[test]
 fn promotion_completes_then_standbys_are_repointed_and_the_old_primary_rejoins() {
     let mut w = detached_world([0, 100, 100]);
-    if let Some(t) = w.status.transition.as_mut() {
-        t.step = TransitionStep::Promoting;
-        t.to = Some(name(1));
-    }
+    promoting(&mut w, 1);
     let cfg = desired(&w, 1, false);
     w.set(1, Some(primary(1, lsn(101), &[], cfg)));
     let plan = w.decide();
@@ -691,10 +700,7 @@ fn promotion_completes_then_standbys_are_repointed_and_the_old_primary_rejoins()
 fn a_promotion_target_that_died_is_waited_for_not_replaced() {
     // It may have promoted before dying: replacing it could make two primaries.
     let mut w = detached_world([0, 100, 100]);
-    if let Some(t) = w.status.transition.as_mut() {
-        t.step = TransitionStep::Promoting;
-        t.to = Some(name(1));
-    }
+    promoting(&mut w, 1);
     w.platform(1, PlatformState::Dead);
     let plan = w.decide();
     assert_eq!(transition(&plan).to.as_deref(), Some("demo-1"));
@@ -705,10 +711,7 @@ fn a_promotion_target_that_died_is_waited_for_not_replaced() {
 #[test]
 fn a_promotion_target_gone_for_good_is_replaced() {
     let mut w = detached_world([0, 100, 100]);
-    if let Some(t) = w.status.transition.as_mut() {
-        t.step = TransitionStep::Promoting;
-        t.to = Some(name(1));
-    }
+    promoting(&mut w, 1);
     w.platform(1, PlatformState::Missing);
     let plan = w.decide();
     assert_ne!(transition(&plan).to.as_deref(), Some("demo-1"));
@@ -886,17 +889,7 @@ fn a_primary_beyond_a_new_size_of_one_still_waits_for_the_member_taking_over() {
 #[test]
 fn a_switchover_target_fenced_before_its_promotion_is_stopped_then_replaced() {
     let mut w = World::healthy(3);
-    w.status.transition = Some(Transition {
-        kind: TransitionKind::Switchover,
-        from: name(0),
-        to: Some(name(2)),
-        step: TransitionStep::Promoting,
-        reason: "test".into(),
-        started_at: Time(at(99)),
-        completed_at: None,
-        synchronous: w.status.synchronous.clone(),
-    });
-    w.status.target_primary = Some(name(2));
+    w.in_transition(TransitionKind::Switchover, TransitionStep::Promoting, Some(2));
     let mut stopped = stopped_primary_data(0, true);
     stopped.fenced = true;
     w.set(0, Some(stopped));
@@ -967,20 +960,9 @@ fn an_instance_awaiting_removal_out_of_sight_holds_back_a_required_failover() {
     let mut w = World::healthy(4);
     w.spec.instances = 3;
     w.platform(0, PlatformState::Dead);
-    w.status.transition = Some(Transition {
-        kind: TransitionKind::Failover,
-        from: name(0),
-        to: None,
-        step: TransitionStep::Detaching,
-        reason: "test".into(),
-        started_at: Time(at(99)),
-        completed_at: None,
-        synchronous: Some(SynchronousStatus {
-            method: "any".into(),
-            number: 1,
-            standbys: vec![name(1), name(2)],
-        }),
-    });
+    w.status.synchronous =
+        Some(SynchronousStatus { method: "any".into(), number: 1, standbys: vec![name(1), name(2)] });
+    w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
     for k in [1, 2] {
         let cfg = desired(&w, k, true);
         w.set(k, Some(standby(k, lsn(90), None, cfg)));
