@@ -89,8 +89,6 @@ async fn first_write(c: &LocalCluster, old: &str, deadline: Instant) -> anyhow::
     }
 }
 
-/// Kills the primary and returns (seconds to the first acknowledged write elsewhere, seconds to
-/// the old primary streaming again).
 /// Removes a killed instance's data directory. Backends of the killed server may still be
 /// exiting and writing for a moment, so a directory refilled under the removal is removed again
 /// (a bounded number of times).
@@ -109,6 +107,8 @@ async fn remove_data(data: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
+/// Kills the primary and returns (seconds to the first acknowledged write elsewhere, seconds to
+/// the old primary streaming again).
 async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result<(f64, f64)> {
     let old = c.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
     let server = c.server_pid(&old);

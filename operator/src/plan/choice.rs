@@ -24,6 +24,12 @@ pub(super) fn live_position(r: &InstanceReport) -> Option<(Lsn, Lsn)> {
     Some((received, node.replayed_lsn.unwrap_or_default()))
 }
 
+/// The furthest WAL position a standby is known to hold: what its running server received, or,
+/// fenced, the position recorded when it was detached (final: it received nothing since).
+pub(super) fn known_position(r: &InstanceReport) -> Option<Lsn> {
+    live_position(r).map(|(received, _)| received).or(r.fenced_lsn)
+}
+
 pub(super) fn detached(r: &InstanceReport) -> bool {
     r.config.as_ref().is_some_and(|c| c.upstream.is_none())
         && r.receiver.as_ref().is_none_or(|rc| rc.status != "streaming")
@@ -141,15 +147,13 @@ pub(super) fn choose(input: &Input<'_>, t: &Transition) -> Result<String, String
 fn durable_choice(input: &Input<'_>, sync: &SynchronousStatus, old: &str, best: Lsn) -> Result<(), String> {
     let mut unknown = Vec::new();
     let mut furthest: Option<(Lsn, &str)> = None;
-    // A fenced standby was detached before it stopped: its recorded position is final.
-    let position =
-        |name: &str| report(input, name).and_then(|r| live_position(r).or(r.fenced_lsn.map(|l| (l, l))));
+    let position = |name: &str| report(input, name).and_then(known_position);
     // An instance awaiting removal left the set but may still hold what it confirmed in it.
     let leaving: Vec<String> =
         extras(input).into_iter().filter(|n| n != old && !sync.standbys.contains(n)).collect();
     for name in sync.standbys.iter().chain(&leaving) {
         match position(name) {
-            Some((pos, _)) if furthest.is_none_or(|(f, _)| pos > f) => furthest = Some((pos, name)),
+            Some(pos) if furthest.is_none_or(|(f, _)| pos > f) => furthest = Some((pos, name)),
             Some(_) => {}
             // Out of sight, it may hold an acknowledged commit; a leaving instance that reports
             // no data holds none.

@@ -16,7 +16,7 @@ use super::health::{
 };
 use super::steady::{fence_stray_primaries, reconcile, upkeep};
 use super::{Event, Input, Plan};
-use crate::instance::report::{ManagerPhase, OperationKind, OperationState, Request};
+use crate::instance::report::{InstanceReport, ManagerPhase, OperationKind, OperationState, Request};
 
 /// How long a switchover waits for its target to receive the old primary's last WAL before
 /// giving up and restarting the old primary.
@@ -251,12 +251,7 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
             continue;
         }
         let desired = desired_config(input, &name, DesiredRole::Standby(None));
-        let idle = matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped);
-        if !r.server.running && idle && !operation_running(r) && !input.spec.is_fenced(&name) {
-            // A standby left stopped (fenced once, then unfenced in the spec, or a cluster
-            // restart) is a candidate only once it runs: start it, detached.
-            plan.send(&name, Request::Start { config: desired.clone() });
-        }
+        start_stopped_standby(input, plan, &name, r);
         if !detached(r) {
             all_detached = false;
             if !operation_running(r) {
@@ -308,6 +303,17 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         }
         Err(why) => blocked_or_abort(input, plan, t, why),
     }
+}
+
+/// A standby left stopped (fenced once and unfenced since, a cluster restart) can be chosen or
+/// promoted only once it runs: start it, detached. True when it was asked to.
+fn start_stopped_standby(input: &Input<'_>, plan: &mut Plan, name: &str, r: &InstanceReport) -> bool {
+    let idle = matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped) && !operation_running(r);
+    if r.server.running || !r.standby_configured || !idle || input.spec.is_fenced(name) {
+        return false;
+    }
+    plan.send(name, Request::Start { config: desired_config(input, name, DesiredRole::Standby(None)) });
+    true
 }
 
 /// No standby can take over. If the old primary is reachable with its data, give it back its
@@ -434,15 +440,8 @@ fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
             if operation_running(r) {
                 return false;
             }
-            if !r.server.running
-                && r.standby_configured
-                && !input.spec.is_fenced(&target)
-                && matches!(r.phase, ManagerPhase::AwaitingRole | ManagerPhase::Stopped)
-            {
-                // Stopped since it was chosen (a fence the spec has lifted again, a clean
-                // stop): start it detached, then promote it.
-                let detached = desired_config(input, &target, DesiredRole::Standby(None));
-                plan.send(&target, Request::Start { config: detached });
+            if start_stopped_standby(input, plan, &target, r) {
+                // Stopped since it was chosen: promoted once it runs.
                 return false;
             }
             if input.spec.is_fenced(&target) {

@@ -5,7 +5,7 @@
 use k8s_openapi::jiff::SignedDuration;
 use opengauss_crd::{DataDurability, Phase};
 
-use super::choice::live_position;
+use super::choice::known_position;
 use super::config::{DesiredRole, desired_config, same_sync};
 use super::health::{
     InstanceHealth, classify, endpoint, extras, members, operation_failure, operation_running, report,
@@ -246,7 +246,7 @@ fn removal_exposes_commits(
     // What the victim may have acknowledged: its feedback to the primary while it still
     // streams, else what it reports (its final position once fenced); unknown means
     // everything the primary has written.
-    let from_victim = report(input, victim).and_then(|r| live_position(r).map(|(p, _)| p).or(r.fenced_lsn));
+    let from_victim = report(input, victim).and_then(known_position);
     let held = [row(victim).and_then(|r| r.flush_lsn), from_victim]
         .into_iter()
         .flatten()
