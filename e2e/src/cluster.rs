@@ -14,6 +14,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::operator_binary;
 use crate::ports::{PortBlock, reserve};
+use crate::wait::{Probe, until};
 
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -183,22 +184,14 @@ impl LocalCluster {
         timeout: Duration,
         pred: impl Fn(&OpenGaussClusterStatus) -> bool,
     ) -> anyhow::Result<OpenGaussClusterStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.status()
-                && pred(&s)
-            {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}\nlast status: {}\ncontroller output:\n{}",
-                    serde_json::to_string_pretty(&self.status()).unwrap_or_default(),
-                    self.controller_output()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(what, timeout, Duration::from_millis(100), || {
+            std::future::ready(match self.status() {
+                Some(s) if pred(&s) => Probe::Done(s),
+                other => Probe::NotYet(serde_json::to_string_pretty(&other).unwrap_or_default()),
+            })
+        })
+        .await
+        .with_context(|| format!("controller output:\n{}", self.controller_output()))
     }
 
     /// Healthy with every instance ready.

@@ -14,13 +14,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use opengauss_crd::{Engine, OpenGaussClusterStatus, Phase, Role};
 use tokio::process::Command;
 
 use crate::LocalCluster;
+use crate::wait::{Probe, until};
 
 /// A table of text values (NULL as `None`).
 pub type Rows = Vec<Vec<Option<String>>>;
@@ -148,19 +149,15 @@ pub mod checks {
             .await
             .map_err(|e| anyhow::anyhow!("write on {primary}: {e}"))?;
         for s in standbys {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let rows = c.query(s, &format!("SELECT note FROM {table} WHERE id = 1")).await;
-                if let Ok(rows) = &rows
-                    && rows.first().and_then(|r| r[0].as_deref()) == Some(note)
-                {
-                    break;
+            let sql = format!("SELECT note FROM {table} WHERE id = 1");
+            let what = format!("the row written on {primary} to reach {s}");
+            until(&what, Duration::from_secs(30), Duration::from_millis(200), || async {
+                match c.query(s, &sql).await {
+                    Ok(rows) if rows.first().and_then(|r| r[0].as_deref()) == Some(note) => Probe::Done(()),
+                    other => Probe::NotYet(format!("{other:?}")),
                 }
-                if Instant::now() > deadline {
-                    bail!("the row written on {primary} did not reach {s}: {rows:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -399,23 +396,21 @@ impl KindCluster {
         timeout: Duration,
         pred: impl Fn(&OpenGaussClusterStatus) -> bool,
     ) -> anyhow::Result<OpenGaussClusterStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.status().await;
-            if let Some(s) = &status
-                && pred(s)
-            {
-                return Ok(s.clone());
+        let waited = until(what, timeout, Duration::from_secs(2), || async {
+            match self.status().await {
+                Some(s) if pred(&s) => Probe::Done(s),
+                other => Probe::NotYet(format!("{other:#?}")),
             }
-            if Instant::now() > deadline {
+        })
+        .await;
+        match waited {
+            Ok(s) => Ok(s),
+            Err(e) => {
                 let pods = self.kubectl(&["get", "pods", "-o", "wide"]).await.unwrap_or_default();
                 let events =
                     self.kubectl(&["get", "events", "--sort-by=.lastTimestamp"]).await.unwrap_or_default();
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}\nstatus: {status:#?}\npods:\n{pods}\nevents:\n{events}"
-                );
+                Err(e.context(format!("pods:\n{pods}\nevents:\n{events}")))
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 
@@ -450,20 +445,19 @@ impl KindCluster {
         pods: &[String],
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut got = self.selected_by(service_suffix).await?;
-            got.sort();
-            let mut want = pods.to_vec();
-            want.sort();
-            if got == want {
-                return Ok(());
+        let mut want = pods.to_vec();
+        want.sort();
+        let what = format!("{}-{service_suffix} to select {want:?}", self.name);
+        until(&what, timeout, Duration::from_secs(1), || async {
+            match self.selected_by(service_suffix).await {
+                Ok(mut got) => {
+                    got.sort();
+                    if got == want { Probe::Done(()) } else { Probe::NotYet(format!("{got:?}")) }
+                }
+                Err(e) => Probe::NotYet(format!("{e:#}")),
             }
-            if Instant::now() > deadline {
-                bail!("{}-{service_suffix} selects {got:?}, expected {want:?}", self.name);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        })
+        .await
     }
 
     pub async fn delete_pod(&self, pod: &str) -> anyhow::Result<()> {
@@ -474,26 +468,15 @@ impl KindCluster {
     pub async fn delete_and_check_cleanup(&self, timeout: Duration) -> anyhow::Result<()> {
         self.kubectl(&["delete", "opengaussclusters", &self.name, "--wait=true"]).await?;
         let selector = format!("ha.opengauss.dev/cluster={}", self.name);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = self
-                .kubectl(&[
-                    "get",
-                    "pods,persistentvolumeclaims,services,configmaps,secrets,poddisruptionbudgets",
-                    "-l",
-                    &selector,
-                    "-o",
-                    "name",
-                ])
-                .await?;
-            if left.trim().is_empty() {
-                return Ok(());
+        let kinds = "pods,persistentvolumeclaims,services,configmaps,secrets,poddisruptionbudgets";
+        until("everything the cluster owned to go", timeout, Duration::from_secs(2), || async {
+            match self.kubectl(&["get", kinds, "-l", &selector, "-o", "name"]).await {
+                Ok(left) if left.trim().is_empty() => Probe::Done(()),
+                Ok(left) => Probe::NotYet(format!("still there:\n{left}")),
+                Err(e) => Probe::NotYet(format!("{e:#}")),
             }
-            if Instant::now() > deadline {
-                bail!("still there {timeout:?} after deleting the cluster:\n{left}");
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        })
+        .await
     }
 
     pub async fn delete_namespace(&self) {

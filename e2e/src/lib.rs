@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod kind;
 pub mod ports;
+pub mod wait;
 pub mod writer;
 
 use std::path::PathBuf;

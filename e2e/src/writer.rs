@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::LocalCluster;
+use crate::wait::{Probe, until};
 
 /// Where the writer finds the cluster.
 #[derive(Clone, Debug)]
@@ -131,16 +132,14 @@ impl Writer {
     /// Waits until more than `since` commits are acknowledged (at most 30 s); returns the new
     /// count. `what` says when, for the failure message.
     pub async fn progress(&self, since: usize, what: &str) -> usize {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("an acknowledged write {what}");
+        until(&what, Duration::from_secs(30), Duration::from_millis(50), || {
             let n = self.acknowledged_count();
-            if n > since {
-                return n;
-            }
-            assert!(self.is_running(), "the writer stopped");
-            assert!(std::time::Instant::now() < deadline, "no acknowledged write {what} (still {n})");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            assert!(n > since || self.is_running(), "the writer stopped");
+            std::future::ready(if n > since { Probe::Done(n) } else { Probe::NotYet(format!("still {n}")) })
+        })
+        .await
+        .expect("the writer makes progress")
     }
 
     /// Commits acknowledged so far.

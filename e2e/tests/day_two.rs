@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 use opengauss_crd::{Phase, Role, TransitionKind};
+use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::writer::{Writer, missing_rows};
 use opengauss_e2e::{LocalCluster, postgres_available};
 
@@ -117,19 +118,20 @@ async fn a_restart_only_parameter_rolls_through_standbys_then_the_primary() {
     let acked = w.progress(0, "before").await;
 
     let generation = c.apply(3, "  parameters:\n    max_connections: \"120\"\n");
-    let deadline = std::time::Instant::now() + CONVERGE;
-    let status = loop {
+    let status = until("the rolling restart to complete", CONVERGE, Duration::from_millis(200), || async {
         let s = c.wait_healthy_at(generation, CONVERGE).await.expect("healthy");
         let mut all = true;
         for k in 0..3 {
             all &= show(&c, &c.instance(k), "max_connections").await.as_deref() == Some("120");
         }
         if all && s.last_transition.as_ref().is_some_and(|t| t.from == old_primary) {
-            break s;
+            Probe::Done(s)
+        } else {
+            Probe::NotYet(format!("{s:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "the rolling restart never completed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await
+    .expect("rolling restart");
     w.progress(acked, "after the rolling restart").await;
     let written = w.stop().await.expect("writer");
     assert!(missing_rows(&c, &written.acknowledged).await.expect("check").is_empty());

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use opengauss_crd::{OpenGaussClusterStatus, Phase, Role, TransitionKind};
+use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::writer::{Writer, missing_rows};
 use opengauss_e2e::{LocalCluster, postgres_available};
 
@@ -48,17 +49,19 @@ async fn count(c: &LocalCluster, instance: &str, sql: &str) -> i64 {
 }
 
 async fn wait_rows(c: &LocalCluster, instance: &str, sql: &str, want: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(client) = c.connect(instance).await
-            && let Ok(row) = client.query_one(sql, &[]).await
-            && row.get::<_, i64>(0) == want
-        {
-            return;
+    let what = format!("{instance}: {sql} to return {want}");
+    until(&what, Duration::from_secs(20), Duration::from_millis(50), || async {
+        let client = match c.connect(instance).await {
+            Ok(client) => client,
+            Err(e) => return Probe::NotYet(format!("connect: {e}")),
+        };
+        match client.query_one(sql, &[]).await.map(|row| row.get::<_, i64>(0)) {
+            Ok(got) if got == want => Probe::Done(()),
+            other => Probe::NotYet(format!("{other:?}")),
         }
-        assert!(std::time::Instant::now() < deadline, "{instance}: {sql} never returned {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+    .expect("rows arrive");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use opengauss_crd::{Phase, Role};
+use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::{LocalCluster, postgres_available};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -56,16 +57,16 @@ async fn three_instances_replicate_like_the_original_deployment() {
         .expect("write on the primary");
     for s in &standbys {
         let client = c.connect(s).await.expect("standby");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = client.query_opt("SELECT note FROM checks WHERE id = 1", &[]).await.ok().flatten();
-            if let Some(row) = found {
-                assert_eq!(row.get::<_, String>(0), "from the primary");
-                break;
+        let what = format!("the row to reach {s}");
+        let note = until(&what, Duration::from_secs(10), Duration::from_millis(50), || async {
+            match client.query_opt("SELECT note FROM checks WHERE id = 1", &[]).await {
+                Ok(Some(row)) => Probe::Done(row.get::<_, String>(0)),
+                other => Probe::NotYet(format!("{other:?}")),
             }
-            assert!(std::time::Instant::now() < deadline, "row not replicated to {s}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .expect("replicated");
+        assert_eq!(note, "from the primary");
         let err = client
             .batch_execute("INSERT INTO checks VALUES (2, 'from a standby')")
             .await

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::{LocalCluster, postgres_available};
 use prometheus_parse::{Scrape, Value};
 
@@ -124,7 +125,18 @@ async fn instance_and_controller_metrics_match_the_database() {
     })
     .await
     .expect("failover");
-    let ctl = scrape(&controller_url(&c)).await;
+    // A scrape may come between the status write and the metrics update; Prometheus readers
+    // see the same, so the counter is waited for, then must say exactly one.
+    let ctl =
+        until("the failover to be counted", Duration::from_secs(10), Duration::from_millis(50), || async {
+            let ctl = scrape(&controller_url(&c)).await;
+            match value(&ctl, "opengauss_operator_failovers_total", &[("cluster", "demo")]) {
+                Some(_) => Probe::Done(ctl),
+                None => Probe::NotYet("no opengauss_operator_failovers_total sample".into()),
+            }
+        })
+        .await
+        .expect("counted");
     assert_eq!(value(&ctl, "opengauss_operator_failovers_total", &[("cluster", "demo")]), Some(1.0));
     let histogram = ctl
         .samples

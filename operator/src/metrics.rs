@@ -100,21 +100,17 @@ impl Default for ControllerMetrics {
 }
 
 impl ControllerMetrics {
-    /// Records one pass: the new status (phase, ready instances, a transition that just
-    /// completed) and how many actions failed.
-    pub fn record_pass(
+    /// Records one decided pass: the new status (phase, ready instances, a transition that just
+    /// completed). Called as soon as that status is saved, before the pass acts, so a scrape never
+    /// shows an older story than the status does.
+    pub fn record_decision(
         &self,
         cluster: &str,
         before: &OpenGaussClusterStatus,
         after: &OpenGaussClusterStatus,
-        failed_actions: usize,
     ) {
         let labels = ClusterLabels { cluster: cluster.to_string() };
         self.reconciles.get_or_create(&labels).inc();
-        if failed_actions > 0 {
-            let key = ErrorLabels { cluster: cluster.to_string(), kind: "action".into() };
-            self.errors.get_or_create(&key).inc_by(failed_actions as u64);
-        }
         for p in phases() {
             let key = PhaseLabels { cluster: cluster.to_string(), phase: p.as_str().to_string() };
             self.phase.get_or_create(&key).set(i64::from(after.phase == Some(p)));
@@ -135,6 +131,14 @@ impl ControllerMetrics {
                     self.switchovers.get_or_create(&labels).inc();
                 }
             }
+        }
+    }
+
+    /// Counts the actions of a pass that failed.
+    pub fn record_failed_actions(&self, cluster: &str, failed: usize) {
+        if failed > 0 {
+            let key = ErrorLabels { cluster: cluster.to_string(), kind: "action".into() };
+            self.errors.get_or_create(&key).inc_by(failed as u64);
         }
     }
 

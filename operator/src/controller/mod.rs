@@ -127,7 +127,7 @@ impl<P: Platform> Controller<P> {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let outcome = self.pass_inner(&name, cluster, status, requests).await;
         match &outcome {
-            Ok(o) => self.metrics.record_pass(&name, status, &o.plan.status, o.failed_actions.len()),
+            Ok(o) => self.metrics.record_failed_actions(&name, o.failed_actions.len()),
             Err(e) => self.metrics.record_error(&name, e.kind),
         }
         outcome.map_err(|e| e.error)
@@ -166,6 +166,7 @@ impl<P: Platform> Controller<P> {
                 .context("saving the cluster status")
                 .map_err(|error| PassError { kind: "status", error })?;
         }
+        self.metrics.record_decision(name, status, &plan.status);
         self.platform.publish(&plan.events).await;
         crate::failpoint::hit("before-actions", &plan.status);
         let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory))).await;
