@@ -259,6 +259,11 @@ impl LocalCluster {
         self.state_dir.join("instances").join(instance)
     }
 
+    /// What `instance`'s manager has logged so far.
+    pub fn manager_output(&self, instance: &str) -> String {
+        std::fs::read_to_string(self.instance_dir(instance).join("manager.log")).unwrap_or_default()
+    }
+
     pub fn manager_pid(&self, instance: &str) -> Option<i32> {
         read_pid(&self.instance_dir(instance).join("manager.pid"))
     }

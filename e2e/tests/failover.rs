@@ -91,6 +91,11 @@ async fn killing_the_primary_fails_over_and_the_old_primary_rejoins() {
     assert_eq!((old_row.role, old_row.ready), (Role::Standby, true));
     assert_eq!(c.timeline_of(&new), Some(tl + 1), "one promotion, one new timeline");
     assert!(c.controller_output().contains("FailoverCompleted"), "{}", c.controller_output());
+    // Killed with its server, the old primary still rewinds: its dead server's lock is released
+    // (the killed postmaster reaped) before the rewind's crash recovery runs, so no full copy.
+    let rejoin = c.manager_output(&old);
+    assert!(rejoin.contains("rewound from"), "{rejoin}");
+    assert!(!c.instance_dir(&old).join("data.previous").exists(), "the old primary was cloned again");
 }
 
 #[tokio::test(flavor = "multi_thread")]

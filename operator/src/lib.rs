@@ -12,6 +12,7 @@ pub mod plan;
 pub mod platform;
 pub mod plugin;
 pub mod process;
+pub mod reaper;
 pub mod secrets;
 pub mod signals;
 pub mod table;

@@ -26,7 +26,8 @@ pub async fn run_checked(line: &CommandLine, timeout: Duration) -> anyhow::Resul
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().with_context(|| format!("cannot run {}", line.program.display()))?;
+    let child =
+        crate::reaper::spawn(&mut cmd).with_context(|| format!("cannot run {}", line.program.display()))?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(out) => out.with_context(|| format!("waiting for {} failed", line.name()))?,
         Err(_) => bail!("{} did not finish within {}s", line.name(), timeout.as_secs()),

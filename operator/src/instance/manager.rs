@@ -14,7 +14,7 @@ use super::report::{
     ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState, Request,
     ServerProcessReport,
 };
-use super::server::{ServerProcess, running_postmaster};
+use super::server::{self, ServerProcess, running_postmaster};
 use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode};
 use crate::fsutil::{create_dir_mode, write_atomic};
 use crate::process::run_checked;
@@ -408,7 +408,11 @@ impl Manager {
                     );
                 }
             }
-            run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await
+            // A killed server's lock must be free, or the rewind's crash recovery is refused.
+            match server::wait_lock_released(&cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await {
+                Ok(()) => run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await,
+                Err(e) => Err(e),
+            }
         };
         let how = match rewound {
             Ok(_) => {
@@ -494,6 +498,7 @@ impl Manager {
 
     /// Starts the server and waits until it answers SQL.
     async fn start_server(&self, standby: bool) -> anyhow::Result<()> {
+        server::wait_lock_released(&self.cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await?;
         self.server.lock().await.start(&self.cfg, standby)?;
         tracing::debug!("server started; waiting until it accepts connections");
         self.wait_accepting(None).await

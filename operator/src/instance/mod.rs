@@ -39,6 +39,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         write_atomic(port_file, format!("{}\n", addr.port()).as_bytes(), 0o644)?;
     }
     tracing::info!(instance = %cfg.instance, %addr, "instance manager listening");
+    // As PID 1 of a container, orphaned server processes are ours to reap.
+    tokio::spawn(crate::reaper::run());
     let supervisor = tokio::spawn(manager.clone().supervise());
     let app = api::router(manager.clone());
     axum::serve(listener, app)

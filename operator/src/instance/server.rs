@@ -40,6 +40,37 @@ pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
     (ours && !is_zombie(pid)).then_some(pid)
 }
 
+/// The PID `postmaster.pid` names while that process has exited but not been reaped: the
+/// database (and `pg_rewind`, which runs it) counts it as running and refuses the directory.
+fn unreaped_postmaster(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    kill(Pid::from_raw(i32::try_from(pid).ok()?), None).ok()?;
+    is_zombie(pid).then_some(pid)
+}
+
+/// How long a killed server's PID may take to be reaped (by us as PID 1 or subreaper, else by
+/// the machine's init) before its lock counts as stuck.
+pub const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Waits until the data directory's lock no longer names an exited, unreaped server.
+pub async fn wait_lock_released(data_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while let Some(pid) = unreaped_postmaster(data_dir) {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the lock file of {} names process {pid}, which exited {}s ago or more but was never \
+                 reaped; the database refuses the directory until its parent (or init) reaps it",
+                data_dir.display(),
+                timeout.as_secs()
+            );
+        }
+        crate::reaper::reap_orphans();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -93,6 +124,11 @@ impl ServerProcess {
             self.pid = Some(pid);
             return Ok(());
         }
+        if let Some(pid) = unreaped_postmaster(&cfg.data_dir()) {
+            bail!(
+                "the previous server (pid {pid}) exited but is not reaped yet; its lock file blocks a start"
+            );
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,7 +138,8 @@ impl ServerProcess {
         tracing::info!(command = %line, "starting database server");
         let mut cmd = line.to_tokio();
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).kill_on_drop(false);
-        let child = cmd.spawn().with_context(|| format!("cannot start {}", line.program.display()))?;
+        let child = crate::reaper::spawn(&mut cmd)
+            .with_context(|| format!("cannot start {}", line.program.display()))?;
         self.pid = child.id();
         self.child = Some(child);
         self.crashed = false;

@@ -144,6 +144,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     };
     write_atomic(&state.controller_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
+    // Like a kubelet's pod sandbox: a killed manager's server is re-parented here, not to the
+    // machine's init, and is reaped at once, so its PID leaves the data directory's lock file.
+    crate::reaper::become_subreaper()?;
+    tokio::spawn(crate::reaper::run());
     record_applied(&state, &cluster)?;
     let secrets = state.secrets()?;
     let su = superuser(engine);

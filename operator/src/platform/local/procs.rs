@@ -247,7 +247,8 @@ impl Kubelet {
         if let Some(u) = &self.run_as {
             cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
         }
-        let child = cmd.spawn().with_context(|| format!("cannot start the instance manager of {name}"))?;
+        let child = crate::reaper::spawn(&mut cmd)
+            .with_context(|| format!("cannot start the instance manager of {name}"))?;
         let pid = child.id().context("instance manager exited at once")?;
         write_atomic(&pid_file(&dir), format!("{pid}\n").as_bytes(), 0o644)?;
         tracing::debug!(instance = name, pid, restarts, "instance manager started");
