@@ -217,3 +217,56 @@ async fn fencing_keeps_an_instance_out_and_unfencing_brings_it_back() {
     assert!(c.connect(&fenced).await.is_ok(), "unfenced, it accepts connections again");
     assert!(c.down().status.success());
 }
+
+/// A standby kept out while the primary recycles the WAL it would need cannot stream when it
+/// returns: it is cloned again as soon as that is clear, not after the one-minute stall rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_whose_wal_is_gone_from_the_primary_is_cloned_again() {
+    // Every spec applied keeps the smallest WAL retention, so recycling comes quickly.
+    const KEEP_ONE: &str = "  replication:\n    walKeepSegments: 1\n";
+    let mut c = started("walgone", 3, KEEP_ONE).await;
+    let primary = c.primary().expect("primary");
+    let away = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
+    let generation = c.apply(3, &format!("{KEEP_ONE}  fencedInstances: [{away}]\n"));
+    c.wait_for("the standby fenced", CONVERGE, |s| {
+        s.observed_generation.is_some_and(|g| g >= generation)
+            && s.instance(&away).is_some_and(|i| i.state == "fenced")
+    })
+    .await
+    .expect("fenced");
+
+    // Nothing the fenced standby holds is past the primary's position now; move the primary on
+    // until every segment up to the one holding that position is gone from its WAL directory
+    // (`+ 1`: at a segment boundary, the file name is the previous segment's).
+    let p = c.connect(&primary).await.expect("primary");
+    let fenced_at: String =
+        p.query_one("SELECT pg_walfile_name(pg_current_wal_lsn() + 1)", &[]).await.expect("lsn").get(0);
+    p.batch_execute("CREATE TABLE churn (id int)").await.expect("table");
+    let sql = "SELECT count(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$' AND name <= $1";
+    until("the fenced standby's WAL to be recycled", CONVERGE, Duration::from_millis(10), || async {
+        p.batch_execute(
+            "INSERT INTO churn SELECT generate_series(1, 1000); SELECT pg_switch_wal(); CHECKPOINT",
+        )
+        .await
+        .expect("churn");
+        match p.query_one(sql, &[&fenced_at]).await.map(|r| r.get::<_, i64>(0)) {
+            Ok(0) => Probe::Done(()),
+            other => Probe::NotYet(format!("segments up to {fenced_at} left: {other:?}")),
+        }
+    })
+    .await
+    .expect("recycled");
+
+    let generation = c.apply(3, KEEP_ONE);
+    let s = c.wait_healthy_at(generation, CONVERGE).await.expect("healthy again");
+    assert!(s.instance(&away).is_some_and(|i| i.role == Role::Standby && i.ready));
+    let said = c.controller_output();
+    assert!(
+        said.lines()
+            .any(|l| l.contains("RebuildingStandby") && l.contains(&away) && l.contains("no longer holds")),
+        "the rebuild names the missing WAL:\n{said}"
+    );
+    let rows = c.connect(&away).await.expect("standby").query_one("SELECT count(*) FROM churn", &[]).await;
+    assert!(rows.expect("churn replicated").get::<_, i64>(0) > 0);
+    assert!(c.down().status.success());
+}

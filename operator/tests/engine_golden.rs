@@ -1031,6 +1031,13 @@ fn postgres_commands_use_pg_tools() {
 }
 
 #[test]
+fn wal_directories() {
+    assert_eq!(dialect(Engine::Postgres).wal_dir(), "pg_wal");
+    // openGauss keeps the pre-10 PostgreSQL name, as its xlog function names do.
+    assert_eq!(dialect(Engine::OpenGauss).wal_dir(), "pg_xlog");
+}
+
+#[test]
 fn standby_signals() {
     assert_eq!(dialect(Engine::Postgres).standby_signal(), "standby.signal");
     // openGauss takes its role from `-M`; the marker only tells the manager which mode to use.

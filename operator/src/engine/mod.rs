@@ -8,6 +8,7 @@ mod conf;
 mod lsn;
 mod opengauss;
 mod postgres;
+pub mod wal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -218,6 +219,8 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     fn hba(&self, h: &HbaConfig) -> String;
     /// A file in the data directory whose presence makes the server start as a standby.
     fn standby_signal(&self) -> &'static str;
+    /// The WAL directory inside the data directory.
+    fn wal_dir(&self) -> &'static str;
     fn status_sql(&self) -> StatusSql;
     /// SQL creating (or updating) the replication role, or `None` when the engine trusts its
     /// configured peers instead. The password is sent already hashed, so the plain password

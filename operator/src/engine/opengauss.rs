@@ -162,6 +162,10 @@ impl Dialect for OpenGauss {
         out
     }
 
+    fn wal_dir(&self) -> &'static str {
+        "pg_xlog"
+    }
+
     fn standby_signal(&self) -> &'static str {
         // openGauss takes its role from `-M`; the instance manager keeps this marker so it knows
         // which mode to start in.

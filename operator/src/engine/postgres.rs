@@ -171,6 +171,10 @@ impl Dialect for Postgres {
         out
     }
 
+    fn wal_dir(&self) -> &'static str {
+        "pg_wal"
+    }
+
     fn standby_signal(&self) -> &'static str {
         "standby.signal"
     }

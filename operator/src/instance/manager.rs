@@ -15,7 +15,7 @@ use super::report::{
     ServerProcessReport,
 };
 use super::server::{self, ServerProcess, running_postmaster};
-use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode};
+use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode, wal};
 use crate::fsutil::{create_dir_mode, write_atomic};
 use crate::process::run_checked;
 
@@ -170,6 +170,11 @@ impl Manager {
             standby_configured,
             fenced,
             fenced_lsn,
+            oldest_wal: if initialized {
+                wal::oldest_segment_start(&cfg.data_dir().join(cfg.dialect().wal_dir()))
+            } else {
+                None
+            },
             pending_restart,
             server: ServerProcessReport { running, pid, accepting: node.is_some(), crashed },
             node,

@@ -34,6 +34,10 @@ pub struct InstanceReport {
     /// detached first, so it cannot hold more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_lsn: Option<Lsn>,
+    /// The start of the oldest WAL segment the data directory holds: a standby needing WAL from
+    /// before it cannot stream from this instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_wal: Option<Lsn>,
     /// Parameters changed in the configuration that take effect only after a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,

@@ -1680,6 +1680,7 @@ impl Model {
             standby_configured: standby,
             fenced: x.fenced,
             fenced_lsn: x.fenced_lsn.filter(|_| x.fenced).map(lsn),
+            oldest_wal: None,
             pending_restart: x.pending_restart(),
             server: ServerProcessReport {
                 running: x.running,

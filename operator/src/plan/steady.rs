@@ -11,7 +11,7 @@ use super::health::{
     InstanceHealth, classify, endpoint, extras, members, operation_failure, operation_running, report,
 };
 use super::{Action, Event, Input, Plan, PlatformState};
-use crate::engine::SyncConfig;
+use crate::engine::{SyncConfig, wal};
 use crate::instance::report::{InstanceReport, ManagerPhase, Request};
 
 /// Platform-level upkeep that applies in every phase: create what is missing, restart what
@@ -167,14 +167,8 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
             ));
             plan.send(&name, Request::Rejoin { source: primary_ep.clone(), config: desired });
         } else if r.server.running {
-            if stalled(input, plan, &primary, &name, r, &primary_ep) {
-                plan.event(Event::warning(
-                    "RebuildingStandby",
-                    format!(
-                        "{name} has not streamed from {primary} for {}s although it follows it; cloning it again",
-                        STALLED_STANDBY.as_secs()
-                    ),
-                ));
+            if let Some(why) = stalled(input, plan, &primary, &name, r, &primary_ep) {
+                plan.event(Event::warning("RebuildingStandby", format!("{why}; cloning it again")));
                 plan.send(&name, Request::Rebuild { source: primary_ep.clone(), config: desired });
             } else if r.config.as_ref() != Some(&desired) {
                 plan.send(&name, Request::Configure { config: desired });
@@ -315,6 +309,12 @@ fn rolling_restart(input: &Input<'_>, plan: &mut Plan, primary: &str) {
 /// again.
 pub const STALLED_STANDBY: SignedDuration = SignedDuration::from_secs(60);
 
+/// A standby that needs WAL older than anything the primary still holds is cloned again once
+/// it has not streamed for this long (a few of its reconnection attempts): waiting longer
+/// cannot help it.
+pub const WAL_GONE_STANDBY: SignedDuration = SignedDuration::from_secs(5);
+
+/// Why a standby that follows the primary cannot stream from it, if it cannot.
 fn stalled(
     input: &Input<'_>,
     plan: &Plan,
@@ -322,15 +322,33 @@ fn stalled(
     name: &str,
     r: &InstanceReport,
     primary_ep: &crate::engine::Endpoint,
-) -> bool {
+) -> Option<String> {
     let follows = r.config.as_ref().and_then(|c| c.upstream.as_ref()) == Some(primary_ep);
-    let streaming = report(input, primary)
+    let primary_report = report(input, primary);
+    let streaming = primary_report
         .is_some_and(|p| p.replication.iter().any(|row| row.instance == name && row.state == "streaming"));
-    let since = plan.status.instance(name).and_then(|row| row.not_streaming_since.as_ref()).map(|t| t.0);
-    r.is_running_standby()
-        && follows
-        && !streaming
-        && since.is_some_and(|t| input.now.duration_since(t.max(input.watching_since)) >= STALLED_STANDBY)
+    if !r.is_running_standby() || !follows || streaming {
+        return None;
+    }
+    let since = plan.status.instance(name).and_then(|row| row.not_streaming_since.as_ref()).map(|t| t.0)?;
+    let silent_for = input.now.duration_since(since.max(input.watching_since));
+    // Even the furthest position it holds lies in a segment older than the primary's oldest.
+    let needs = r.wal_position().map(wal::segment_start_of);
+    let oldest = primary_report.and_then(|p| p.oldest_wal);
+    if let (Some(needs), Some(oldest)) = (needs, oldest)
+        && needs < oldest
+        && silent_for >= WAL_GONE_STANDBY
+    {
+        return Some(format!(
+            "{name} needs WAL from {needs} that {primary} no longer holds (its oldest segment starts at {oldest})"
+        ));
+    }
+    (silent_for >= STALLED_STANDBY).then(|| {
+        format!(
+            "{name} has not streamed from {primary} for {}s although it follows it",
+            STALLED_STANDBY.as_secs()
+        )
+    })
 }
 
 /// Brings the current primary up and keeps its configuration current; true when it accepts

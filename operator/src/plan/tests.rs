@@ -168,6 +168,7 @@ fn base_report(k: u32) -> InstanceReport {
         standby_configured: false,
         fenced: false,
         fenced_lsn: None,
+        oldest_wal: None,
         pending_restart: Vec::new(),
         server: ServerProcessReport { running: true, pid: Some(2000 + k), accepting: true, crashed: false },
         node: None,
@@ -500,6 +501,34 @@ fn a_standby_that_cannot_stream_for_a_minute_is_cloned_again() {
     // A controller that just started has not watched it stall.
     w.watching_since = at(90);
     assert!(kinds_to(&w.decide(), 2).is_empty());
+}
+
+#[test]
+fn a_standby_needing_wal_the_primary_no_longer_holds_is_cloned_again_without_waiting_a_minute() {
+    let mut w = World::healthy(3);
+    let needs = w.obs.instances[&name(2)].report.as_ref().and_then(|r| r.wal_position()).expect("position");
+    let segment = crate::engine::wal::segment_start_of(needs);
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance != "demo-2");
+    // The primary still holds the standby's segment: nothing to do before the minute is up.
+    p.oldest_wal = Some(segment);
+    w.set(0, Some(p.clone()));
+    let silent_since = |w: &mut World, secs: i64| {
+        let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+        row.not_streaming_since = Some(Time(at(100 - secs)));
+    };
+    silent_since(&mut w, 10);
+    assert!(kinds_to(&w.decide(), 2).is_empty(), "its WAL is there: it may still reconnect");
+    // The primary's oldest segment is past the standby's position.
+    p.oldest_wal = Some(Lsn(segment.0 + crate::engine::wal::WAL_SEGMENT_BYTES));
+    w.set(0, Some(p));
+    silent_since(&mut w, 2);
+    assert!(kinds_to(&w.decide(), 2).is_empty(), "a few seconds: a report may be a moment old");
+    silent_since(&mut w, 6);
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
+    let event = plan.events.iter().find(|e| e.reason == "RebuildingStandby").expect("event");
+    assert!(event.message.contains("no longer holds"), "{}", event.message);
 }
 
 #[test]
