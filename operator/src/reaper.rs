@@ -56,6 +56,14 @@ fn parent_and_state(stat: &str) -> Option<(u32, char)> {
     Some((ppid, state))
 }
 
+/// Whether `pid` has exited and waits to be reaped (its PID still answers signals).
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parent_and_state(&stat))
+        .is_some_and(|(_, state)| state == 'Z')
+}
+
 /// Waits for every zombie child this process did not spawn; returns how many.
 pub fn reap_orphans() -> usize {
     let me = std::process::id();

@@ -15,6 +15,7 @@ use tokio::process::Child;
 use super::config::InstanceConfig;
 use crate::engine::StopMode;
 use crate::process::run_checked;
+use crate::reaper::is_zombie;
 
 #[derive(Debug, Default)]
 pub struct ServerProcess {
@@ -69,13 +70,6 @@ pub async fn wait_lock_released(data_dir: &Path, timeout: Duration) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
 }
 
 impl ServerProcess {

@@ -77,10 +77,8 @@ pub fn is_our_manager(pid: u32, config: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     let config = config.to_string_lossy();
-    !zombie && String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == config)
+    !crate::reaper::is_zombie(pid) && String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == config)
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
