@@ -44,7 +44,7 @@ pub fn render(cluster: &str, status: &OpenGaussClusterStatus) -> String {
         "READY",
         "ADDRESS",
         "TL",
-        "WAL (current | received/replayed)",
+        "WAL (current | received replayed)",
         "REPLICATION",
         "SYNC",
         "LAG (bytes)",
@@ -56,7 +56,8 @@ pub fn render(cluster: &str, status: &OpenGaussClusterStatus) -> String {
             let wal = match (&i.current_lsn, &i.received_lsn, &i.replayed_lsn) {
                 (Some(c), _, _) => c.clone(),
                 (None, r, p) if r.is_some() || p.is_some() => {
-                    format!("{}/{}", or_dash(r.clone()), or_dash(p.clone()))
+                    // LSNs hold a slash themselves: a space keeps the two apart.
+                    format!("{} {}", or_dash(r.clone()), or_dash(p.clone()))
                 }
                 _ => "-".into(),
             };
@@ -138,7 +139,7 @@ mod tests {
         let t = render("demo", &status);
         assert!(t.contains("Phase:    Healthy"), "{t}");
         let standby = t.lines().find(|l| l.starts_with("demo-1")).expect("standby row");
-        for cell in ["standby", "streaming", "0/3000148/0/3000100", "quorum", "72"] {
+        for cell in ["standby", "streaming", "0/3000148 0/3000100", "quorum", "72"] {
             assert!(standby.contains(cell), "{cell} missing in {standby}");
         }
         assert!(
