@@ -414,10 +414,11 @@ impl Manager {
                 }
             }
             // A killed server's lock must be free, or the rewind's crash recovery is refused.
-            match server::wait_lock_released(&cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await {
-                Ok(()) => run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await,
-                Err(e) => Err(e),
+            async {
+                server::wait_lock_released(&cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await?;
+                run_checked(&cfg.dialect().rewind(&cfg.layout(), source), COPY_TIMEOUT).await
             }
+            .await
         };
         let how = match rewound {
             Ok(_) => {

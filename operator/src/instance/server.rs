@@ -26,13 +26,19 @@ pub struct ServerProcess {
     crashed: bool,
 }
 
+/// The PID `postmaster.pid` names, if a process with that PID exists (alive or a zombie), as
+/// the database itself checks its lock.
+fn lock_holder(data_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    kill(Pid::from_raw(i32::try_from(pid).ok()?), None).ok()?;
+    Some(pid)
+}
+
 /// The PID in `postmaster.pid`, if that process is alive and is a server of this data
 /// directory.
 pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    let pid_i32 = i32::try_from(pid).ok()?;
-    kill(Pid::from_raw(pid_i32), None).ok()?;
+    let pid = lock_holder(data_dir)?;
     // Guard against a reused PID: the process must be a server started on this directory.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
@@ -44,17 +50,15 @@ pub fn running_postmaster(data_dir: &Path) -> Option<u32> {
 /// The PID `postmaster.pid` names while that process has exited but not been reaped: the
 /// database (and `pg_rewind`, which runs it) counts it as running and refuses the directory.
 fn unreaped_postmaster(data_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    kill(Pid::from_raw(i32::try_from(pid).ok()?), None).ok()?;
-    is_zombie(pid).then_some(pid)
+    lock_holder(data_dir).filter(|&pid| is_zombie(pid))
 }
 
 /// How long a killed server's PID may take to be reaped (by us as PID 1 or subreaper, else by
 /// the machine's init) before its lock counts as stuck.
 pub const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Waits until the data directory's lock no longer names an exited, unreaped server.
+/// Waits until the data directory's lock no longer names an exited, unreaped server (the
+/// reaper task, or the machine's init, reaps it).
 pub async fn wait_lock_released(data_dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     while let Some(pid) = unreaped_postmaster(data_dir) {
@@ -66,7 +70,6 @@ pub async fn wait_lock_released(data_dir: &Path, timeout: Duration) -> anyhow::R
                 timeout.as_secs()
             );
         }
-        crate::reaper::reap_orphans();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
