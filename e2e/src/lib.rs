@@ -3,6 +3,7 @@
 //! exactly as users drive it, and cleaned up by PID when the test ends.
 
 pub mod cluster;
+pub mod k8s;
 pub mod kind;
 pub mod ports;
 pub mod wait;
@@ -14,6 +15,11 @@ use std::sync::OnceLock;
 
 pub use cluster::LocalCluster;
 
+/// The checkout this crate belongs to.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
 /// The `opengauss-operator` binary, built once per test process.
 pub fn operator_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -21,8 +27,7 @@ pub fn operator_binary() -> PathBuf {
         if let Some(explicit) = std::env::var_os("OPENGAUSS_OPERATOR_BIN") {
             return PathBuf::from(explicit);
         }
-        let workspace =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let workspace = workspace();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // The test runner's CARGO_* variables would change build-script fingerprints and make
         // this build and the next test build undo each other's work.
