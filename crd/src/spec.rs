@@ -37,6 +37,10 @@ pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17";
     shortname = "ogc",
     namespaced,
     status = "OpenGaussClusterStatus",
+    // The scale subresource lets the disruption controller count the pods a
+    // PodDisruptionBudget protects (without it the budget never allows a disruption, so a
+    // node drain blocks), and `kubectl scale ogc NAME --replicas=N` resize a cluster.
+    scale(spec_replicas_path = ".spec.instances", status_replicas_path = ".status.readyInstances"),
     derive = "PartialEq",
     doc = "A primary/standby openGauss cluster with streaming replication and automated failover.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
