@@ -2,9 +2,10 @@
 //! with its own ports and state directory, driven through the `opengauss-operator` binary
 //! exactly as users drive it, and cleaned up by PID when the test ends.
 
+pub mod checks;
 pub mod cluster;
 pub mod k8s;
-pub mod kind;
+pub mod kube;
 pub mod ports;
 pub mod wait;
 pub mod writer;

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use opengauss_crd::names::instance_ordinal;
-use opengauss_crd::{Engine, OpenGaussCluster};
+use opengauss_crd::OpenGaussCluster;
 
 use crate::platform::kubernetes::annotations;
 use crate::platform::kubernetes::builders::{DATABASE_CONTAINER, paths};
@@ -169,10 +169,8 @@ pub async fn psql_command(
             .and_then(|s| s.current_primary.clone())
             .with_context(|| format!("cluster {name} has no primary right now; name an instance"))?,
     };
-    let (shell, user) = match cluster.spec.engine {
-        Engine::OpenGauss => ("gsql", "omm"),
-        Engine::Postgres => ("psql", "postgres"),
-    };
+    let dialect = crate::engine::dialect(cluster.spec.engine);
+    let (shell, user) = (dialect.sql_shell(), dialect.superuser());
     Ok(vec![
         "kubectl".into(),
         "exec".into(),

@@ -186,6 +186,10 @@ pub struct StatusSql {
 /// What differs between engines.
 pub trait Dialect: Send + Sync + std::fmt::Debug {
     fn engine(&self) -> Engine;
+    /// The database superuser a cluster is initialised with (the official images' name).
+    fn superuser(&self) -> &'static str;
+    /// The engine's interactive SQL client.
+    fn sql_shell(&self) -> &'static str;
     /// The name a standby reports as `application_name` and that `synchronous_standby_names`
     /// lists.
     fn application_name(&self, instance: &str) -> String;

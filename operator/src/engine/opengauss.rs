@@ -25,6 +25,14 @@ impl Dialect for OpenGauss {
         Engine::OpenGauss
     }
 
+    fn superuser(&self) -> &'static str {
+        "omm"
+    }
+
+    fn sql_shell(&self) -> &'static str {
+        "gsql"
+    }
+
     /// Node names allow lowercase letters, digits and `_` only.
     fn application_name(&self, instance: &str) -> String {
         instance.replace('-', "_")

@@ -51,6 +51,14 @@ impl Dialect for Postgres {
         Engine::Postgres
     }
 
+    fn superuser(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn sql_shell(&self) -> &'static str {
+        "psql"
+    }
+
     fn application_name(&self, instance: &str) -> String {
         instance.to_string()
     }

@@ -29,10 +29,7 @@ pub const LOCAL_HOST: &str = "127.0.0.1";
 const HA_PORT_OFFSET: u16 = 1000;
 
 pub fn superuser(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgres => "postgres",
-        Engine::OpenGauss => "omm",
-    }
+    crate::engine::dialect(engine).superuser()
 }
 
 pub const REPLICATION_USER: &str = "replicator";
