@@ -2,7 +2,9 @@
 # Installs what the project needs on a fresh machine, and nothing that is already there:
 # cargo-nextest, the PostgreSQL server (the local cluster and the real-database tests) and,
 # for the Kubernetes schema checks, kubernetes-validate in a project-local virtualenv.
-# Usage: ensure-tools.sh [postgres|nextest|validate ...]   (default: all three)
+# for the real-cluster tier (k8s): containerd, runc, the CNI plugins, iptables, mmdebstrap,
+# busybox and the musl toolchain for the operator image.
+# Usage: ensure-tools.sh [postgres|nextest|validate|k8s ...]   (default: all but k8s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,28 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && ! id nobody >/dev/null 2>&1; then
   echo "error: running as root needs an unprivileged user (postgres or nobody) for the databases" >&2
   exit 1
+fi
+
+if want k8s; then
+  missing=()
+  for pkg in containerd runc containernetworking-plugins iptables mmdebstrap busybox-static musl-tools; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && have apt-get; then
+      echo "installing ${missing[*]}"
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "error: the one-node Kubernetes cluster needs ${missing[*]} (Debian packages) and root" >&2
+      exit 1
+    fi
+  fi
+  if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    echo "installing the Rust target x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl
+  fi
+  have go || { echo "error: the one-node Kubernetes cluster builds its components with Go (go1.24 or later)" >&2; exit 1; }
 fi
 
 if want validate && [ -f scripts/requirements-validate.txt ]; then

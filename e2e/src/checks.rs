@@ -59,7 +59,6 @@ impl SqlCluster for LocalCluster {
     }
 }
 
-
 /// Instances that are not in recovery.
 pub async fn writable_instances<C: SqlCluster>(c: &C) -> Vec<String> {
     let mut out = Vec::new();

@@ -21,10 +21,13 @@ async fn the_shared_checks_pass_on_the_local_platform() {
     c.start();
     let status = c.wait_healthy(Duration::from_secs(90)).await.expect("healthy");
     let primary = status.current_primary.clone().expect("primary");
-    checks::original_deployment_checks(&c, &primary, "checks").await.expect("the original deployment's checks");
+    checks::original_deployment_checks(&c, &primary, "checks")
+        .await
+        .expect("the original deployment's checks");
     // The checks can fail: a standby is not the primary.
     let standby = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("standby");
-    let err = checks::original_deployment_checks(&c, &standby, "checks_wrong").await.expect_err("wrong primary");
+    let err =
+        checks::original_deployment_checks(&c, &standby, "checks_wrong").await.expect_err("wrong primary");
     assert!(err.to_string().contains("should accept writes"), "{err:#}");
     let down = c.down();
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
@@ -55,11 +58,50 @@ async fn deleting_the_primary_pod_fails_over_and_the_pod_rejoins() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
 async fn killing_the_primary_container_fails_over_and_it_rejoins() {
-    scenarios::failover_by_killing_the_primary_container(&driver(), "e2e-kill-primary").await.expect("failover");
+    scenarios::failover_by_killing_the_primary_container(&driver(), "e2e-kill-primary")
+        .await
+        .expect("failover");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
 async fn a_switchover_annotation_moves_the_primary() {
     scenarios::switchover_by_annotation(&driver(), "e2e-switchover").await.expect("switchover");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn scaling_three_to_five_to_two_to_three() {
+    scenarios::scale_up_down_and_back(&driver(), "e2e-scale").await.expect("scaling");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn fencing_and_unfencing_a_standby_and_the_primary() {
+    scenarios::fence_and_unfence(&driver(), "e2e-fence").await.expect("fencing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn a_restart_only_parameter_rolls_through_the_cluster() {
+    scenarios::parameter_change_with_rolling_restart(&driver(), "e2e-parameters").await.expect("parameters");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn invalid_clusters_are_refused_by_the_api_server() {
+    scenarios::invalid_clusters_are_refused(&driver(), "e2e-invalid").await.expect("validation");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn the_kubectl_plugin_works_against_the_api_server() {
+    let plugin = opengauss_e2e::operator_binary().with_file_name("kubectl-opengauss");
+    scenarios::kubectl_plugin(&driver(), "e2e-plugin", plugin).await.expect("kubectl opengauss");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn losing_the_operator_leader_mid_failover_promotes_once() {
+    scenarios::leader_lost_during_failover(&driver(), "e2e-leader").await.expect("leader change");
 }

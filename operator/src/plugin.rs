@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use opengauss_crd::names::instance_ordinal;
 use opengauss_crd::OpenGaussCluster;
+use opengauss_crd::names::instance_ordinal;
 
 use crate::platform::kubernetes::annotations;
 use crate::platform::kubernetes::builders::{DATABASE_CONTAINER, paths};
@@ -150,12 +150,15 @@ pub async fn set_fenced(
 }
 
 /// The `kubectl exec` command line that opens the engine's SQL shell in `instance` (the
-/// primary by default) over its Unix socket.
+/// primary by default) over its Unix socket, with `extra` arguments for the shell; a terminal
+/// is allocated only when standard input is one.
 pub async fn psql_command(
     client: &Client,
     namespace: &str,
     name: &str,
     instance: Option<&str>,
+    extra: &[String],
+    terminal: bool,
 ) -> anyhow::Result<Vec<String>> {
     let cluster = get(client, namespace, name).await?;
     let instance = match instance {
@@ -171,10 +174,10 @@ pub async fn psql_command(
     };
     let dialect = crate::engine::dialect(cluster.spec.engine);
     let (shell, user) = (dialect.sql_shell(), dialect.superuser());
-    Ok(vec![
+    let mut argv: Vec<String> = vec![
         "kubectl".into(),
         "exec".into(),
-        "-it".into(),
+        if terminal { "-it".into() } else { "-i".into() },
         "-n".into(),
         namespace.into(),
         instance,
@@ -190,5 +193,7 @@ pub async fn psql_command(
         user.into(),
         "-d".into(),
         "postgres".into(),
-    ])
+    ];
+    argv.extend(extra.iter().cloned());
+    Ok(argv)
 }

@@ -135,10 +135,17 @@ async fn switchover_annotates_and_waits_for_the_new_primary() {
 #[tokio::test]
 async fn psql_opens_the_engine_shell_on_the_primary_socket() {
     let api = world();
-    let argv = plugin::psql_command(&api.client(), NS, "og", None).await.expect("argv");
+    let argv = plugin::psql_command(&api.client(), NS, "og", None, &[], true).await.expect("argv");
     let line = argv.join(" ");
     assert!(line.starts_with(&format!("kubectl exec -it -n {NS} og-0 -c database -- gsql")), "{line}");
     assert!(line.contains("-U omm"), "openGauss's initial user over the socket: {line}");
-    let argv = plugin::psql_command(&api.client(), NS, "pg", Some("pg-0")).await.expect("argv");
-    assert!(argv.join(" ").contains("pg-0 -c database -- psql"), "{argv:?}");
+    let extra = vec!["-c".to_string(), "SELECT 1".to_string()];
+    let argv =
+        plugin::psql_command(&api.client(), NS, "pg", Some("pg-0"), &extra, false).await.expect("argv");
+    let line = argv.join(" ");
+    assert!(
+        line.starts_with(&format!("kubectl exec -i -n {NS} pg-0 -c database -- psql")),
+        "no terminal: {line}"
+    );
+    assert!(line.ends_with("-c SELECT 1"), "the shell's arguments come last: {line}");
 }

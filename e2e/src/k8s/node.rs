@@ -136,11 +136,12 @@ pub fn anything_running(layout: &Layout) -> bool {
 
 /// Brings the node up and deploys the operator; returns once everything is ready.
 pub fn up(layout: &Layout, operator_binary: &Path, progress: &Progress) -> anyhow::Result<()> {
-    preflight()?;
+    require_root()?;
     if layout.root.exists() {
         progress.say("a previous node's state is here: taking it down first");
         down(layout, progress)?;
     }
+    preflight()?;
     std::fs::create_dir_all(&layout.root)?;
     std::fs::create_dir_all(&layout.run)?;
     let bins = components::build(layout, progress)?;

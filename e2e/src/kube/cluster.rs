@@ -39,13 +39,15 @@ impl KubeCluster {
         edit: impl FnOnce(&mut Value),
     ) -> anyhow::Result<Self> {
         let mut object = read_sample(sample)?;
+        driver.fit_sample(&mut object);
         edit(&mut object);
         let cluster: opengauss_crd::OpenGaussCluster =
             serde_json::from_value(object.clone()).context("the edited sample is not a cluster")?;
         if let Some(image) = driver.database_image(cluster.spec.engine)? {
             object["spec"]["image"] = image.into();
         }
-        let _ = driver.kubectl(&["delete", "namespace", namespace, "--wait=true", "--ignore-not-found"]).await;
+        let _ =
+            driver.kubectl(&["delete", "namespace", namespace, "--wait=true", "--ignore-not-found"]).await;
         driver.kubectl(&["create", "namespace", namespace]).await?;
         let c = Self {
             driver: driver.clone(),
@@ -64,6 +66,18 @@ impl KubeCluster {
         self.driver
             .kubectl_with_input(&["-n", &self.namespace, "apply", "-f", "-"], &serde_json::to_vec(object)?)
             .await
+    }
+
+    /// The same cluster, for a handle that expects `instances` of them (after scaling).
+    pub fn clone_handle(&self) -> KubeCluster {
+        KubeCluster {
+            driver: self.driver.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            engine: self.engine,
+            instances: self.instances,
+            port: self.port,
+        }
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -133,7 +147,11 @@ impl KubeCluster {
     }
 
     /// Healthy with `n` instances ready, no transition, the spec's generation observed.
-    pub async fn wait_healthy_with(&self, n: u32, timeout: Duration) -> anyhow::Result<OpenGaussClusterStatus> {
+    pub async fn wait_healthy_with(
+        &self,
+        n: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<OpenGaussClusterStatus> {
         let generation = self.object().await?["metadata"]["generation"].as_i64();
         self.wait_for(&format!("a healthy cluster of {n}"), timeout, |s| {
             s.phase == Some(Phase::Healthy)
@@ -170,7 +188,12 @@ impl KubeCluster {
     }
 
     /// Waits until `<name>-<suffix>` routes to exactly `pods`.
-    pub async fn wait_selected(&self, service_suffix: &str, pods: &[String], timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_selected(
+        &self,
+        service_suffix: &str,
+        pods: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let mut want = pods.to_vec();
         want.sort();
         let what = format!("{}-{service_suffix} to route to {want:?}", self.name);
@@ -214,15 +237,20 @@ impl KubeCluster {
 
     /// Waits for an event about the cluster with `reason` whose note contains `needle`.
     pub async fn wait_event(&self, reason: &str, needle: &str, timeout: Duration) -> anyhow::Result<String> {
-        until(&format!("a {reason} event mentioning {needle:?}"), timeout, Duration::from_millis(500), || async {
-            match self.events().await {
-                Ok(events) => match events.iter().find(|(_, r, n)| r == reason && n.contains(needle)) {
-                    Some((_, _, note)) => Probe::Done(note.clone()),
-                    None => Probe::NotYet(format!("{events:?}")),
-                },
-                Err(e) => Probe::NotYet(format!("{e:#}")),
-            }
-        })
+        until(
+            &format!("a {reason} event mentioning {needle:?}"),
+            timeout,
+            Duration::from_millis(500),
+            || async {
+                match self.events().await {
+                    Ok(events) => match events.iter().find(|(_, r, n)| r == reason && n.contains(needle)) {
+                        Some((_, _, note)) => Probe::Done(note.clone()),
+                        None => Probe::NotYet(format!("{events:?}")),
+                    },
+                    Err(e) => Probe::NotYet(format!("{e:#}")),
+                }
+            },
+        )
         .await
     }
 
@@ -246,7 +274,10 @@ impl KubeCluster {
     }
 
     /// Runs `f`, then deletes the namespace whatever happened; a failure carries diagnostics.
-    pub async fn run_then_clean_up(self, f: impl AsyncFnOnce(&KubeCluster) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    pub async fn run_then_clean_up(
+        self,
+        f: impl AsyncFnOnce(&KubeCluster) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let result = f(&self).await;
         let result = match result {
             Ok(()) => Ok(()),
@@ -313,7 +344,8 @@ impl SqlCluster for KubeCluster {
     }
 
     async fn query(&self, instance: &str, sql: &str) -> anyhow::Result<Rows> {
-        let out = self.exec_sql(instance, sql).await.map_err(|e| anyhow::anyhow!("{sql} on {instance}: {e}"))?;
+        let out =
+            self.exec_sql(instance, sql).await.map_err(|e| anyhow::anyhow!("{sql} on {instance}: {e}"))?;
         Ok(out
             .lines()
             .filter(|l| !l.is_empty())

@@ -74,14 +74,19 @@ impl Driver {
         match std::env::var("OPENGAUSS_E2E_CLUSTER").as_deref() {
             Ok("kind") => Ok(Self::Kind(KindDriver {
                 cluster: std::env::var("OPENGAUSS_E2E_KIND_CLUSTER").unwrap_or_else(|_| "opengauss".into()),
-                image: std::env::var("OPENGAUSS_E2E_IMAGE").unwrap_or_else(|_| "opengauss-operator:dev".into()),
+                image: std::env::var("OPENGAUSS_E2E_IMAGE")
+                    .unwrap_or_else(|_| "opengauss-operator:dev".into()),
             })),
             Ok("node") | Err(_) => {
                 let layout = Layout::of_this_checkout();
                 if !layout.kubeconfig().exists() {
-                    bail!("the one-node cluster is not up ({} is missing): run `make k8s-up`", layout.kubeconfig().display());
+                    bail!(
+                        "the one-node cluster is not up ({} is missing): run `make k8s-up`",
+                        layout.kubeconfig().display()
+                    );
                 }
-                let bins = components::cached(&layout).context("the node's binaries are not built: run `make k8s-up`")?;
+                let bins = components::cached(&layout)
+                    .context("the node's binaries are not built: run `make k8s-up`")?;
                 let images = Images::read(&layout)?;
                 Ok(Self::Node(NodeDriver { kubectl: bins.path("kubectl"), images, layout }))
             }
@@ -132,7 +137,10 @@ impl Driver {
             Self::Node(n) => {
                 let dir = n.kubectl.parent().map(|d| d.display().to_string()).unwrap_or_default();
                 let path = format!("{dir}:{}", std::env::var("PATH").unwrap_or_default());
-                vec![("KUBECONFIG".into(), n.layout.kubeconfig().display().to_string()), ("PATH".into(), path)]
+                vec![
+                    ("KUBECONFIG".into(), n.layout.kubeconfig().display().to_string()),
+                    ("PATH".into(), path),
+                ]
             }
             Self::Kind(_) => vec![],
         }
@@ -151,6 +159,14 @@ impl Driver {
         }
     }
 
+    /// Fits a sample to this environment: the one-node cluster has two cores, where the
+    /// samples' half a core per instance would leave a five-instance cluster unschedulable.
+    pub fn fit_sample(&self, object: &mut serde_json::Value) {
+        if let Self::Node(_) = self {
+            object["spec"]["resources"]["requests"] = serde_json::json!({ "cpu": "100m", "memory": "256Mi" });
+        }
+    }
+
     /// Everything a scenario needs before it applies a cluster: the operator deployed and
     /// ready.
     pub async fn prepare(&self) -> anyhow::Result<()> {
@@ -158,8 +174,13 @@ impl Driver {
             Self::Node(_) => {}
             Self::Kind(k) => k.ensure_cluster_and_operator(self).await?,
         }
-        self.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/opengaussclusters.ha.opengauss.dev"])
-            .await?;
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/opengaussclusters.ha.opengauss.dev",
+        ])
+        .await?;
         let deployment = format!("deployment/{OPERATOR_DEPLOYMENT}");
         self.kubectl(&["-n", OPERATOR_NAMESPACE, "rollout", "status", &deployment, "--timeout=180s"]).await?;
         Ok(())
@@ -170,25 +191,66 @@ impl Driver {
     /// Kills every process of `pod`'s `container` from the node, the pod left in place: the
     /// container's first process (the instance manager, its PID namespace's init) gets
     /// SIGKILL, which ends every process of the container; the kubelet then restarts it.
-    pub async fn kill_container(&self, c: &super::KubeCluster, pod: &str, container: &str) -> anyhow::Result<()> {
-        let jsonpath = format!("jsonpath={{.status.containerStatuses[?(@.name==\"{container}\")].containerID}}");
+    pub async fn kill_container(
+        &self,
+        c: &super::KubeCluster,
+        pod: &str,
+        container: &str,
+    ) -> anyhow::Result<()> {
+        self.signal_container(c, pod, container, "KILL", false).await
+    }
+
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) every process of `pod`'s `container`, as a
+    /// frozen machine would be: the kernel still accepts its connections, nothing answers.
+    pub async fn freeze_container(
+        &self,
+        c: &super::KubeCluster,
+        pod: &str,
+        container: &str,
+        frozen: bool,
+    ) -> anyhow::Result<()> {
+        self.signal_container(c, pod, container, if frozen { "STOP" } else { "CONT" }, true).await
+    }
+
+    /// Sends `signal` to the container's first process, or (`all`) to every process in its
+    /// PID namespace, from the node.
+    async fn signal_container(
+        &self,
+        c: &super::KubeCluster,
+        pod: &str,
+        container: &str,
+        signal: &str,
+        all: bool,
+    ) -> anyhow::Result<()> {
+        let jsonpath =
+            format!("jsonpath={{.status.containerStatuses[?(@.name==\"{container}\")].containerID}}");
         let id = c.kubectl(&["get", "pod", pod, "-o", &jsonpath]).await?;
-        let id = id.trim().strip_prefix("containerd://").with_context(|| format!("{pod}'s {container} container id: {id:?}"))?;
+        let id = id
+            .trim()
+            .strip_prefix("containerd://")
+            .with_context(|| format!("{pod}'s {container} container id: {id:?}"))?;
+        let pid_file = |state: &str| format!("{state}/io.containerd.runtime.v2.task/k8s.io/{id}/init.pid");
+        // Every process whose PID namespace is the container's first process's.
+        let script = |pid_file: String| {
+            let targets = if all {
+                "ns=$(readlink /proc/$init/ns/pid); for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/pid 2>/dev/null)\" = \"$ns\" ] && echo ${p#/proc/}; done"
+            } else {
+                "echo $init"
+            };
+            format!("init=$(cat {pid_file}) && kill -{signal} $({targets})")
+        };
         match self {
             Self::Node(n) => {
-                let file = n.layout.containerd_state().join("io.containerd.runtime.v2.task/k8s.io").join(id).join("init.pid");
-                let pid: i32 = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-                    .trim()
-                    .parse()?;
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-                    .with_context(|| format!("killing {pod}'s {container} (PID {pid})"))?;
-                Ok(())
+                let state = n.layout.containerd_state().display().to_string();
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", &script(pid_file(&state))]);
+                output(cmd, &format!("signalling {pod}'s {container} with SIG{signal}"), None).await.map(drop)
             }
             Self::Kind(k) => {
                 let node = c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]).await?;
-                let script = format!("kill -9 $(cat /run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/init.pid)");
-                k.run("docker", &["exec", node.trim(), "sh", "-c", &script]).await.map(drop)
+                k.run("docker", &["exec", node.trim(), "sh", "-c", &script(pid_file("/run/containerd"))])
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -208,8 +270,11 @@ impl KindDriver {
         let clusters = self.run("kind", &["get", "clusters"]).await?;
         if !clusters.lines().any(|l| l.trim() == self.cluster) {
             let config = "deploy/kind/cluster.yaml";
-            self.run("kind", &["create", "cluster", "--name", &self.cluster, "--config", config, "--wait", "180s"])
-                .await?;
+            self.run(
+                "kind",
+                &["create", "cluster", "--name", &self.cluster, "--config", config, "--wait", "180s"],
+            )
+            .await?;
         }
         if std::env::var_os("OPENGAUSS_E2E_SKIP_BUILD").is_none() {
             self.run("docker", &["build", "-t", &self.image, "."]).await?;

@@ -40,8 +40,14 @@ enum Command {
     Fence { cluster: String, instance: String },
     /// Unfence INSTANCE.
     Unfence { cluster: String, instance: String },
-    /// Open psql (gsql for openGauss) in INSTANCE, the primary by default.
-    Psql { cluster: String, instance: Option<String> },
+    /// Open psql (gsql for openGauss) in INSTANCE, the primary by default; arguments after
+    /// `--` go to the shell (`-- -c "SELECT 1"`).
+    Psql {
+        cluster: String,
+        instance: Option<String>,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 async fn fence(
@@ -73,8 +79,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unfence { cluster, instance } => {
             fence(&client, &namespace, &cluster, &instance, false).await?
         }
-        Command::Psql { cluster, instance } => {
-            let argv = plugin::psql_command(&client, &namespace, &cluster, instance.as_deref()).await?;
+        Command::Psql { cluster, instance, args } => {
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+            let argv =
+                plugin::psql_command(&client, &namespace, &cluster, instance.as_deref(), &args, terminal)
+                    .await?;
             let status = std::process::Command::new(&argv[0]).args(&argv[1..]).status()?;
             if !status.success() {
                 anyhow::bail!("{} exited with {status}", argv[0]);
