@@ -62,6 +62,7 @@ pub struct OpenGaussClusterSpec {
     /// Database engine. `openGauss` is the product's purpose; `postgres` (13 or later) runs the
     /// same cluster on PostgreSQL.
     #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("engine cannot change: the data directories belong to the engine that initialised them"))]
     pub engine: Engine,
 
     /// Container image of the database. Defaults to the engine's official image.
@@ -73,10 +74,12 @@ pub struct OpenGaussClusterSpec {
     /// `base port + ordinal` instead.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1024, max = 65000))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("port cannot change on an existing cluster: create a new cluster to serve on another port"))]
     pub port: u16,
 
     /// Persistent storage of each instance.
     #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self.size == oldSelf.size").message("storage.size cannot change: volume expansion is not supported yet"))]
     pub storage: StorageSpec,
 
     /// Compute resources of the database container.

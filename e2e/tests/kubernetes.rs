@@ -105,3 +105,9 @@ async fn the_kubectl_plugin_works_against_the_api_server() {
 async fn losing_the_operator_leader_mid_failover_promotes_once() {
     scenarios::leader_lost_during_failover(&driver(), "e2e-leader").await.expect("leader change");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn a_new_image_or_resources_roll_the_pods_standbys_first() {
+    scenarios::definition_change_rolls_the_pods(&driver(), "e2e-roll").await.expect("rolling update");
+}

@@ -3,6 +3,7 @@
 //! (`controller`).
 
 pub mod controller;
+pub mod credentials;
 pub mod engine;
 pub mod failpoint;
 pub mod fsutil;
@@ -13,6 +14,5 @@ pub mod platform;
 pub mod plugin;
 pub mod process;
 pub mod reaper;
-pub mod secrets;
 pub mod signals;
 pub mod table;

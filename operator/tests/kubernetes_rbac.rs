@@ -155,6 +155,7 @@ async fn uses() -> BTreeSet<Use> {
         scenario_switchover().await.0,
         scenario_scale_down().await.0,
         scenario_stray_primary().await.0,
+        scenario_spec_change_between_passes().await.0,
         scenario_invalid_spec().await.0,
         scenario_malformed().await.0,
         scenario_deletion().await.0,
@@ -179,6 +180,22 @@ async fn uses() -> BTreeSet<Use> {
                     namespace: t.namespace.clone(),
                     name: t.name.clone(),
                 });
+            }
+            // Writing an object whose owner reference blocks the owner's deletion needs
+            // `update` on the owner's finalizers where the OwnerReferencesPermissionEnforcement
+            // admission plugin runs (OpenShift, and clusters that enable it).
+            let blocking =
+                call.body.as_ref().and_then(|b| b["metadata"]["ownerReferences"].as_array().cloned());
+            for owner in blocking.iter().flatten().filter(|o| o["blockOwnerDeletion"] == true) {
+                if owner["kind"] == "OpenGaussCluster" {
+                    out.insert(Use {
+                        group: "ha.opengauss.dev".into(),
+                        resource: "opengaussclusters/finalizers".into(),
+                        verb: "update".into(),
+                        namespace: t.namespace.clone(),
+                        name: owner["name"].as_str().map(String::from),
+                    });
+                }
             }
         }
     }

@@ -55,7 +55,7 @@ async fn first_reconcile_creates_the_objects_in_order() {
     let action = result.expect("reconcile succeeds");
     assert_eq!(
         action,
-        kube::runtime::controller::Action::requeue(std::time::Duration::from_millis(500)),
+        kube::runtime::controller::Action::requeue(opengauss_operator::controller::pacing::BUSY_INTERVAL),
         "a cluster being created is probed again soon"
     );
     let writes: Vec<Call> = api.writes().into_iter().filter(|c| c.target().resource != "events").collect();
@@ -128,7 +128,7 @@ async fn first_reconcile_creates_the_objects_in_order() {
         &serde_json::from_value(secret).expect("secret parses"),
     )
     .expect("complete secret");
-    assert!(opengauss_operator::secrets::meets_policy(&creds.secrets.superuser_password, "omm"));
+    assert!(opengauss_operator::credentials::meets_policy(&creds.secrets.superuser_password, "omm"));
     assert_eq!(creds.superuser, "omm");
 
     // Each creation is told as an event on the cluster.
@@ -413,4 +413,59 @@ async fn a_lost_secret_of_an_initialised_cluster_is_not_regenerated() {
     let err = reconcile_once(&api, &ctx, "og").await.expect_err("refused");
     assert!(err.contains("og-credentials is missing"), "{err}");
     assert!(api.writes().is_empty(), "{:#?}", shorts(&api.writes()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_between_passes_does_not_block_the_status() {
+    let (api, _ctx, _managers) = scenario_spec_change_between_passes().await;
+    let status = stored_status(&api, "og");
+    assert_eq!(status.observed_generation, Some(2), "the new generation's status is written");
+    let calls = api.calls();
+    let conflict = calls
+        .iter()
+        .position(|c| c.status == 409 && c.short().contains("opengaussclusters/og/status"))
+        .expect("the write against the old version conflicts");
+    let read = calls[conflict..]
+        .iter()
+        .position(|c| c.method == "GET" && c.short().contains("opengaussclusters/og"));
+    assert!(read.is_some(), "the object is read after the conflict: {:#?}", shorts(&calls[conflict..]));
+    assert!(
+        calls[conflict + 1..]
+            .iter()
+            .any(|c| c.status == 200 && c.short().contains("opengaussclusters/og/status")),
+        "written again at the new version: {:#?}",
+        shorts(&calls[conflict..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_written_by_another_leader_is_never_overwritten() {
+    let (api, managers) = healthy_cluster(serde_json::json!({})).await;
+    let ctx = context(&api, managers.port);
+    reconcile_once(&api, &ctx, "og").await.expect("first pass");
+    // A newer leader decided something else meanwhile, and the spec changed.
+    api.modify(&cluster_path(NS, "og"), |c| {
+        c["status"]["phaseReason"] = serde_json::json!("written by another leader");
+        c["spec"]["fencedInstances"] = serde_json::json!(["og-2"]);
+        c["metadata"]["generation"] = serde_json::json!(2);
+    });
+    let before = api.calls().len();
+    let journal_before = api.journal().len();
+    reconcile_once(&api, &ctx, "og").await.expect("the pass gives up quietly");
+    assert_eq!(stored_status(&api, "og").phase_reason.as_deref(), Some("written by another leader"));
+    let after: Vec<Call> = api.calls()[before..].to_vec();
+    assert!(
+        !after.iter().any(|c| c.is_write() && c.target().resource == "pods"),
+        "nothing is acted on: {:#?}",
+        shorts(&after)
+    );
+    let asked: Vec<Entry> = api.journal()[journal_before..]
+        .iter()
+        .filter(|e| matches!(e, Entry::Manager { .. }))
+        .cloned()
+        .collect();
+    assert!(asked.is_empty(), "no manager is asked anything after the foreign write: {asked:?}");
+    // The next pass starts from the server's status and goes on from there.
+    reconcile_once(&api, &ctx, "og").await.expect("next pass");
+    assert_eq!(stored_status(&api, "og").observed_generation, Some(2));
 }

@@ -27,6 +27,8 @@ pub const PAUSE_IMAGE: &str = "localhost/pause:busybox";
 pub const BUSYBOX_IMAGE: &str = "localhost/busybox:debian";
 /// The PostgreSQL image the suite runs `deploy/samples/postgres.yaml` with.
 pub const POSTGRES_IMAGE: &str = "localhost/postgres:15-bookworm";
+/// The same image under a second name, for scenarios that change a cluster's `image`.
+pub const POSTGRES_ALIAS: &str = "localhost/postgres:15-bookworm-alias";
 /// The operator image's repository; its tag is the binary's digest.
 pub const OPERATOR_REPOSITORY: &str = "localhost/opengauss-operator";
 
@@ -63,8 +65,15 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a Docker image archive for `reference` from uncompressed layer tars (lowest first).
-pub fn write_archive(out: &Path, reference: &str, layers: &[PathBuf], run: &RunConfig) -> anyhow::Result<()> {
+/// Writes a Docker image archive named `references` from uncompressed layer tars (lowest
+/// first). (An image named again later with `ctr images tag` is not seen by containerd's CRI
+/// plugin; every name comes with the import.)
+pub fn write_archive(
+    out: &Path,
+    references: &[&str],
+    layers: &[PathBuf],
+    run: &RunConfig,
+) -> anyhow::Result<()> {
     let digests: Vec<String> = layers.iter().map(|l| sha256_file(l)).collect::<anyhow::Result<_>>()?;
     let config = serde_json::json!({
         "architecture": "amd64",
@@ -85,7 +94,7 @@ pub fn write_archive(out: &Path, reference: &str, layers: &[PathBuf], run: &RunC
     let config_name = format!("{}.json", sha256_bytes(&config_bytes));
     let manifest = serde_json::json!([{
         "Config": config_name,
-        "RepoTags": [reference],
+        "RepoTags": references,
         "Layers": digests.iter().map(|d| format!("{d}/layer.tar")).collect::<Vec<_>>(),
     }]);
     let partial = out.with_extension("partial");
@@ -197,7 +206,8 @@ fn postgres_recipe() -> Vec<String> {
 /// mmdebstrap (about a minute, and ~100 MB of Debian packages).
 fn postgres_archive(layout: &Layout) -> anyhow::Result<PathBuf> {
     let recipe = postgres_recipe();
-    let key = &sha256_bytes(recipe.join("\n").as_bytes())[..16];
+    let names = format!("{POSTGRES_IMAGE} {POSTGRES_ALIAS}");
+    let key = &sha256_bytes(format!("{}\n{names}", recipe.join("\n")).as_bytes())[..16];
     let dir = layout.image_cache();
     std::fs::create_dir_all(&dir)?;
     let archive = dir.join(format!("postgres-{key}.tar"));
@@ -220,7 +230,12 @@ fn postgres_archive(layout: &Layout) -> anyhow::Result<PathBuf> {
         stop_signal: Some("SIGINT".into()),
         ..RunConfig::default()
     };
-    let written = write_archive(&archive, POSTGRES_IMAGE, std::slice::from_ref(&rootfs), &postgres_run);
+    let written = write_archive(
+        &archive,
+        &[POSTGRES_IMAGE, POSTGRES_ALIAS],
+        std::slice::from_ref(&rootfs),
+        &postgres_run,
+    );
     let _ = std::fs::remove_file(&rootfs);
     written?;
     Ok(archive)
@@ -231,6 +246,7 @@ fn postgres_archive(layout: &Layout) -> anyhow::Result<PathBuf> {
 pub struct Images {
     pub operator: String,
     pub postgres: String,
+    pub postgres_alias: String,
     pub pause: String,
     pub busybox: String,
 }
@@ -256,6 +272,7 @@ pub fn build(layout: &Layout, operator_binary: &Path) -> anyhow::Result<(Images,
     let images = Images {
         operator: format!("{OPERATOR_REPOSITORY}:{operator_tag}"),
         postgres: POSTGRES_IMAGE.into(),
+        postgres_alias: POSTGRES_ALIAS.into(),
         pause: PAUSE_IMAGE.into(),
         busybox: BUSYBOX_IMAGE.into(),
     };
@@ -265,11 +282,11 @@ pub fn build(layout: &Layout, operator_binary: &Path) -> anyhow::Result<(Images,
     };
     let mut archives = Vec::new();
     let pause = dir.join("pause.tar");
-    write_archive(&pause, &images.pause, std::slice::from_ref(&busybox), &sleeper)?;
+    write_archive(&pause, &[&images.pause], std::slice::from_ref(&busybox), &sleeper)?;
     archives.push(pause);
     let helper = dir.join("busybox.tar");
     let shell = RunConfig { cmd: vec!["/bin/sh".into()], ..RunConfig::default() };
-    write_archive(&helper, &images.busybox, std::slice::from_ref(&busybox), &shell)?;
+    write_archive(&helper, &[&images.busybox], std::slice::from_ref(&busybox), &shell)?;
     archives.push(helper);
     let operator = dir.join("operator.tar");
     let operator_run = RunConfig {
@@ -278,7 +295,7 @@ pub fn build(layout: &Layout, operator_binary: &Path) -> anyhow::Result<(Images,
         user: Some("65532:65532".into()),
         ..RunConfig::default()
     };
-    write_archive(&operator, &images.operator, &[busybox.clone(), operator_layer], &operator_run)?;
+    write_archive(&operator, &[&images.operator], &[busybox.clone(), operator_layer], &operator_run)?;
     archives.push(operator);
     archives.push(postgres_archive(layout)?);
     std::fs::write(layout.images_file(), serde_json::to_vec_pretty(&images)?)?;

@@ -159,6 +159,16 @@ impl Driver {
         }
     }
 
+    /// Another image of the same engine and major version, for a scenario that changes
+    /// `image`: on the one-node cluster the PostgreSQL image imported under a second name.
+    pub fn alternate_database_image(&self, engine: Engine) -> Option<String> {
+        match (self, engine) {
+            (Self::Node(n), Engine::Postgres) => Some(n.images.postgres_alias.clone()),
+            (Self::Kind(_), Engine::Postgres) => Some("postgres:17-bookworm".into()),
+            _ => None,
+        }
+    }
+
     /// Fits a sample to this environment: the one-node cluster has two cores, where the
     /// samples' half a core per instance would leave a five-instance cluster unschedulable.
     pub fn fit_sample(&self, object: &mut serde_json::Value) {

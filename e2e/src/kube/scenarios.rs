@@ -426,6 +426,59 @@ pub async fn parameter_change_with_rolling_restart(driver: &Driver, namespace: &
     .await
 }
 
+/// On an existing cluster, what cannot change is refused by the CRD's transition rules.
+async fn transition_rules_refuse_changes(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
+    let mut object = super::cluster::read_sample(POSTGRES_SAMPLE)?;
+    driver.fit_sample(&mut object);
+    object["metadata"]["name"] = "immutable".into();
+    object["spec"]["instances"] = 1.into();
+    object["spec"]["replication"]["synchronous"]["method"] = "off".into();
+    if let Some(image) = driver.database_image(opengauss_crd::Engine::Postgres)? {
+        object["spec"]["image"] = image.into();
+    }
+    driver.kubectl_with_input(&["-n", namespace, "apply", "-f", "-"], &serde_json::to_vec(&object)?).await?;
+    let changes = [
+        (json!({ "spec": { "engine": "openGauss" } }), "engine cannot change"),
+        (json!({ "spec": { "port": 5433 } }), "port cannot change"),
+        (json!({ "spec": { "storage": { "size": "20Gi" } } }), "storage.size cannot change"),
+    ];
+    for (patch, needle) in changes {
+        let body = patch.to_string();
+        let args = [
+            "-n",
+            namespace,
+            "patch",
+            "opengaussclusters",
+            "immutable",
+            "--type=merge",
+            "--dry-run=server",
+            "-p",
+            &body,
+        ];
+        match driver.kubectl(&args).await {
+            Ok(out) => bail!("the change {body} was accepted: {out}"),
+            Err(e) if format!("{e:#}").contains(needle) => {}
+            Err(e) => bail!("the change {body} was refused without saying {needle:?}: {e:#}"),
+        }
+    }
+    // What may change, changes.
+    let body = json!({ "spec": { "parameters": { "work_mem": "8MB" } } }).to_string();
+    driver
+        .kubectl(&[
+            "-n",
+            namespace,
+            "patch",
+            "opengaussclusters",
+            "immutable",
+            "--type=merge",
+            "--dry-run=server",
+            "-p",
+            &body,
+        ])
+        .await?;
+    Ok(())
+}
+
 /// Invalid clusters are refused by the API server itself (schema and CEL rules), with the
 /// field named; nothing is created.
 pub async fn invalid_clusters_are_refused(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
@@ -446,8 +499,11 @@ pub async fn invalid_clusters_are_refused(driver: &Driver, namespace: &str) -> a
             "spec.failover.dataDurability",
         ),
     ];
-    let mut result = Ok(());
+    let mut result = transition_rules_refuse_changes(driver, namespace).await;
     for (what, spec, needle) in cases {
+        if result.is_err() {
+            break;
+        }
         let mut object = super::cluster::read_sample(POSTGRES_SAMPLE)?;
         merge(&mut object["spec"], &spec);
         let body = serde_json::to_vec(&object)?;
@@ -622,4 +678,95 @@ pub async fn leader_lost_during_failover(driver: &Driver, namespace: &str) -> an
     // Never leave the nodes cordoned for the next scenario, whatever happened.
     let uncordoned = cordon_all(driver, false).await;
     result.and(uncordoned)
+}
+
+/// Pod uids by name.
+async fn pod_uids(c: &KubeCluster) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for name in c.instance_names() {
+        out.insert(name.clone(), c.pod_uid(&name).await?);
+    }
+    Ok(out)
+}
+
+/// Changes the cluster's pod definition with `patch`, then waits until every pod was
+/// replaced and the cluster is healthy again: standbys first, the primary last (after a
+/// switchover made it a standby), the data kept. Returns the new primary.
+async fn roll_with(c: &KubeCluster, patch: Value, what: &str) -> anyhow::Result<String> {
+    let before = c.wait_healthy(SETTLE).await?;
+    let old_primary = primary_of(&before)?;
+    let uids = pod_uids(c).await?;
+    c.patch(patch).await?;
+    until(
+        &format!("every pod replaced after {what}"),
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        || async {
+            match pod_uids(c).await {
+                Ok(now) if now.iter().all(|(n, u)| uids.get(n) != Some(u)) => Probe::Done(()),
+                other => Probe::NotYet(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    let after = c.wait_healthy(SETTLE).await?;
+    let new_primary = primary_of(&after)?;
+    if new_primary == old_primary {
+        bail!("{old_primary} was replaced while primary: no switchover moved it first");
+    }
+    // The old primary went last: its pod is the newest.
+    let created = c
+        .kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("ha.opengauss.dev/cluster={}", c.name),
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "name",
+        ])
+        .await?;
+    let newest = created.lines().last().unwrap_or_default().trim_start_matches("pod/").to_string();
+    expect_eq(&format!("the last pod replaced after {what}"), newest, old_primary.clone())?;
+    let rows = c.query(&new_primary, "SELECT note FROM checks WHERE id = 1").await?;
+    if rows.first().and_then(|r| r[0].as_deref()) != Some("from the primary") {
+        bail!("the row written before {what} is gone: {rows:?}");
+    }
+    Ok(new_primary)
+}
+
+/// A change of `resources` (and, where the environment has a second image, of `image`)
+/// replaces every pod, standbys first and the primary through a switchover, without losing
+/// data; the cluster is healthy after each.
+pub async fn definition_change_rolls_the_pods(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
+    with_cluster(
+        driver,
+        POSTGRES_SAMPLE,
+        namespace,
+        |_| {},
+        async |c| {
+            healthy_and_checked(c, "checks", BOOTSTRAP).await?;
+            let resources =
+                json!({ "spec": { "resources": { "requests": { "cpu": "100m", "memory": "300Mi" } } } });
+            let primary = roll_with(c, resources, "a resources change").await?;
+            checks::original_deployment_checks(c, &primary, "checks_after_resources").await?;
+            if let Some(image) = driver.alternate_database_image(c.engine) {
+                let primary = roll_with(c, json!({ "spec": { "image": image } }), "an image change").await?;
+                let images = c
+                    .kubectl(&[
+                        "get",
+                        "pods",
+                        "-o",
+                        "jsonpath={.items[*].spec.containers[?(@.name==\"database\")].image}",
+                    ])
+                    .await?;
+                if images.split_whitespace().any(|i| i != image) {
+                    bail!("not every pod runs {image}: {images}");
+                }
+                checks::original_deployment_checks(c, &primary, "checks_after_image").await?;
+            }
+            Ok(())
+        },
+    )
+    .await
 }

@@ -1,7 +1,14 @@
 //! The reconcile loop shared by both platforms: observe (platform inventory and every instance
-//! manager's report), plan (pure), persist the new status, then act.
+//! manager's report), plan (pure), persist the new status, then act. One `Controller` per
+//! cluster keeps what the decisions need between passes (the last status, which instances
+//! were silent, since when this process watches) and decides the pace; a platform's own loop
+//! only calls `pass` and waits `next_pass_in`.
 
-use std::future::Future;
+pub mod pacing;
+pub mod platform;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,40 +16,20 @@ use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus};
 
+pub use platform::{Inventory, Platform, PlatformInstance, RequestOutcome};
+
 use crate::instance::client::{ManagerClient, Submitted};
 use crate::metrics::ControllerMetrics;
-use crate::plan::{self, Action, Event, Observation, Observed, Plan, PlatformState, UserRequests};
-use crate::platform::{Inventory, PlatformInstance};
-
-/// What the controller needs from a platform.
-pub trait Platform: Sync {
-    /// Every instance the platform knows of.
-    fn inventory(&self) -> impl Future<Output = anyhow::Result<Inventory>> + Send;
-    /// Creates an instance (its process or pod and its storage).
-    fn create(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Starts a dead instance again.
-    fn restart(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Removes an instance the spec no longer asks for, with its data.
-    fn delete(&self, instance: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Persists the cluster's status; actions run only after this succeeded.
-    fn save_status(&self, status: &OpenGaussClusterStatus)
-    -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// Tells users what happened.
-    fn publish(&self, events: &[Event]) -> impl Future<Output = ()> + Send;
-}
-
-/// Probe time-out for an instance that did not answer last time: a frozen or vanished
-/// instance must not hold every pass up by the full time-out.
-const SILENT_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+use crate::plan::{self, Action, Event, Observation, Observed, Plan, PlatformState};
 
 #[derive(Debug)]
 pub struct Controller<P> {
     pub platform: P,
     client: ManagerClient,
-    /// Client with the short time-out for instances that were silent last pass.
-    quick_client: ManagerClient,
     watching_since: Timestamp,
-    silent: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    silent: Mutex<BTreeSet<String>>,
+    /// The status as last decided (and saved).
+    status: Mutex<OpenGaussClusterStatus>,
     metrics: std::sync::Arc<ControllerMetrics>,
 }
 
@@ -59,16 +46,19 @@ pub struct PassOutcome {
     pub plan: Plan,
     /// Actions that could not be carried out, with why.
     pub failed_actions: Vec<(Action, String)>,
+    /// When to look at the cluster again.
+    pub next_pass_in: Duration,
 }
 
 impl<P: Platform> Controller<P> {
-    pub fn new(platform: P, token: String, probe_timeout: Duration) -> anyhow::Result<Self> {
+    /// A controller for one cluster, resuming from `status` (as last persisted).
+    pub fn new(platform: P, token: String, status: OpenGaussClusterStatus) -> anyhow::Result<Self> {
         Ok(Self {
             platform,
-            client: ManagerClient::new(token.clone(), probe_timeout)?,
-            quick_client: ManagerClient::new(token, probe_timeout.min(SILENT_PROBE_TIMEOUT))?,
+            client: ManagerClient::new(token)?,
             watching_since: Timestamp::now(),
             silent: Default::default(),
+            status: Mutex::new(status),
             metrics: Default::default(),
         })
     }
@@ -83,17 +73,22 @@ impl<P: Platform> Controller<P> {
         &self.metrics
     }
 
+    /// The status as last decided.
+    pub fn status(&self) -> OpenGaussClusterStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
     /// Reads every instance: the platform's view, the manager's report, and for an instance
     /// whose manager is silent, whether its database port still answers.
-    pub async fn observe(&self, inventory: &Inventory, probe_timeout: Duration) -> Observation {
+    pub async fn observe(&self, inventory: &Inventory, cluster: &OpenGaussCluster) -> Observation {
         let silent = self.silent.lock().expect("silent lock").clone();
+        let (normal, quick) =
+            (pacing::probe_timeout(&cluster.spec), pacing::silent_probe_timeout(&cluster.spec));
         let probes = inventory.iter().map(|(name, inst)| {
-            let quick = silent.contains(name);
+            let timeout = if silent.contains(name) { quick } else { normal };
             async move {
-                let client = if quick { &self.quick_client } else { &self.client };
-                let timeout = if quick { probe_timeout.min(SILENT_PROBE_TIMEOUT) } else { probe_timeout };
                 let report = match (&inst.manager_url, inst.state) {
-                    (Some(url), PlatformState::Running) => client.status(url).await.ok(),
+                    (Some(url), PlatformState::Running) => self.client.status(url, timeout).await.ok(),
                     _ => None,
                 };
                 let server_answers = report.is_none() && tcp_answers(inst, timeout).await;
@@ -101,6 +96,7 @@ impl<P: Platform> Controller<P> {
                     platform: inst.state,
                     endpoint: inst.endpoint.clone(),
                     ha_port: inst.ha_port,
+                    outdated: inst.outdated,
                     report,
                     server_answers,
                 };
@@ -117,15 +113,10 @@ impl<P: Platform> Controller<P> {
         observation
     }
 
-    /// One reconcile pass.
-    pub async fn pass(
-        &self,
-        cluster: &OpenGaussCluster,
-        status: &OpenGaussClusterStatus,
-        requests: &UserRequests,
-    ) -> anyhow::Result<PassOutcome> {
+    /// One reconcile pass over `cluster`.
+    pub async fn pass(&self, cluster: &OpenGaussCluster) -> anyhow::Result<PassOutcome> {
         let name = cluster.metadata.name.clone().unwrap_or_default();
-        let outcome = self.pass_inner(&name, cluster, status, requests).await;
+        let outcome = self.pass_inner(&name, cluster).await;
         match &outcome {
             Ok(o) => self.metrics.record_failed_actions(&name, o.failed_actions.len()),
             Err(e) => self.metrics.record_error(&name, e.kind),
@@ -133,32 +124,27 @@ impl<P: Platform> Controller<P> {
         outcome.map_err(|e| e.error)
     }
 
-    async fn pass_inner(
-        &self,
-        name: &str,
-        cluster: &OpenGaussCluster,
-        status: &OpenGaussClusterStatus,
-        requests: &UserRequests,
-    ) -> Result<PassOutcome, PassError> {
-        let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
+    async fn pass_inner(&self, name: &str, cluster: &OpenGaussCluster) -> Result<PassOutcome, PassError> {
+        let requests = self.platform.requests().await;
         let inventory = self
             .platform
             .inventory()
             .await
             .context("reading the platform's inventory")
             .map_err(|error| PassError { kind: "inventory", error })?;
-        let observed = self.observe(&inventory, timeout).await;
+        let observed = self.observe(&inventory, cluster).await;
+        let status = self.status();
         let plan = plan::decide(plan::Input {
             cluster: name,
             generation: cluster.metadata.generation,
             spec: &cluster.spec,
-            status,
+            status: &status,
             observed: &observed,
-            requests,
+            requests: &requests,
             now: Timestamp::now(),
             watching_since: self.watching_since,
         });
-        if plan.status != *status {
+        if plan.status != status {
             // Intent first: if it cannot be recorded, nothing is done.
             self.platform
                 .save_status(&plan.status)
@@ -166,31 +152,50 @@ impl<P: Platform> Controller<P> {
                 .context("saving the cluster status")
                 .map_err(|error| PassError { kind: "status", error })?;
         }
-        self.metrics.record_decision(name, status, &plan.status);
+        *self.status.lock().expect("status lock") = plan.status.clone();
+        self.metrics.record_decision(name, &status, &plan.status);
         self.platform.publish(&plan.events).await;
+        if let Some(outcome) = &plan.request_outcome
+            && let Err(e) = self.platform.acknowledge(outcome).await
+        {
+            let why = format!("the request was handled but could not be retired: {e:#}");
+            self.platform.publish(&[Event::warning("RequestNotRetired", why)]).await;
+        }
         crate::failpoint::hit("before-actions", &plan.status);
-        let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory))).await;
+        let results = join_all(plan.actions.iter().map(|a| self.act(a, &inventory, cluster))).await;
         crate::failpoint::hit("after-actions", &plan.status);
-        let failed_actions = plan
+        let failed_actions: Vec<(Action, String)> = plan
             .actions
             .iter()
             .zip(results)
             .filter_map(|(a, r)| r.err().map(|e| (a.clone(), format!("{e:#}"))))
             .collect();
-        Ok(PassOutcome { plan, failed_actions })
+        let failures: Vec<Event> = failed_actions
+            .iter()
+            .map(|(a, why)| Event::warning("ActionFailed", format!("{}: {why}", a.instance())))
+            .collect();
+        self.platform.publish(&failures).await;
+        let next_pass_in = pacing::next_pass_in(&plan, &cluster.spec);
+        Ok(PassOutcome { plan, failed_actions, next_pass_in })
     }
 
-    async fn act(&self, action: &Action, inventory: &Inventory) -> anyhow::Result<()> {
+    async fn act(
+        &self,
+        action: &Action,
+        inventory: &Inventory,
+        cluster: &OpenGaussCluster,
+    ) -> anyhow::Result<()> {
         match action {
             Action::Create { instance } => self.platform.create(instance).await,
             Action::Restart { instance } => self.platform.restart(instance).await,
+            Action::Recreate { instance } => self.platform.recreate(instance).await,
             Action::Delete { instance } => self.platform.delete(instance).await,
             Action::Send { instance, request } => {
                 let url = inventory
                     .get(instance)
                     .and_then(|i| i.manager_url.clone())
                     .with_context(|| format!("{instance}'s manager address is not known yet"))?;
-                match self.client.submit(&url, request).await? {
+                match self.client.submit(&url, request, pacing::probe_timeout(&cluster.spec)).await? {
                     Submitted::Accepted(_) | Submitted::Busy(_) => Ok(()),
                     Submitted::Refused(why) => {
                         anyhow::bail!("{instance} refused {:?}: {why}", request.kind())

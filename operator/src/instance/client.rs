@@ -24,29 +24,41 @@ pub enum Submitted {
 }
 
 impl ManagerClient {
-    pub fn new(token: String, timeout: Duration) -> anyhow::Result<Self> {
+    /// A client sending `token`; each call says how long it may take (the controller's probe
+    /// time-out, which users can change at any time).
+    pub fn new(token: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .context("building HTTP client")?;
         Ok(Self { http, token })
     }
 
-    pub async fn status(&self, base: &str) -> anyhow::Result<InstanceReport> {
-        let resp = self.http.get(format!("{base}{STATUS_PATH}")).bearer_auth(&self.token).send().await?;
+    pub async fn status(&self, base: &str, timeout: Duration) -> anyhow::Result<InstanceReport> {
+        let resp = self
+            .http
+            .get(format!("{base}{STATUS_PATH}"))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await?;
         if !resp.status().is_success() {
             bail!("status request answered {}", resp.status());
         }
         Ok(resp.json().await?)
     }
 
-    pub async fn submit(&self, base: &str, request: &Request) -> anyhow::Result<Submitted> {
+    pub async fn submit(
+        &self,
+        base: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> anyhow::Result<Submitted> {
         let resp = self
             .http
             .post(format!("{base}{REQUESTS_PATH}"))
             .bearer_auth(&self.token)
+            .timeout(timeout)
             .json(request)
             .send()
             .await?;

@@ -25,6 +25,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(600);
 const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the readiness watcher gives the server to answer: a primary too busy to answer
+/// a status probe quickly still serves its clients, and must not leave its Service for it.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A readiness result older than this (the watcher itself stuck) counts as not ready.
+const READINESS_STALE: Duration = Duration::from_secs(15);
 
 #[derive(Debug)]
 pub struct Manager {
@@ -44,6 +49,9 @@ pub struct Manager {
     last_contact: std::sync::Mutex<std::time::Instant>,
     /// Set while the manager shuts down: no more restarts.
     stopping: std::sync::atomic::AtomicBool,
+    /// Whether the server accepted a connection at the last readiness probe, and when:
+    /// `/readyz` answers from this, without running SQL under the kubelet's probe time-out.
+    readiness: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
 }
 
 /// Why a request was not accepted.
@@ -81,6 +89,7 @@ impl Manager {
             last_failure: std::sync::Mutex::new(None),
             last_contact: std::sync::Mutex::new(std::time::Instant::now()),
             stopping: Default::default(),
+            readiness: std::sync::Mutex::new(None),
         }))
     }
 
@@ -562,6 +571,22 @@ impl Manager {
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
+    }
+
+    /// Probes the server once a second for `/readyz`.
+    pub async fn watch_readiness(self: Arc<Self>) {
+        loop {
+            let running = running_postmaster(&self.cfg.data_dir()).is_some();
+            let accepting = running
+                && self.status_conn.lock().await.probe(&self.cfg, READINESS_PROBE_TIMEOUT).await.is_some();
+            *self.readiness.lock().expect("readiness lock") = Some((accepting, std::time::Instant::now()));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Whether the server accepted connections at the last readiness probe (recent enough).
+    pub fn ready(&self) -> bool {
+        matches!(*self.readiness.lock().expect("readiness lock"), Some((true, at)) if at.elapsed() < READINESS_STALE)
     }
 
     /// Stops the server cleanly for shutdown.

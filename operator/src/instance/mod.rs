@@ -42,6 +42,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // As PID 1 of a container, orphaned server processes are ours to reap.
     tokio::spawn(crate::reaper::run());
     let supervisor = tokio::spawn(manager.clone().supervise());
+    let readiness = tokio::spawn(manager.clone().watch_readiness());
     let app = api::router(manager.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::signals::shutdown_requested())
@@ -49,6 +50,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
     tracing::info!("shutting down: stopping the database server");
     supervisor.abort();
+    readiness.abort();
     manager.shutdown().await?;
     Ok(())
 }

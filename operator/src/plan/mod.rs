@@ -54,6 +54,9 @@ pub struct Observed {
     pub report: Option<InstanceReport>,
     /// The database port accepted a TCP connection (checked when the manager did not answer).
     pub server_answers: bool,
+    /// The instance runs from an older definition than the cluster's (see
+    /// `controller::PlatformInstance::outdated`); a rolling replacement renews it.
+    pub outdated: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -88,6 +91,9 @@ pub enum Action {
     Create { instance: String },
     /// Start a dead instance's manager again, as a kubelet restarts a container.
     Restart { instance: String },
+    /// Replace a running instance with one made from the cluster's current definition,
+    /// keeping its data (a pod whose image or resources changed).
+    Recreate { instance: String },
     /// Send a request to the instance's manager.
     Send { instance: String, request: Request },
     /// Remove an instance the spec no longer asks for: its process or pod and its data.
@@ -99,6 +105,7 @@ impl Action {
         match self {
             Action::Create { instance }
             | Action::Restart { instance }
+            | Action::Recreate { instance }
             | Action::Send { instance, .. }
             | Action::Delete { instance } => instance,
         }
@@ -106,7 +113,7 @@ impl Action {
 
     /// Disruptive steps interrupt service on an instance; the plan takes one per pass.
     pub fn is_disruptive(&self) -> bool {
-        matches!(self, Action::Delete { .. })
+        matches!(self, Action::Delete { .. } | Action::Recreate { .. })
             || matches!(
                 self,
                 Action::Send {

@@ -388,6 +388,8 @@ struct Inst {
     /// The spec fenced this instance while its promotion was under way (requested, done, or
     /// already accepting writes): the plan cannot take that back, so it may still complete.
     fenced_mid_promotion: bool,
+    /// Made from an older definition than the spec's now (the platform would replace it).
+    outdated: bool,
 }
 
 impl Inst {
@@ -414,6 +416,7 @@ impl Inst {
             started: None,
             fence_due: 0,
             fenced_mid_promotion: false,
+            outdated: false,
         }
     }
 
@@ -1423,7 +1426,19 @@ impl Model {
                 changed.push(format!("fence {name}"));
             }
         }
-        if param {
+        if param && (u4 >> 16) % 3 == 0 {
+            // A new pod definition (another image, other resources, a new operator): every
+            // instance made so far is outdated.
+            let mut any = false;
+            for x in self.insts.iter_mut().filter(|x| x.platform != PlatformState::Missing) {
+                x.outdated = true;
+                any = true;
+            }
+            if any {
+                *self.stats.changes.entry("definition change").or_default() += 1;
+                changed.push("a new instance definition".to_string());
+            }
+        } else if param {
             let (name, values, label) = if u4 % 2 == 0 {
                 (RESTART_PARAMETER, ["128MB", "256MB", "512MB"], "restart parameter")
             } else {
@@ -1716,6 +1731,7 @@ impl Model {
                     platform: x.platform,
                     endpoint: x.endpoint.clone(),
                     ha_port: HA_PORT,
+                    outdated: x.outdated,
                     report,
                     server_answers,
                 };
@@ -1748,6 +1764,27 @@ impl Model {
                     x.last_failure = None;
                     // A server that outlived its manager is adopted.
                     x.crashed = false;
+                    // Started again from the spec as it is now.
+                    x.outdated = false;
+                }
+            }
+            Action::Recreate { .. } => {
+                // As a pod deleted for a new definition: its manager is told to stop and stops
+                // the server with a fast shutdown; the instance comes back (dead, then
+                // restarted) from the new definition with its data.
+                if self.insts[i].platform == PlatformState::Running && self.insts[i].freeze == Freeze::No {
+                    let x = &mut self.insts[i];
+                    x.running = false;
+                    x.accepting = false;
+                    x.crashed = false;
+                    x.pending.clear();
+                    x.streaming_from = None;
+                    x.work = None;
+                    x.operation = None;
+                    x.last_failure = None;
+                    x.platform = PlatformState::Dead;
+                    x.outdated = false;
+                    *self.stats.changes.entry("instance recreated").or_default() += 1;
                 }
             }
             Action::Delete { .. } => {
@@ -2230,6 +2267,9 @@ impl Model {
             if !y.pending_restart().is_empty() {
                 return Err(format!("{} still has to restart for {:?}", y.name, y.pending_restart()));
             }
+            if y.outdated {
+                return Err(format!("{} still runs an older definition", y.name));
+            }
         }
         if self.p.no_loss() && !self.holds_acked(p) {
             return Err(format!("the final primary {} lacks acknowledged commits", self.insts[p].name));
@@ -2281,6 +2321,9 @@ impl Model {
             }
             if !x.pending_restart().is_empty() {
                 s.push_str(" restart-pending");
+            }
+            if x.outdated {
+                s.push_str(" outdated");
             }
             if let Some(c) = &x.applied
                 && c.standby
@@ -2363,6 +2406,7 @@ fn describe_action(a: &Action) -> String {
     match a {
         Action::Create { instance } => format!("create {instance}"),
         Action::Restart { instance } => format!("restart {instance}"),
+        Action::Recreate { instance } => format!("RECREATE {instance}"),
         Action::Delete { instance } => format!("DELETE {instance}"),
         Action::Send { instance, request } => {
             let r = match request {

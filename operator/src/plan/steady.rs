@@ -146,7 +146,7 @@ pub fn reconcile(input: &Input<'_>, plan: &mut Plan) {
         return;
     };
     remove_extras(input, plan, &primary);
-    rolling_restart(input, plan, &primary);
+    rolling_renewal(input, plan, &primary);
     for name in members(input).into_iter().filter(|n| *n != primary) {
         let Some(r) = report(input, &name) else {
             continue;
@@ -260,9 +260,37 @@ fn removal_exposes_commits(
     })
 }
 
-/// Parameters that need a restart: standbys one at a time, each only once every other member
-/// streams; the primary last, through a switchover (its rejoin restarts it).
-fn rolling_restart(input: &Input<'_>, plan: &mut Plan, primary: &str) {
+/// What an instance needs before it runs the cluster's current definition.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    /// It was made from an older definition (its pod's image or resources, or the operator
+    /// changed): replace it, keeping its data.
+    Recreate,
+    /// Parameters changed that only a restart applies (their names).
+    Restart(String),
+}
+
+/// The renewal `name` needs, if any, as `role`. Only a running instance is renewed; one that
+/// is dead or missing is brought back by the upkeep, from the current definition.
+fn renewal(input: &Input<'_>, name: &str, role: DesiredRole) -> Option<Renewal> {
+    let observed = input.observed.instances.get(name)?;
+    if observed.platform != PlatformState::Running {
+        return None;
+    }
+    if observed.outdated {
+        return Some(Renewal::Recreate);
+    }
+    let r = observed.report.as_ref()?;
+    let applied = r.config.as_ref() == Some(&desired_config(input, name, role));
+    (applied && !r.pending_restart.is_empty() && !operation_running(r))
+        .then(|| Renewal::Restart(r.pending_restart.join(", ")))
+}
+
+/// Brings every instance to the cluster's current definition, one at a time and only while
+/// every other member is settled: standbys first (restarted for new parameters, recreated for
+/// a new pod definition), the primary last, through a switchover (its rejoin restarts it; a
+/// recreate follows once it is a standby).
+fn rolling_renewal(input: &Input<'_>, plan: &mut Plan, primary: &str) {
     let members = members(input);
     let settled = |m: &String| {
         report(input, m).is_some_and(|r| !operation_running(r))
@@ -270,37 +298,61 @@ fn rolling_restart(input: &Input<'_>, plan: &mut Plan, primary: &str) {
                 || input.spec.is_fenced(m)
                 || plan.status.instance(m).is_some_and(|row| row.ready))
     };
+    let others_settled = |me: &str| members.iter().filter(|m| *m != me).all(settled);
+    let primary_ep = endpoint(input, primary).cloned();
+    for name in members.iter().filter(|m| *m != primary && !input.spec.is_fenced(m)) {
+        let Some(renew) = renewal(input, name, DesiredRole::Standby(primary_ep.clone())) else {
+            continue;
+        };
+        // One at a time: a renewal in progress elsewhere (or anything unsettled) waits. A
+        // standby stuck because of its old definition is renewed without settling first.
+        if !others_settled(name) {
+            return;
+        }
+        match renew {
+            Renewal::Recreate => {
+                plan.event(Event::normal(
+                    "RecreatingInstance",
+                    format!("recreating {name} from the cluster's current definition"),
+                ));
+                plan.act(Action::Recreate { instance: name.clone() });
+            }
+            Renewal::Restart(params) => {
+                plan.event(Event::normal(
+                    "RestartingStandby",
+                    format!("restarting {name} to apply {params}"),
+                ));
+                let config = desired_config(input, name, DesiredRole::Standby(primary_ep.clone()));
+                plan.send(name, Request::Restart { config });
+            }
+        }
+        return;
+    }
+    let Some(renew) = renewal(input, primary, DesiredRole::Primary) else { return };
     if !members.iter().all(settled) {
         return;
     }
-    let primary_ep = endpoint(input, primary).cloned();
-    let applied = |name: &str, r: &InstanceReport, role: DesiredRole| {
-        r.config.as_ref() == Some(&desired_config(input, name, role))
+    let why = match &renew {
+        Renewal::Recreate => format!("{primary} runs an older definition of its instance"),
+        Renewal::Restart(params) => format!("{primary} must restart to apply {params}"),
     };
-    for name in members.iter().filter(|m| *m != primary && !input.spec.is_fenced(m)) {
-        if let Some(r) = report(input, name)
-            && !r.pending_restart.is_empty()
-            && applied(name, r, DesiredRole::Standby(primary_ep.clone()))
-        {
-            plan.event(Event::normal(
-                "RestartingStandby",
-                format!("restarting {name} to apply {}", r.pending_restart.join(", ")),
-            ));
-            let config = desired_config(input, name, DesiredRole::Standby(primary_ep.clone()));
-            plan.send(name, Request::Restart { config });
-            return;
-        }
-    }
-    let Some(r) = report(input, primary) else { return };
-    if r.pending_restart.is_empty() || !applied(primary, r, DesiredRole::Primary) {
+    if input.spec.instances > 1 {
+        plan.switchover_wanted = Some(why);
         return;
     }
-    let params = r.pending_restart.join(", ");
-    if input.spec.instances == 1 {
-        plan.event(Event::normal("RestartingPrimary", format!("restarting {primary} to apply {params}")));
-        plan.send(primary, Request::Restart { config: desired_config(input, primary, DesiredRole::Primary) });
-    } else {
-        plan.switchover_wanted = Some(format!("{primary} must restart to apply {params}"));
+    // Alone, it can only be renewed in place: a short outage.
+    match renew {
+        Renewal::Recreate => {
+            plan.event(Event::normal("RecreatingInstance", format!("{why}: recreating it")));
+            plan.act(Action::Recreate { instance: primary.to_string() });
+        }
+        Renewal::Restart(params) => {
+            plan.event(Event::normal("RestartingPrimary", format!("restarting {primary} to apply {params}")));
+            plan.send(
+                primary,
+                Request::Restart { config: desired_config(input, primary, DesiredRole::Primary) },
+            );
+        }
     }
 }
 

@@ -57,6 +57,7 @@ impl World {
             obs.instances.insert(
                 name(k),
                 Observed {
+                    outdated: false,
                     platform: PlatformState::Running,
                     endpoint: ep(k),
                     ha_port: 16432 + k as u16,

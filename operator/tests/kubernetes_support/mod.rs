@@ -28,6 +28,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use opengauss_crd::OpenGaussCluster;
 use opengauss_operator::platform::kubernetes::Options;
+use opengauss_operator::platform::kubernetes::caches::{CacheWriters, Caches};
 use opengauss_operator::platform::kubernetes::reconcile::{Context, reconcile};
 use serde_json::{Value, json};
 
@@ -165,6 +166,9 @@ struct Store {
 #[derive(Clone, Default)]
 pub struct FakeApi {
     store: Arc<Mutex<Store>>,
+    /// The operator's watch caches, filled from the stored objects before each reconcile (as
+    /// the watches do in the operator).
+    caches: Arc<Mutex<Option<CacheWriters>>>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -353,6 +357,31 @@ impl FakeApi {
             })
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Fills the operator's caches with the stored objects it manages, replacing what they
+    /// held (a watch's relist).
+    pub fn sync_caches(&self) {
+        use kube::runtime::watcher::Event;
+        fn fill<K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned>(
+            writer: &mut kube::runtime::reflector::store::Writer<K>,
+            objects: Vec<Value>,
+        ) {
+            writer.apply_watcher_event(&Event::Init);
+            for o in objects {
+                let managed = o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "opengauss-operator";
+                if managed && let Ok(typed) = serde_json::from_value::<K>(o) {
+                    writer.apply_watcher_event(&Event::InitApply(typed));
+                }
+            }
+            writer.apply_watcher_event(&Event::InitDone);
+        }
+        let mut guard = self.caches.lock().expect("caches");
+        let Some(w) = guard.as_mut() else { return };
+        fill(&mut w.pods, self.list("", "pods", None));
+        fill(&mut w.services, self.list("", "services", None));
+        fill(&mut w.config_maps, self.list("", "configmaps", None));
+        fill(&mut w.budgets, self.list("policy", "poddisruptionbudgets", None));
     }
 
     pub fn journal(&self) -> Vec<Entry> {
@@ -622,21 +651,31 @@ pub fn stored_cluster(api: &FakeApi, name: &str) -> OpenGaussCluster {
     serde_json::from_value(api.get(&cluster_path(NS, name)).expect("cluster stored")).expect("cluster parses")
 }
 
-pub fn context(api: &FakeApi, manager_port: u16) -> Arc<Context> {
-    let options = Options {
+/// The operator's settings in these tests.
+pub fn options(manager_port: u16) -> Options {
+    Options {
         operator_image: "registry.example/opengauss-operator:test".into(),
         cluster_domain: "cluster.local".into(),
         manager_port,
-    };
+    }
+}
+
+pub fn context(api: &FakeApi, manager_port: u16) -> Arc<Context> {
+    let options = options(manager_port);
+    let (caches, writers) = Caches::new();
+    *api.caches.lock().expect("caches") = Some(writers);
+    api.sync_caches();
     Arc::new(Context::new(
         api.client(),
         options,
         Reporter { controller: "opengauss-operator".into(), instance: Some("test".into()) },
+        caches,
     ))
 }
 
 /// Runs one reconcile of the stored cluster `name`.
 pub async fn reconcile_once(api: &FakeApi, ctx: &Arc<Context>, name: &str) -> Result<Action, String> {
+    api.sync_caches();
     let value = api.get(&cluster_path(NS, name)).expect("cluster stored");
     let guard: DeserializeGuard<OpenGaussCluster> = serde_json::from_value(value).expect("guard parses");
     reconcile(Arc::new(guard), ctx.clone()).await.map_err(|e| e.to_string())
@@ -859,7 +898,8 @@ pub async fn healthy_cluster_with(extra_annotations: Value, with_secret: bool) -
     let stored = api.insert(&cluster_path(NS, "og"), cluster);
     let typed: OpenGaussCluster = serde_json::from_value(stored).expect("cluster");
     let managers = FakeManagers::start(&api, "og", 3).await;
-    let opts = Options { manager_port: managers.port, ..Options::default() };
+    // The pods as this operator makes them: none is outdated.
+    let opts = options(managers.port);
     if with_secret {
         use opengauss_operator::platform::kubernetes::credentials::Credentials;
         let creds = Credentials::generate(typed.spec.engine);
@@ -884,6 +924,20 @@ pub async fn healthy_cluster_with(extra_annotations: Value, with_secret: bool) -
     managers.set("og-1", Some(standby_report("og-1", 0x5000000)));
     managers.set("og-2", Some(standby_report("og-2", 0x4fff000)));
     (api, managers)
+}
+
+/// The spec changes (a standby fenced) after a pass: the next status write meets a new
+/// resource version, reads the object, sees its own status there, and writes again.
+pub async fn scenario_spec_change_between_passes() -> (FakeApi, Arc<Context>, FakeManagers) {
+    let (api, managers) = healthy_cluster(json!({})).await;
+    let ctx = context(&api, managers.port);
+    reconcile_once(&api, &ctx, "og").await.expect("first pass");
+    api.modify(&cluster_path(NS, "og"), |c| {
+        c["spec"]["fencedInstances"] = json!(["og-2"]);
+        c["metadata"]["generation"] = json!(2);
+    });
+    reconcile_once(&api, &ctx, "og").await.expect("pass after the spec change");
+    (api, ctx, managers)
 }
 
 /// The primary's pod is being deleted (its node drained, a user's `kubectl delete pod`): the

@@ -273,8 +273,8 @@ pub fn instance_config(c: &OpenGaussCluster, instance: &str, opts: &Options) -> 
         advertise_host: instance_host(c, instance, opts),
         api_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.manager_port)),
         api_port_file: None,
-        superuser: crate::platform::local::superuser(c.spec.engine).into(),
-        replication_user: crate::platform::local::REPLICATION_USER.into(),
+        superuser: crate::engine::dialect(c.spec.engine).superuser().into(),
+        replication_user: crate::credentials::REPLICATION_USER.into(),
         token_file: secret(keys::API_TOKEN),
         superuser_password_file: secret(keys::PASSWORD),
         replication_password_file: secret(keys::REPLICATION_PASSWORD),
@@ -599,54 +599,69 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
             ..Volume::default()
         },
     ];
-    Pod {
-        metadata: meta(c, instance.to_string(), pod_labels),
-        spec: Some(PodSpec {
-            hostname: Some(instance.into()),
-            subdomain: Some(headless_service_name(name)),
-            init_containers: Some(vec![init]),
-            containers: vec![database],
-            volumes: Some(volumes),
-            // Database pods never talk to the API server.
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(layout.uid),
-                run_as_group: Some(layout.gid),
-                fs_group: Some(layout.gid),
-                fs_group_change_policy: Some("OnRootMismatch".into()),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
+    let spec = PodSpec {
+        hostname: Some(instance.into()),
+        subdomain: Some(headless_service_name(name)),
+        init_containers: Some(vec![init]),
+        containers: vec![database],
+        volumes: Some(volumes),
+        // Database pods never talk to the API server.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(layout.uid),
+            run_as_group: Some(layout.gid),
+            fs_group: Some(layout.gid),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
             }),
-            // Spread instances over nodes when there are several.
-            affinity: Some(Affinity {
-                pod_anti_affinity: Some(PodAntiAffinity {
-                    preferred_during_scheduling_ignored_during_execution: Some(vec![
-                        WeightedPodAffinityTerm {
-                            weight: 100,
-                            pod_affinity_term: PodAffinityTerm {
-                                label_selector: Some(LabelSelector {
-                                    match_labels: Some(selector_labels(name, None)),
-                                    ..LabelSelector::default()
-                                }),
-                                topology_key: "kubernetes.io/hostname".into(),
-                                ..PodAffinityTerm::default()
-                            },
-                        },
-                    ]),
-                    ..PodAntiAffinity::default()
-                }),
-                ..Affinity::default()
-            }),
-            ..PodSpec::default()
+            ..PodSecurityContext::default()
         }),
-        ..Pod::default()
+        // Spread instances over nodes when there are several.
+        affinity: Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(name, None)),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..PodAffinityTerm::default()
+                    },
+                }]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
+        ..PodSpec::default()
+    };
+    let mut metadata = meta(c, instance.to_string(), pod_labels);
+    metadata.annotations =
+        Some(BTreeMap::from([(annotations::DEFINITION_HASH.into(), definition_hash(&spec))]));
+    Pod { metadata, spec: Some(spec), ..Pod::default() }
+}
+
+/// A stable hash (64-bit FNV-1a, hex) of an object's definition as JSON: the same definition
+/// hashes the same in every operator build, so only a real change rolls pods.
+pub fn definition_hash<T: serde::Serialize>(definition: &T) -> String {
+    let json = serde_json::to_vec(definition).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in json {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    format!("{hash:016x}")
+}
+
+/// The definition hash a pod was created with, if it carries one.
+pub fn pod_definition_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata.annotations.as_ref()?.get(annotations::DEFINITION_HASH).map(String::as_str)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use opengauss_crd::Engine;
 
-use crate::platform::local::statedir::{Secrets, pgpass_lines};
-use crate::platform::local::{REPLICATION_USER, superuser};
+use crate::credentials::{REPLICATION_USER, Secrets, pgpass_lines};
 
 /// Keys of the cluster's Secret.
 pub mod keys {
@@ -51,12 +50,12 @@ impl Credentials {
     /// Fresh credentials: passwords that meet openGauss's policy and a random API token.
     pub fn generate(engine: Engine) -> Self {
         Self {
-            superuser: superuser(engine).to_string(),
+            superuser: crate::engine::dialect(engine).superuser().to_string(),
             replication_user: REPLICATION_USER.to_string(),
             secrets: Secrets {
-                superuser_password: crate::secrets::password(24),
-                replication_password: crate::secrets::password(24),
-                token: crate::secrets::token(),
+                superuser_password: crate::credentials::password(24),
+                replication_password: crate::credentials::password(24),
+                token: crate::credentials::token(),
             },
         }
     }
@@ -64,7 +63,7 @@ impl Credentials {
     /// Placeholders, for output that must never carry secrets.
     pub fn redacted(engine: Engine) -> Self {
         Self {
-            superuser: superuser(engine).to_string(),
+            superuser: crate::engine::dialect(engine).superuser().to_string(),
             replication_user: REPLICATION_USER.to_string(),
             secrets: Secrets {
                 superuser_password: REDACTED.into(),
@@ -132,8 +131,8 @@ mod tests {
     fn generated_credentials_meet_the_policy_and_round_trip() {
         let c = Credentials::generate(Engine::OpenGauss);
         assert_eq!(c.superuser, "omm");
-        assert!(crate::secrets::meets_policy(&c.secrets.superuser_password, &c.superuser));
-        assert!(crate::secrets::meets_policy(&c.secrets.replication_password, &c.replication_user));
+        assert!(crate::credentials::meets_policy(&c.secrets.superuser_password, &c.superuser));
+        assert!(crate::credentials::meets_policy(&c.secrets.replication_password, &c.replication_user));
         let data = c.entries().into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
         let secret = Secret { data: Some(data), ..Secret::default() };
         assert_eq!(Credentials::from_secret(&secret).expect("complete"), c);

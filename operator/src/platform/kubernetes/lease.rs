@@ -212,20 +212,22 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until leadership is lost; returns why.
+    /// Renews the Lease until leadership is lost; returns why. Every renewal is bounded by
+    /// what is left of the renew deadline: a call hanging on a half-open connection must not
+    /// keep this replica acting after another may have taken the lease.
     pub async fn keep(&self) -> String {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(self.settings.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => renewed = Instant::now(),
-                Ok(false) => return "another replica holds the lease".into(),
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "cannot renew the lease");
-                    if renewed.elapsed() >= self.settings.renew_deadline {
-                        return format!("the lease could not be renewed for {:?}", renewed.elapsed());
-                    }
-                }
+            let left = self.settings.renew_deadline.saturating_sub(renewed.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => renewed = Instant::now(),
+                Ok(Ok(false)) => return "another replica holds the lease".into(),
+                Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "cannot renew the lease"),
+                Err(_) => tracing::warn!("renewing the lease did not answer in time"),
+            }
+            if renewed.elapsed() >= self.settings.renew_deadline {
+                return format!("the lease could not be renewed for {:?}", renewed.elapsed());
             }
         }
     }
@@ -244,7 +246,12 @@ impl LeaderElector {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": { "name": s.name, "namespace": s.namespace, "resourceVersion": lease.resource_version() },
-            "spec": { "holderIdentity": "", "leaseDurationSeconds": 1 }
+            "spec": {
+                "holderIdentity": "",
+                "leaseDurationSeconds": 1,
+                // Server-side apply would drop what is left out: keep the count.
+                "leaseTransitions": lease.spec.as_ref().and_then(|x| x.lease_transitions),
+            }
         });
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         self.api.patch(&s.name, &pp, &Patch::Apply(&body)).await.context("releasing the lease")?;

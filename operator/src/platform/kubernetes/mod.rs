@@ -9,11 +9,13 @@
 //! - `render`: `opengauss-operator render`, every object for a cluster file, offline;
 //! - `platform`: the `Platform` the shared controller drives (inventory from owned Pods, create
 //!   Pod + PVC, restart, status through the status subresource, Kubernetes Events);
+//! - `caches`: the watch caches of the pods, Services, ConfigMaps and budgets it manages;
 //! - `reconcile`: the kube-rs reconcile function around `Controller::pass`;
 //! - `lease`: leader election with a `coordination.k8s.io/v1` Lease;
 //! - `run`: `opengauss-operator run`.
 
 pub mod builders;
+pub mod caches;
 pub mod credentials;
 pub mod lease;
 pub mod options;
@@ -24,6 +26,18 @@ pub mod roles;
 pub mod run;
 
 pub use options::Options;
+
+/// An error's text for logs and events: each level of its context, an API server's refusal
+/// by its message alone (not the whole `Status` object).
+pub fn api_error_text(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|level| match level.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(s)) => format!("{} ({})", s.message, s.reason),
+            _ => level.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
 
 /// The one field manager every server-side apply and patch of the operator uses.
 pub const FIELD_MANAGER: &str = "opengauss-operator";
@@ -57,4 +71,8 @@ pub mod annotations {
     /// The database image's OS user id (and group id), for images whose database user is not
     /// the official image's.
     pub const RUN_AS_USER: &str = "ha.opengauss.dev/run-as-user";
+    /// Set by the operator on what it creates: a hash of the definition the object was made
+    /// from. A pod whose hash differs from its current definition's is replaced (rolling);
+    /// a Service, ConfigMap or budget whose hash differs is applied again.
+    pub const DEFINITION_HASH: &str = "ha.opengauss.dev/definition-hash";
 }

@@ -1,6 +1,8 @@
 //! The `Platform` the shared controller drives on Kubernetes: instances are the cluster's owned
-//! Pods (each with its PVC), status goes through the status subresource, and what happens is
-//! told through Kubernetes Events.
+//! Pods (each with its PVC), read from the watch cache; status goes through the status
+//! subresource, written against the resource version this process last saw so that a stale
+//! leader cannot overwrite a newer leader's status; what happens is told through Kubernetes
+//! Events.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -15,35 +19,32 @@ use opengauss_crd::names::instance_ordinal;
 use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus};
 
 use super::builders::{self, cluster_selector};
+use super::caches::{self, Caches};
 use super::options::Options;
 use super::roles::{self, RoleLabel};
-use super::{FIELD_MANAGER, labels};
-use crate::controller::Platform;
+use super::{FIELD_MANAGER, annotations, labels};
+use crate::controller::{Inventory, Platform, PlatformInstance, RequestOutcome};
 use crate::engine::Endpoint;
-use crate::plan::{Event, EventType, PlatformState};
-use crate::platform::{Inventory, PlatformInstance};
+use crate::plan::{Event, EventType, PlatformState, UserRequests};
 
-/// The Kubernetes platform of one cluster.
-pub struct KubePlatform {
-    client: Client,
-    namespace: String,
-    name: String,
-    uid: String,
-    opts: Options,
-    recorder: Recorder,
-    reference: ObjectReference,
-    /// The cluster as last reconciled.
-    cluster: Mutex<Arc<OpenGaussCluster>>,
-    /// The status as last saved (or read when this platform was made).
-    status: Mutex<OpenGaussClusterStatus>,
-    /// The owned pods as the last inventory saw them.
-    pods: Mutex<BTreeMap<String, Pod>>,
-    /// The status as last written to the API server, and when.
-    written: Mutex<Option<(OpenGaussClusterStatus, Instant)>>,
-}
+/// The longest note an Event may carry (events.k8s.io/v1 refuses longer ones).
+pub const MAX_EVENT_NOTE: usize = 1024;
+
+/// How long this process trusts its own pod writes over a watch cache that does not show
+/// them yet.
+const CACHE_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a status whose only change is `lastSeen` times may go unwritten.
 const LAST_SEEN_REFRESH: Duration = Duration::from_secs(30);
+
+/// The status on the API server was written by someone else since this process last wrote
+/// it (a newer leader): nothing of this pass may be acted on, and the cluster's state must
+/// be read again.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the status of {0} was changed by another writer (a newer leader of the operator?); reading it again"
+)]
+pub struct ForeignStatus(pub String);
 
 /// The status without `lastSeen` times, which change on every pass.
 fn without_sightings(status: &OpenGaussClusterStatus) -> OpenGaussClusterStatus {
@@ -52,6 +53,11 @@ fn without_sightings(status: &OpenGaussClusterStatus) -> OpenGaussClusterStatus 
         i.last_seen = None;
     }
     s
+}
+
+/// Two statuses as the API server stores them (times to the second), sightings aside.
+fn same_on_the_server(a: &OpenGaussClusterStatus, b: &OpenGaussClusterStatus) -> bool {
+    serde_json::to_value(without_sightings(a)).ok() == serde_json::to_value(without_sightings(b)).ok()
 }
 
 /// Whether `status` differs from the one last written in a way worth an API call now. The
@@ -70,10 +76,24 @@ pub fn worth_writing(
     }
 }
 
-impl std::fmt::Debug for KubePlatform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubePlatform").field("namespace", &self.namespace).field("name", &self.name).finish()
+/// Cuts an Event note to what the API accepts, on a character boundary.
+pub fn truncate_note(note: &str) -> String {
+    if note.len() <= MAX_EVENT_NOTE {
+        return note.to_string();
     }
+    let mut end = MAX_EVENT_NOTE - 3;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &note[..end])
+}
+
+/// Whether an API error says the namespace is being deleted (nothing may be created in it).
+pub fn namespace_terminating(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) => s.code == 403 && s.message.contains("because it is being terminated"),
+        _ => false,
+    })
 }
 
 /// Whether a pod is owned (as controller) by the object with `uid`.
@@ -110,18 +130,82 @@ pub fn pod_role(pod: &Pod) -> Option<RoleLabel> {
     pod.labels().get(labels::ROLE).and_then(|v| RoleLabel::parse(v))
 }
 
+/// Pod writes of this process the watch cache may not show yet.
+#[derive(Default)]
+struct RecentWrites {
+    /// Pods created, as the API server returned them.
+    created: BTreeMap<String, (Pod, Instant)>,
+    /// Pods deleted, by uid.
+    deleted: BTreeMap<String, (String, Instant)>,
+}
+
+impl RecentWrites {
+    /// Overlays this process's own writes on the cached pods.
+    fn overlay(&mut self, pods: &mut BTreeMap<String, Pod>) {
+        self.created.retain(|name, (pod, at)| {
+            let cached_uid = pods.get(name).and_then(|p| p.metadata.uid.clone());
+            if cached_uid == pod.metadata.uid || at.elapsed() > CACHE_GRACE {
+                return false;
+            }
+            if cached_uid.is_none() {
+                pods.insert(name.clone(), pod.clone());
+            }
+            true
+        });
+        self.deleted.retain(|name, (uid, at)| match pods.get_mut(name) {
+            Some(p) if p.metadata.uid.as_deref() == Some(uid.as_str()) => {
+                if p.metadata.deletion_timestamp.is_some() || at.elapsed() > CACHE_GRACE {
+                    return false;
+                }
+                p.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+                true
+            }
+            _ => false,
+        });
+    }
+}
+
+/// The Kubernetes platform of one cluster.
+pub struct KubePlatform {
+    client: Client,
+    namespace: String,
+    name: String,
+    uid: String,
+    opts: Options,
+    recorder: Recorder,
+    reference: ObjectReference,
+    caches: Caches,
+    /// The cluster as last reconciled.
+    cluster: Mutex<Arc<OpenGaussCluster>>,
+    /// The owned pods as the last inventory saw them.
+    seen: Mutex<BTreeMap<String, Pod>>,
+    recent: Mutex<RecentWrites>,
+    /// The status as last written by this process (or found when it started), and when.
+    written: Mutex<Option<(OpenGaussClusterStatus, Instant)>>,
+    /// The status known to be on the API server, and the resource version it was read or
+    /// written at: status writes are made against that version.
+    server: Mutex<(OpenGaussClusterStatus, Option<String>)>,
+}
+
+impl std::fmt::Debug for KubePlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubePlatform").field("namespace", &self.namespace).field("name", &self.name).finish()
+    }
+}
+
 impl KubePlatform {
     pub fn new(
         client: Client,
         cluster: Arc<OpenGaussCluster>,
-        status: OpenGaussClusterStatus,
         opts: Options,
         recorder: Recorder,
+        caches: Caches,
     ) -> Self {
         let namespace = builders::namespace(&cluster).to_string();
         let name = builders::cluster_name(&cluster).to_string();
         let uid = cluster.metadata.uid.clone().unwrap_or_default();
         let reference = cluster.object_ref(&());
+        let server = (cluster.status.clone().unwrap_or_default(), cluster.metadata.resource_version.clone());
         Self {
             client,
             namespace,
@@ -130,10 +214,12 @@ impl KubePlatform {
             opts,
             recorder,
             reference,
+            caches,
             cluster: Mutex::new(cluster),
-            status: Mutex::new(status),
-            pods: Mutex::default(),
+            seen: Mutex::default(),
+            recent: Mutex::default(),
             written: Mutex::default(),
+            server: Mutex::new(server),
         }
     }
 
@@ -153,13 +239,9 @@ impl KubePlatform {
         *self.cluster.lock().expect("cluster lock") = cluster;
     }
 
-    pub fn status(&self) -> OpenGaussClusterStatus {
-        self.status.lock().expect("status lock").clone()
-    }
-
     /// The owned pods as the last inventory saw them.
     pub fn pods(&self) -> BTreeMap<String, Pod> {
-        self.pods.lock().expect("pods lock").clone()
+        self.seen.lock().expect("pods lock").clone()
     }
 
     fn pods_api(&self) -> Api<Pod> {
@@ -176,6 +258,7 @@ impl KubePlatform {
 
     /// Publishes one event about the cluster; failures are logged, never fatal.
     pub async fn event(&self, type_: KubeEventType, reason: &str, note: String) {
+        let note = truncate_note(&note);
         let event = KubeEvent {
             type_,
             reason: reason.to_string(),
@@ -192,7 +275,10 @@ impl KubePlatform {
             }
         }
         if let Err(e) = self.recorder.publish(&event, &self.reference).await {
-            tracing::warn!(cluster = %self.name, error = %e, "cannot publish event {reason}");
+            let e = anyhow::Error::from(e);
+            if !namespace_terminating(&e) {
+                tracing::warn!(cluster = %self.name, error = %crate::platform::kubernetes::api_error_text(&e), "cannot publish event {reason}");
+            }
         }
     }
 
@@ -208,7 +294,7 @@ impl KubePlatform {
             match self.pods_api().patch(&pod, &params, &Patch::Merge(&patch)).await {
                 Ok(updated) => {
                     let was = current.get(&pod).copied().flatten();
-                    self.pods.lock().expect("pods lock").insert(pod.clone(), updated);
+                    self.seen.lock().expect("pods lock").insert(pod.clone(), updated);
                     self.event(
                         KubeEventType::Normal,
                         "RoleChanged",
@@ -228,30 +314,43 @@ impl KubePlatform {
         Ok(())
     }
 
+    /// Deletes `instance`'s pod (the one the inventory saw), unless it is already going.
+    async fn delete_pod(&self, instance: &str) -> anyhow::Result<bool> {
+        let Some(pod) = self.pods().get(instance).cloned() else { return Ok(false) };
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Ok(false);
+        }
+        let uid = pod.metadata.uid.clone();
+        let dp =
+            DeleteParams::default().preconditions(Preconditions { uid: uid.clone(), resource_version: None });
+        match self.pods_api().delete(instance, &dp).await {
+            Ok(_) => {
+                if let Some(uid) = uid {
+                    self.recent
+                        .lock()
+                        .expect("recent lock")
+                        .deleted
+                        .insert(instance.to_string(), (uid, Instant::now()));
+                }
+                Ok(true)
+            }
+            // Gone, or replaced by a pod of another uid (the precondition failed).
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("deleting pod {instance}")),
+        }
+    }
+
     /// Deletes an instance's pod and volume (the plan removes instances beyond
     /// `spec.instances`, highest ordinal first, never the primary).
     pub async fn delete_instance(&self, instance: &str) -> anyhow::Result<()> {
         let cluster = self.cluster();
-        if let Some(pod) = self.pods().get(instance)
-            && pod.metadata.deletion_timestamp.is_none()
-        {
-            let uid = pod.metadata.uid.clone();
-            let dp = DeleteParams::default().preconditions(Preconditions { uid, resource_version: None });
-            match self.pods_api().delete(instance, &dp).await {
-                Ok(_) => {
-                    self.event(
-                        KubeEventType::Normal,
-                        "InstanceRemoved",
-                        format!(
-                            "deleted pod {instance}: the cluster has {} instance(s) now",
-                            cluster.spec.instances
-                        ),
-                    )
-                    .await
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e).with_context(|| format!("deleting pod {instance}")),
-            }
+        if self.delete_pod(instance).await? {
+            self.event(
+                KubeEventType::Normal,
+                "InstanceRemoved",
+                format!("deleted pod {instance}: the cluster has {} instance(s) now", cluster.spec.instances),
+            )
+            .await
         }
         let lp = ListParams::default().labels(&cluster_selector(&self.name));
         for pvc in self.pvcs_api().list(&lp).await.context("listing volumes")?.items {
@@ -281,38 +380,57 @@ impl KubePlatform {
         Ok(())
     }
 
-    /// Writes `status` through the status subresource (server-side apply of the whole status).
+    /// Writes `status` through the status subresource (server-side apply of the whole status)
+    /// against the resource version last seen. A conflict caused by a change of the spec or
+    /// metadata only is retried at the new version; a status changed by another writer is
+    /// `ForeignStatus`.
     pub async fn patch_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
         let api: Api<OpenGaussCluster> = Api::namespaced(self.client.clone(), &self.namespace);
-        let body = serde_json::json!({
-            "apiVersion": opengauss_crd::API_VERSION,
-            "kind": opengauss_crd::KIND,
-            "status": status,
-        });
-        api.patch_status(&self.name, &Self::apply_params(), &Patch::Apply(&body))
-            .await
-            .with_context(|| format!("patching the status of {}/{}", self.namespace, self.name))?;
-        *self.status.lock().expect("status lock") = status.clone();
-        *self.written.lock().expect("written lock") = Some((status.clone(), Instant::now()));
-        Ok(())
+        let what = format!("the status of {}/{}", self.namespace, self.name);
+        for attempt in 0..2 {
+            let version = self.server.lock().expect("server lock").1.clone();
+            let body = serde_json::json!({
+                "apiVersion": opengauss_crd::API_VERSION,
+                "kind": opengauss_crd::KIND,
+                "metadata": { "resourceVersion": version },
+                "status": status,
+            });
+            match api.patch_status(&self.name, &Self::apply_params(), &Patch::Apply(&body)).await {
+                Ok(updated) => {
+                    *self.server.lock().expect("server lock") =
+                        (status.clone(), updated.metadata.resource_version);
+                    *self.written.lock().expect("written lock") = Some((status.clone(), Instant::now()));
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 && attempt == 0 => {
+                    let current = api.get(&self.name).await.with_context(|| format!("reading {what}"))?;
+                    let known = self.server.lock().expect("server lock").0.clone();
+                    let on_server = current.status.clone().unwrap_or_default();
+                    if !same_on_the_server(&known, &on_server) {
+                        return Err(ForeignStatus(format!("{}/{}", self.namespace, self.name)).into());
+                    }
+                    self.server.lock().expect("server lock").1 = current.metadata.resource_version;
+                }
+                Err(e) => return Err(e).with_context(|| format!("writing {what}")),
+            }
+        }
+        anyhow::bail!("writing {what}: the cluster kept changing")
     }
 }
 
 impl Platform for KubePlatform {
     async fn inventory(&self) -> anyhow::Result<Inventory> {
         let cluster = self.cluster();
-        let lp = ListParams::default().labels(&cluster_selector(&self.name));
-        let listed = self.pods_api().list(&lp).await.context("listing the cluster's pods")?;
-        let pods: BTreeMap<String, Pod> = listed
-            .items
+        let mut pods: BTreeMap<String, Pod> = caches::owned(&self.caches.pods, &self.namespace, &self.uid)
             .into_iter()
-            .filter(|p| owned_by(&p.metadata, &self.uid))
             .filter(|p| instance_ordinal(&self.name, &p.name_any()).is_some())
-            .map(|p| (p.name_any(), p))
+            .map(|p| (p.name_any(), (*p).clone()))
             .collect();
+        self.recent.lock().expect("recent lock").overlay(&mut pods);
         let inventory = pods
             .iter()
             .map(|(name, pod)| {
+                let desired = builders::pod(&cluster, name, RoleLabel::None, &self.opts);
                 let inst = PlatformInstance {
                     state: pod_state(pod),
                     endpoint: Endpoint {
@@ -321,11 +439,12 @@ impl Platform for KubePlatform {
                     },
                     ha_port: builders::ha_port(&cluster),
                     manager_url: manager_url(pod, self.opts.manager_port),
+                    outdated: builders::pod_definition_hash(pod) != builders::pod_definition_hash(&desired),
                 };
                 (name.clone(), inst)
             })
             .collect();
-        *self.pods.lock().expect("pods lock") = pods;
+        *self.seen.lock().expect("pods lock") = pods;
         Ok(inventory)
     }
 
@@ -336,20 +455,34 @@ impl Platform for KubePlatform {
             _ => anyhow::bail!("{instance} is not an instance of {}", self.name),
         }
         let pvc = builders::pvc(&cluster, instance);
-        let role = builders::role_for(Some(&self.status()), instance);
+        let status = self.server.lock().expect("server lock").0.clone();
+        let role = builders::role_for(Some(&status), instance);
         let pod = builders::pod(&cluster, instance, role, &self.opts);
         let pvc_name = builders::pvc_name(instance);
-        // The volume first: a pod never starts without the instance's own data.
-        self.pvcs_api()
-            .patch(&pvc_name, &Self::apply_params(), &Patch::Apply(&pvc))
-            .await
-            .with_context(|| format!("applying volume {pvc_name}"))?;
-        let created = self
-            .pods_api()
-            .patch(instance, &Self::apply_params(), &Patch::Apply(&pod))
-            .await
-            .with_context(|| format!("creating pod {instance}"))?;
-        self.pods.lock().expect("pods lock").insert(instance.to_string(), created);
+        let created = async {
+            // The volume first: a pod never starts without the instance's own data.
+            self.pvcs_api()
+                .patch(&pvc_name, &Self::apply_params(), &Patch::Apply(&pvc))
+                .await
+                .with_context(|| format!("applying volume {pvc_name}"))?;
+            self.pods_api()
+                .patch(instance, &Self::apply_params(), &Patch::Apply(&pod))
+                .await
+                .with_context(|| format!("creating pod {instance}"))
+        }
+        .await;
+        let created = match created {
+            Ok(pod) => pod,
+            // The namespace is going, and the cluster with it.
+            Err(e) if namespace_terminating(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .created
+            .insert(instance.to_string(), (created.clone(), Instant::now()));
+        self.seen.lock().expect("pods lock").insert(instance.to_string(), created);
         self.event(
             KubeEventType::Normal,
             "InstanceCreated",
@@ -367,38 +500,41 @@ impl Platform for KubePlatform {
         let Some(pod) = self.pods().get(instance).cloned() else {
             return Ok(());
         };
-        if pod.metadata.deletion_timestamp.is_some() {
-            // Already going; it is created again once gone.
-            return Ok(());
-        }
         let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
         if !matches!(phase.as_str(), "Failed" | "Succeeded") {
-            // The kubelet restarts containers of a live pod itself.
+            // The kubelet restarts containers of a live pod itself; a terminating one is
+            // created again once gone.
             return Ok(());
         }
         let why = pod.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_else(|| phase.clone());
-        let dp = DeleteParams::default()
-            .preconditions(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None });
-        match self.pods_api().delete(instance, &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("deleting failed pod {instance}")),
+        if self.delete_pod(instance).await? {
+            self.event(
+                KubeEventType::Warning,
+                "InstanceReplaced",
+                format!("pod {instance} ended ({why}); deleted it so that it is created again on its volume"),
+            )
+            .await;
         }
-        self.event(
-            KubeEventType::Warning,
-            "InstanceReplaced",
-            format!("pod {instance} ended ({why}); deleted it so that it is created again on its volume"),
-        )
-        .await;
+        Ok(())
+    }
+
+    async fn recreate(&self, instance: &str) -> anyhow::Result<()> {
+        if self.delete_pod(instance).await? {
+            self.event(
+                KubeEventType::Normal,
+                "InstanceRecreated",
+                format!(
+                    "deleted pod {instance} to create it again from the cluster's current definition (image, resources or operator changed); its volume stays"
+                ),
+            )
+            .await;
+        }
         Ok(())
     }
 
     async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
-        let write = worth_writing(self.written.lock().expect("written lock").as_ref(), status);
-        if write {
+        if worth_writing(self.written.lock().expect("written lock").as_ref(), status) {
             self.patch_status(status).await?;
-        } else {
-            *self.status.lock().expect("status lock") = status.clone();
         }
         // Intent is recorded; now take pods out of (and then into) the Services accordingly,
         // before the pass acts on any instance.
@@ -414,13 +550,36 @@ impl Platform for KubePlatform {
             self.event(type_, e.reason, e.message.clone()).await;
         }
     }
+
+    async fn requests(&self) -> UserRequests {
+        let cluster = self.cluster();
+        UserRequests {
+            switchover_to: cluster
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::SWITCHOVER_TO))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        }
+    }
+
+    async fn acknowledge(&self, _outcome: &RequestOutcome) -> anyhow::Result<()> {
+        // The plan's events said whether it was accepted and why; the request is done.
+        let api: Api<OpenGaussCluster> = Api::namespaced(self.client.clone(), &self.namespace);
+        let patch =
+            serde_json::json!({ "metadata": { "annotations": { annotations::SWITCHOVER_TO: null } } });
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+        api.patch(&self.name, &params, &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("removing the {} annotation", annotations::SWITCHOVER_TO))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
 
     #[test]
     fn sightings_alone_are_not_worth_an_immediate_write() {
@@ -435,6 +594,8 @@ mod tests {
         b.instances[0].ready = true;
         assert!(worth_writing(Some(&written), &b));
         assert!(worth_writing(None, &a));
+        assert!(same_on_the_server(&a, &a.clone()));
+        assert!(!same_on_the_server(&a, &b));
     }
 
     #[test]
@@ -457,5 +618,36 @@ mod tests {
         pod.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert_eq!(pod_state(&pod), PlatformState::Dead);
         assert_eq!(manager_url(&pod, 8000), None);
+    }
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "uid": uid}})).expect("pod")
+    }
+
+    #[test]
+    fn own_writes_show_until_the_cache_has_them() {
+        let mut recent = RecentWrites::default();
+        recent.created.insert("og-1".into(), (pod("og-1", "b"), Instant::now()));
+        recent.deleted.insert("og-0".into(), ("a".into(), Instant::now()));
+        let mut cached = BTreeMap::from([("og-0".to_string(), pod("og-0", "a"))]);
+        recent.overlay(&mut cached);
+        assert!(cached.contains_key("og-1"), "a pod just created is there before the cache has it");
+        assert!(cached["og-0"].metadata.deletion_timestamp.is_some(), "a pod just deleted is going");
+        // The cache catches up: the created pod is there, the deleted one gone.
+        let mut cached = BTreeMap::from([("og-1".to_string(), pod("og-1", "b"))]);
+        recent.overlay(&mut cached);
+        assert!(recent.created.is_empty() && recent.deleted.is_empty(), "nothing left to overlay");
+        // A pod created again under the same name (new uid) is not the deleted one.
+        recent.deleted.insert("og-1".into(), ("old".into(), Instant::now()));
+        recent.overlay(&mut cached);
+        assert!(cached["og-1"].metadata.deletion_timestamp.is_none());
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(600);
+        let t = truncate_note(&s);
+        assert!(t.ends_with("...") && t.len() <= MAX_EVENT_NOTE, "{}", t.len());
+        assert_eq!(truncate_note("short"), "short");
     }
 }

@@ -3,8 +3,7 @@
 //! controller (observe, plan, persist status, act), then bring role labels and orphans in line
 //! with the new status.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,18 +21,20 @@ use opengauss_crd::{InvalidCluster, OpenGaussCluster, OpenGaussClusterStatus, Ph
 use serde::Serialize;
 
 use super::builders::{self, cluster_name, namespace};
+use super::caches::{self, Caches};
 use super::credentials::Credentials;
 use super::options::Options;
-use super::platform::{KubePlatform, owned_by};
+use super::platform::{ForeignStatus, KubePlatform, owned_by, truncate_note};
 use super::{FIELD_MANAGER, annotations};
 use crate::controller::Controller;
-use crate::plan::UserRequests;
 
 /// How often the cluster-level objects are applied again even when nothing changed, to repair
 /// edits made behind the operator's back.
 const REAPPLY_EVERY: Duration = Duration::from_secs(300);
 /// Per-cluster state unused this long belongs to a deleted cluster.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// How long a reconcile waits for the watch caches' first listing.
+const CACHE_SYNC: Duration = Duration::from_secs(60);
 /// Retry delay after a failed reconcile.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(2);
 
@@ -51,9 +52,8 @@ impl From<anyhow::Error> for ReconcileError {
 /// What one cluster keeps between reconciles.
 struct ClusterState {
     controller: Controller<KubePlatform>,
-    probe_timeout: Duration,
-    /// Hash of the cluster-level objects last applied, and when.
-    applied: Mutex<Option<(u64, Instant)>>,
+    /// Per cluster-level object (kind/name): the definition hash last applied, and when.
+    applied: Mutex<BTreeMap<String, (String, Instant)>>,
     last_used: Mutex<Instant>,
 }
 
@@ -64,6 +64,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// The controller's metrics, shared by every cluster's controller.
     pub metrics: Arc<crate::metrics::ControllerMetrics>,
+    pub caches: Caches,
     clusters: tokio::sync::Mutex<HashMap<String, Arc<ClusterState>>>,
 }
 
@@ -74,9 +75,9 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(client: Client, options: Options, reporter: Reporter) -> Self {
+    pub fn new(client: Client, options: Options, reporter: Reporter, caches: Caches) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, options, recorder, metrics: Default::default(), clusters: Default::default() }
+        Self { client, options, recorder, metrics: Default::default(), caches, clusters: Default::default() }
     }
 
     /// The clusters this context keeps state for (by uid).
@@ -89,40 +90,36 @@ impl Context {
     }
 
     /// The cluster's state, made on first use: its credentials are read from (or first written
-    /// to) its Secret, and a controller is set up with its API token.
+    /// to) its Secret, and a controller is set up with its API token, resuming from the status
+    /// on the object.
     async fn state(&self, cluster: &Arc<OpenGaussCluster>) -> anyhow::Result<Arc<ClusterState>> {
         let uid = cluster.metadata.uid.clone().context("the cluster has no uid")?;
-        let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
-        let mut clusters = self.clusters.lock().await;
-        clusters.retain(|_, s| s.last_used.lock().expect("lock").elapsed() < FORGET_AFTER);
-        if let Some(s) = clusters.get(&uid)
-            && s.probe_timeout == timeout
         {
-            *s.last_used.lock().expect("lock") = Instant::now();
-            return Ok(s.clone());
+            let mut clusters = self.clusters.lock().await;
+            clusters.retain(|_, s| s.last_used.lock().expect("lock").elapsed() < FORGET_AFTER);
+            if let Some(s) = clusters.get(&uid) {
+                *s.last_used.lock().expect("lock") = Instant::now();
+                return Ok(s.clone());
+            }
         }
+        // Outside the lock: the Secret's round trips must not hold up other clusters.
         let credentials = self.credentials(cluster).await?;
-        let status = clusters
-            .get(&uid)
-            .map(|s| s.controller.platform.status())
-            .unwrap_or_else(|| cluster.status.clone().unwrap_or_default());
         let platform = KubePlatform::new(
             self.client.clone(),
             cluster.clone(),
-            status,
             self.options.clone(),
             self.recorder.clone(),
+            self.caches.clone(),
         );
-        let controller = Controller::new(platform, credentials.secrets.token.clone(), timeout)?
+        let status = cluster.status.clone().unwrap_or_default();
+        let controller = Controller::new(platform, credentials.secrets.token.clone(), status)?
             .with_metrics(self.metrics.clone());
         let state = Arc::new(ClusterState {
             controller,
-            probe_timeout: timeout,
-            applied: Mutex::new(None),
+            applied: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
         });
-        clusters.insert(uid, state.clone());
-        Ok(state)
+        Ok(self.clusters.lock().await.entry(uid).or_insert(state).clone())
     }
 
     /// Reads the cluster's credentials, creating its Secret with fresh ones the first time.
@@ -194,62 +191,95 @@ pub fn invalid_status(
     status
 }
 
-fn hash_json<T: Serialize>(value: &T) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(value).unwrap_or_default().hash(&mut h);
-    h.finish()
-}
-
 fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-async fn apply<K>(client: &Client, ns: &str, object: &K) -> anyhow::Result<()>
+/// How long an object applied by this process is not applied again while the watch cache
+/// does not show it yet.
+const APPLIED_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether `object` (desired, carrying its definition hash) must be applied: it is missing
+/// from the cache or differs from what was applied, unless this process just applied it; and
+/// in any case every `REAPPLY_EVERY`, to repair edits made behind the operator's back.
+fn due<K>(state: &ClusterState, store: &kube::runtime::reflector::Store<K>, object: &K) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let meta = object.meta();
+    let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+    let hash = meta.annotations.as_ref().and_then(|a| a.get(annotations::DEFINITION_HASH)).cloned();
+    let key = format!("{}/{name}", K::kind(&()));
+    let cached_hash = caches::named(store, &ns, &name).and_then(|o| {
+        o.meta().annotations.as_ref().and_then(|a| a.get(annotations::DEFINITION_HASH)).cloned()
+    });
+    match state.applied.lock().expect("lock").get(&key) {
+        Some((h, at)) if Some(h) == hash.as_ref() && at.elapsed() < APPLIED_GRACE => false,
+        Some((h, at)) if Some(h) == hash.as_ref() && cached_hash == hash => at.elapsed() > REAPPLY_EVERY,
+        _ => cached_hash.is_none() || cached_hash != hash,
+    }
+}
+
+/// Applies `object` if `due`, recording it.
+async fn apply_if_due<K>(
+    ctx: &Context,
+    state: &ClusterState,
+    store: &kube::runtime::reflector::Store<K>,
+    object: &K,
+) -> anyhow::Result<()>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + Serialize
-        + std::fmt::Debug,
+        + std::fmt::Debug
+        + 'static,
 {
-    let name = object.meta().name.clone().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    if !due(state, store, object) {
+        return Ok(());
+    }
+    let meta = object.meta();
+    let (ns, name) = (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(&name, &apply_params(), &Patch::Apply(object))
         .await
         .with_context(|| format!("applying {} {name}", K::kind(&())))?;
+    let hash = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::DEFINITION_HASH))
+        .cloned()
+        .unwrap_or_default();
+    state.applied.lock().expect("lock").insert(format!("{}/{name}", K::kind(&())), (hash, Instant::now()));
     Ok(())
 }
 
+/// Marks a desired object with the hash of its definition.
+fn with_hash<K: Resource + Serialize>(mut object: K) -> K {
+    let hash = builders::definition_hash(&object);
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(annotations::DEFINITION_HASH.into(), hash);
+    object
+}
+
 /// Applies the ConfigMap, the Services and the PodDisruptionBudget (the Secret exists by now)
-/// when they changed, on the first pass of this process, and every few minutes.
+/// when one is missing or differs from what the cluster asks for; the watches on them bring
+/// a reconcile as soon as one is deleted or edited.
 async fn apply_cluster_objects(
     ctx: &Context,
     state: &ClusterState,
     cluster: &OpenGaussCluster,
 ) -> anyhow::Result<()> {
-    let opts = &ctx.options;
-    let config_map = builders::config_map(cluster, opts);
-    let headless = builders::headless_service(cluster);
-    let rw = builders::rw_service(cluster);
-    let ro = builders::ro_service(cluster);
-    let pdb = builders::pod_disruption_budget(cluster);
-    let hash = hash_json(&(&config_map, &headless, &rw, &ro, &pdb));
-    let due = match *state.applied.lock().expect("lock") {
-        Some((h, at)) => h != hash || at.elapsed() > REAPPLY_EVERY,
-        None => true,
-    };
-    if !due {
-        return Ok(());
-    }
-    let ns = namespace(cluster);
-    let client = &ctx.client;
+    let c = &ctx.caches;
     // The headless Service before any pod: peers find each other through it.
-    apply(client, ns, &config_map).await?;
-    apply(client, ns, &headless).await?;
-    apply(client, ns, &rw).await?;
-    apply(client, ns, &ro).await?;
-    apply(client, ns, &pdb).await?;
-    *state.applied.lock().expect("lock") = Some((hash, Instant::now()));
+    apply_if_due(ctx, state, &c.config_maps, &with_hash(builders::config_map(cluster, &ctx.options))).await?;
+    apply_if_due(ctx, state, &c.services, &with_hash(builders::headless_service(cluster))).await?;
+    apply_if_due(ctx, state, &c.services, &with_hash(builders::rw_service(cluster))).await?;
+    apply_if_due(ctx, state, &c.services, &with_hash(builders::ro_service(cluster))).await?;
+    apply_if_due(ctx, state, &c.budgets, &with_hash(builders::pod_disruption_budget(cluster))).await?;
     Ok(())
 }
 
@@ -277,12 +307,12 @@ pub fn error_policy(
     let name = meta.name.clone().unwrap_or_default();
     tracing::warn!(cluster = %name, namespace = meta.namespace.as_deref().unwrap_or(""), error = %error, "reconcile failed");
     let reference = reference_to(&meta);
-    let note = format!("{error}");
+    let note = super::api_error_text(&error.0);
     tokio::spawn(async move {
         let event = KubeEvent {
             type_: KubeEventType::Warning,
             reason: "ReconcileFailed".into(),
-            note: Some(truncate(&note, 1000)),
+            note: Some(truncate_note(&note)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -291,17 +321,6 @@ pub fn error_policy(
         }
     });
     Action::requeue(ERROR_REQUEUE)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 fn reference_to(meta: &kube::core::ObjectMeta) -> ObjectReference {
@@ -327,18 +346,19 @@ async fn report_malformed(ctx: &Context, invalid: &InvalidObject) -> Result<(), 
     let status =
         invalid_status(&OpenGaussClusterStatus::default(), &message, meta.generation, Timestamp::now());
     let api: Api<DeserializeGuard<OpenGaussCluster>> = Api::namespaced(ctx.client.clone(), &ns);
+    // A merge patch of these fields alone: the rest of the status (the primary, a transition
+    // in flight) stays as it was for when the object can be read again.
     let body = serde_json::json!({
-        "apiVersion": opengauss_crd::API_VERSION,
-        "kind": opengauss_crd::KIND,
         "status": { "phase": status.phase, "phaseReason": status.phase_reason, "conditions": status.conditions },
     });
-    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch_status(&name, &params, &Patch::Merge(&body))
         .await
         .with_context(|| format!("patching the status of {ns}/{name}"))?;
     let event = KubeEvent {
         type_: KubeEventType::Warning,
         reason: "InvalidObject".into(),
-        note: Some(truncate(&message, 1000)),
+        note: Some(truncate_note(&message)),
         action: "Validate".into(),
         secondary: None,
     };
@@ -362,46 +382,28 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
         ctx.forget(&uid).await;
         return report_invalid(ctx, &cluster, &invalid).await;
     }
+    // Decisions are made from the caches only once they hold a full listing.
+    tokio::time::timeout(CACHE_SYNC, ctx.caches.wait_until_ready())
+        .await
+        .context("the watch caches did not fill within a minute")??;
     let state = ctx.state(&cluster).await?;
     let platform = &state.controller.platform;
     platform.set_cluster(cluster.clone());
     apply_cluster_objects(ctx, &state, &cluster).await?;
-
-    let status = platform.status();
-    let requests = UserRequests {
-        switchover_to: cluster
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(annotations::SWITCHOVER_TO))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty()),
-    };
-    let outcome = state.controller.pass(&cluster, &status, &requests).await?;
-    let plan = outcome.plan;
-    for (action, why) in &outcome.failed_actions {
-        platform
-            .event(
-                KubeEventType::Warning,
-                "ActionFailed",
-                truncate(&format!("{}: {why}", action.instance()), 1000),
-            )
-            .await;
+    match state.controller.pass(&cluster).await {
+        Ok(outcome) => {
+            // Labels drift too (a pod recreated, an edit): bring them in line on every pass.
+            platform.sync_role_labels(&outcome.plan.status).await?;
+            Ok(Action::requeue(outcome.next_pass_in))
+        }
+        Err(e) if e.downcast_ref::<ForeignStatus>().is_some() => {
+            // Another leader wrote: start again from what is on the server.
+            tracing::warn!(cluster = %name, namespace = %ns, "{e:#}");
+            ctx.forget(&uid).await;
+            Ok(Action::requeue(ERROR_REQUEUE))
+        }
+        Err(e) => Err(e),
     }
-    if plan.request_outcome.is_some() {
-        // The request was accepted or refused (the plan's events say which): it is done.
-        let api: Api<OpenGaussCluster> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch =
-            serde_json::json!({ "metadata": { "annotations": { annotations::SWITCHOVER_TO: null } } });
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-        api.patch(&name, &params, &Patch::Merge(&patch))
-            .await
-            .with_context(|| format!("removing the {} annotation", annotations::SWITCHOVER_TO))?;
-    }
-    platform.sync_role_labels(&plan.status).await?;
-    let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
-    let busy = plan.urgent || plan.status.phase != Some(Phase::Healthy);
-    Ok(Action::requeue(if busy { interval.min(Duration::from_millis(500)) } else { interval }))
 }
 
 async fn report_invalid(
@@ -416,12 +418,12 @@ async fn report_invalid(
         let platform = KubePlatform::new(
             ctx.client.clone(),
             Arc::new(cluster.clone()),
-            previous,
             ctx.options.clone(),
             ctx.recorder.clone(),
+            ctx.caches.clone(),
         );
         platform.patch_status(&status).await?;
-        platform.event(KubeEventType::Warning, "InvalidSpec", truncate(&message, 1000)).await;
+        platform.event(KubeEventType::Warning, "InvalidSpec", message.clone()).await;
     }
     // A fixed spec is a new generation, which reconciles again.
     Ok(Action::await_change())
@@ -444,12 +446,5 @@ mod tests {
         let other = invalid_status(&first, "worse", Some(2), t1);
         assert_eq!(other.condition("ValidSpec").expect("c").last_transition_time, Time(t0));
         assert_eq!(other.phase_reason.as_deref(), Some("worse"));
-    }
-
-    #[test]
-    fn long_notes_are_cut_on_a_character_boundary() {
-        let s = "é".repeat(600);
-        let t = truncate(&s, 1001);
-        assert!(t.ends_with("...") && t.len() <= 1004);
     }
 }

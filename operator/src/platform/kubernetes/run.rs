@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -22,6 +23,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource};
 use opengauss_crd::OpenGaussCluster;
 
+use super::caches::Caches;
 use super::lease::{LeaderElector, LeaseSettings};
 use super::options::{DEFAULT_CLUSTER_DOMAIN, MANAGER_PORT, Options};
 use super::reconcile::{Context, error_policy, reconcile};
@@ -142,6 +144,17 @@ fn hostname() -> String {
         .unwrap_or_else(|| format!("opengauss-operator-{}", std::process::id()))
 }
 
+/// An API of every namespace, or of the one watched.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// What triggers a reconcile from the cluster object itself: a new generation (spec), changed
 /// annotations (a switchover request) or a deletion; never a status write, so the operator's
 /// own status updates do not make it spin.
@@ -242,26 +255,41 @@ pub async fn run_with(
     }
 
     let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: Some(identity.clone()) };
-    let mut ctx = Context::new(client.clone(), options, reporter);
-    ctx.metrics = metrics;
-    let ctx = Arc::new(ctx);
-    let clusters: Api<DeserializeGuard<OpenGaussCluster>> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let pods: Api<Pod> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let clusters: Api<DeserializeGuard<OpenGaussCluster>> = scoped(&client, &args.namespace);
     let (reader, writer) = reflector::store();
     let trigger = watcher(clusters, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
-    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    // What the operator manages is watched into caches the reconciles read; a change to any
+    // of it (a pod going, a Service deleted) reconciles its cluster.
+    let (caches, writers) = Caches::new();
+    let managed = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let pods = watcher(scoped::<Pod>(&client, &args.namespace), managed.clone())
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let services = watcher(scoped::<Service>(&client, &args.namespace), managed.clone())
+        .default_backoff()
+        .reflect(writers.services)
+        .touched_objects();
+    let config_maps = watcher(scoped::<ConfigMap>(&client, &args.namespace), managed.clone())
+        .default_backoff()
+        .reflect(writers.config_maps)
+        .touched_objects();
+    let budgets = watcher(scoped::<PodDisruptionBudget>(&client, &args.namespace), managed)
+        .default_backoff()
+        .reflect(writers.budgets)
+        .touched_objects();
+    let mut ctx = Context::new(client.clone(), options, reporter, caches.clone());
+    ctx.metrics = metrics;
+    let ctx = Arc::new(ctx);
     let controller = Controller::for_stream(trigger, reader)
-        .owns(pods, owned)
+        .owns_stream(pods)
+        .owns_stream(services)
+        .owns_stream(config_maps)
+        .owns_stream(budgets)
         .with_config(controller::Config::default().concurrency(args.concurrency))
         .graceful_shutdown_on(stopped())
         .run(reconcile, error_policy, ctx)

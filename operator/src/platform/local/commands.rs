@@ -14,12 +14,12 @@ use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus, Phase, parse_clust
 
 use super::binaries::find_bin_dir;
 use super::procs::{self, Kubelet, choose_user};
-use super::statedir::{Identity, StateDir, pgpass_lines, world_traversable};
-use super::{DEFAULT_BASE_PORT, LOCAL_HOST, LocalPlatform, ports, superuser};
+use super::statedir::{Identity, StateDir, world_traversable};
+use super::{DEFAULT_BASE_PORT, LOCAL_HOST, LocalPlatform, ports};
 use crate::controller::Controller;
+use crate::credentials::{REPLICATION_USER, pgpass_lines};
 use crate::fsutil::write_atomic;
 use crate::instance::InstanceConfig;
-use crate::plan::UserRequests;
 
 /// Which cluster a command is about: by its file or by its state directory.
 #[derive(Clone, Debug)]
@@ -150,8 +150,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::reaper::run());
     record_applied(&state, &cluster)?;
     let secrets = state.secrets()?;
-    let su = superuser(engine);
-    write_atomic(&state.pgpass(), pgpass_lines(su, super::REPLICATION_USER, &secrets).as_bytes(), 0o600)?;
+    let su = crate::engine::dialect(engine).superuser();
+    write_atomic(&state.pgpass(), pgpass_lines(su, REPLICATION_USER, &secrets).as_bytes(), 0o600)?;
     let root = std::fs::canonicalize(&state.root)?;
     if let Some(user) = &run_as
         && let Err(blocked) = world_traversable(&root)
@@ -191,8 +191,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         platform.prepare(instance)?;
         platform.kubelet.start(instance).await?;
     }
-    let timeout = Duration::from_millis(u64::from(cluster.spec.failover.probe_timeout_milliseconds));
-    let controller = Controller::new(platform, secrets.token.clone(), timeout)?;
+    let controller =
+        Controller::new(platform, secrets.token.clone(), state.read_status()?.unwrap_or_default())?;
     let metrics_server = serve_metrics(controller.metrics().clone(), &state).await?;
     let result = run_loop(&controller, &cluster, &state).await;
     metrics_server.abort();
@@ -323,7 +323,6 @@ async fn run_loop(
     let platform = &controller.platform;
     let name = started_with.metadata.name.clone().unwrap_or_default();
     let mut cluster = read_applied(state).unwrap_or_else(|_| started_with.clone());
-    let mut status = state.read_status()?.unwrap_or_default();
     let mut announced = false;
     loop {
         // `local apply` writes the applied cluster; take it up on the next pass.
@@ -339,27 +338,9 @@ async fn run_loop(
             Ok(_) => {}
             Err(e) => platform.say("spec", format!("ignoring the applied cluster file: {e:#}")),
         }
-        let interval = Duration::from_millis(u64::from(cluster.spec.failover.probe_interval_milliseconds));
-        let requests = UserRequests { switchover_to: read_request(&state.switchover_request()) };
-        let wait = match controller.pass(&cluster, &status, &requests).await {
+        let wait = match controller.pass(&cluster).await {
             Ok(outcome) => {
-                let plan = outcome.plan;
-                if let Some(result) = &plan.request_outcome {
-                    let (accepted, message) = match result {
-                        Ok(m) => (true, m.clone()),
-                        Err(m) => (false, m.clone()),
-                    };
-                    let json = serde_json::json!({ "accepted": accepted, "message": message });
-                    write_atomic(&state.switchover_result(), json.to_string().as_bytes(), 0o644)?;
-                    let _ = std::fs::remove_file(state.switchover_request());
-                }
-                for (action, why) in &outcome.failed_actions {
-                    platform.say(
-                        &format!("action/{}", action.instance()),
-                        format!("{}: {why}", action.instance()),
-                    );
-                }
-                status = plan.status;
+                let status = &outcome.plan.status;
                 if let Some(phase) = status.phase {
                     platform.say(
                         "phase",
@@ -368,17 +349,13 @@ async fn run_loop(
                 }
                 if status.phase == Some(Phase::Healthy) && !announced {
                     announced = true;
-                    print_connect_help(&name, &status, state);
+                    print_connect_help(&name, status, state);
                 }
-                if plan.urgent || status.phase != Some(Phase::Healthy) {
-                    interval.min(Duration::from_millis(200))
-                } else {
-                    interval
-                }
+                outcome.next_pass_in
             }
             Err(e) => {
                 platform.say("error", format!("reconcile failed: {e:#}"));
-                interval
+                crate::controller::pacing::after_error(&cluster.spec)
             }
         };
         tokio::select! {
@@ -407,12 +384,6 @@ fn print_connect_help(name: &str, status: &OpenGaussClusterStatus, state: &State
         pgpass = state.pgpass().display(),
         dir = state.root.display(),
     );
-}
-
-fn read_request(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let t = text.trim();
-    (!t.is_empty()).then(|| t.to_string())
 }
 
 /// Stops every instance: the primary first (a fast shutdown sends its last WAL to connected

@@ -14,25 +14,19 @@ use anyhow::Context;
 use opengauss_crd::names::{instance_name, instance_ordinal};
 use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
 
-use crate::controller::Platform;
+use crate::controller::{Inventory, Platform, PlatformInstance, RequestOutcome};
+use crate::credentials::{REPLICATION_USER, Secrets, pgpass_lines};
 use crate::engine::Endpoint;
 use crate::instance::InstanceConfig;
-use crate::plan::{Event, EventType, PlatformState};
-use crate::platform::{Inventory, PlatformInstance};
+use crate::plan::{Event, EventType, PlatformState, UserRequests};
 use procs::Kubelet;
-use statedir::{Secrets, StateDir, pgpass_lines};
+use statedir::StateDir;
 
 pub const DEFAULT_BASE_PORT: u16 = 15432;
 pub const LOCAL_HOST: &str = "127.0.0.1";
 /// openGauss HA ports sit this far above the database ports, ten apart per instance (the HA
 /// listener also uses `ha port + 4` for heartbeats).
 const HA_PORT_OFFSET: u16 = 1000;
-
-pub fn superuser(engine: Engine) -> &'static str {
-    crate::engine::dialect(engine).superuser()
-}
-
-pub const REPLICATION_USER: &str = "replicator";
 
 /// Ports of instance `ordinal`: database and HA.
 pub fn ports(base_port: u16, ordinal: u32) -> (u16, u16) {
@@ -124,7 +118,7 @@ impl LocalPlatform {
             advertise_host: LOCAL_HOST.into(),
             api_listen: "127.0.0.1:0".parse().expect("valid address"),
             api_port_file: Some(procs::port_file(&root)),
-            superuser: superuser(self.engine).into(),
+            superuser: crate::engine::dialect(self.engine).superuser().into(),
             replication_user: REPLICATION_USER.into(),
             token_file: root.join("api-token"),
             superuser_password_file: root.join("superuser-password"),
@@ -199,6 +193,8 @@ impl Platform for LocalPlatform {
                     } else {
                         None
                     },
+                    // A process is always started from the instance's current configuration.
+                    outdated: false,
                 },
             );
         }
@@ -211,6 +207,12 @@ impl Platform for LocalPlatform {
     }
 
     async fn restart(&self, instance: &str) -> anyhow::Result<()> {
+        self.kubelet.start(instance).await
+    }
+
+    async fn recreate(&self, instance: &str) -> anyhow::Result<()> {
+        self.kubelet.stop(instance, std::time::Duration::from_secs(90)).await?;
+        self.prepare(instance)?;
         self.kubelet.start(instance).await
     }
 
@@ -229,6 +231,24 @@ impl Platform for LocalPlatform {
 
     async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
         self.state.write_status(status)
+    }
+
+    async fn requests(&self) -> UserRequests {
+        let requested = std::fs::read_to_string(self.state.switchover_request()).ok();
+        UserRequests { switchover_to: requested.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) }
+    }
+
+    async fn acknowledge(&self, outcome: &RequestOutcome) -> anyhow::Result<()> {
+        let (accepted, message) = match outcome {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        let json = serde_json::json!({ "accepted": accepted, "message": message });
+        crate::fsutil::write_atomic(&self.state.switchover_result(), json.to_string().as_bytes(), 0o644)?;
+        match std::fs::remove_file(self.state.switchover_request()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     async fn publish(&self, events: &[Event]) {

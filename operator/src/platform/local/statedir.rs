@@ -20,8 +20,8 @@ use anyhow::{Context, bail};
 use opengauss_crd::{Engine, OpenGaussClusterStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{self, Secrets};
 use crate::fsutil::{create_dir_mode, write_atomic};
-use crate::secrets;
 
 /// Which cluster a state directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,20 +30,6 @@ pub struct Identity {
     pub cluster: String,
     pub engine: Engine,
     pub base_port: u16,
-}
-
-/// The superuser and replication passwords and the API token of one cluster.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secrets {
-    pub superuser_password: String,
-    pub replication_password: String,
-    pub token: String,
-}
-
-impl std::fmt::Debug for Secrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secrets(redacted)")
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -167,9 +153,9 @@ impl StateDir {
             Ok(value)
         };
         Ok(Secrets {
-            superuser_password: get("superuser-password", || secrets::password(24))?,
-            replication_password: get("replication-password", || secrets::password(24))?,
-            token: get("api-token", secrets::token)?,
+            superuser_password: get("superuser-password", || credentials::password(24))?,
+            replication_password: get("replication-password", || credentials::password(24))?,
+            token: get("api-token", credentials::token)?,
         })
     }
 
@@ -189,14 +175,6 @@ impl StateDir {
         json.push(b'\n');
         write_atomic(&self.status_file(), &json, 0o644)
     }
-}
-
-/// libpq password-file lines: `host:port:database:user:password`.
-pub fn pgpass_lines(superuser: &str, replication_user: &str, secrets: &Secrets) -> String {
-    format!(
-        "*:*:*:{superuser}:{}\n*:*:replication:{replication_user}:{}\n*:*:*:{replication_user}:{}\n",
-        secrets.superuser_password, secrets.replication_password, secrets.replication_password
-    )
 }
 
 /// Whether `path` can be traversed by a user who is neither its owner nor in its group, for

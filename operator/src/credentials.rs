@@ -1,9 +1,36 @@
-//! Generated credentials. Passwords satisfy openGauss's policy (at least 8 characters with
-//! upper case, lower case, digits and a special character) and avoid characters that need
-//! escaping in libpq password files or connection strings.
+//! The credentials of a cluster, on both platforms: the replication user's name, the passwords
+//! and the managers' API token, and the libpq password file they make. Generated passwords
+//! satisfy openGauss's policy (at least 8 characters with upper case, lower case, digits and a
+//! special character) and avoid characters that need escaping in libpq password files or
+//! connection strings.
 
 use rand::RngExt;
 use rand::seq::SliceRandom;
+
+/// The role standbys replicate as.
+pub const REPLICATION_USER: &str = "replicator";
+
+/// The superuser and replication passwords and the API token of one cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secrets {
+    pub superuser_password: String,
+    pub replication_password: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(redacted)")
+    }
+}
+
+/// libpq password-file lines: `host:port:database:user:password`.
+pub fn pgpass_lines(superuser: &str, replication_user: &str, secrets: &Secrets) -> String {
+    format!(
+        "*:*:*:{superuser}:{}\n*:*:replication:{replication_user}:{}\n*:*:*:{replication_user}:{}\n",
+        secrets.superuser_password, secrets.replication_password, secrets.replication_password
+    )
+}
 
 const UPPER: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
 const LOWER: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
