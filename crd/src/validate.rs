@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::spec::{MAX_INSTANCES, OpenGaussCluster, OpenGaussClusterSpec, SyncMethod};
+use crate::spec::{Engine, MAX_INSTANCES, OpenGaussCluster, OpenGaussClusterSpec, SyncMethod};
 
 /// Longest cluster name: instance, Service and PVC names append suffixes such as `-8` and
 /// `-headless`, and must stay within Kubernetes' 63-character label limit.
@@ -48,7 +48,12 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "hot_standby",
     "ident_file",
     "listen_addresses",
+    "logging_collector",
+    "max_replication_slots",
+    "max_size_for_xlog_prune",
     "max_wal_senders",
+    "most_available_sync",
+    "pgxc_node_name",
     "port",
     "primary_conninfo",
     "primary_slot_name",
@@ -61,6 +66,7 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "recovery_target_time",
     "recovery_target_timeline",
     "recovery_target_xid",
+    "sync_config_strategy",
     "synchronous_standby_names",
     "unix_socket_directories",
     "unix_socket_directory",
@@ -69,14 +75,25 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
 ];
 
 /// Parameters the operator leaves to users but whose values must keep replication and rewind
-/// working.
-fn restricted_value(name: &str, value: &str) -> Option<&'static str> {
+/// working, on `engine`.
+fn restricted_value(engine: Engine, name: &str, value: &str) -> Option<&'static str> {
     let v = value.trim().to_ascii_lowercase();
     let off = matches!(v.as_str(), "off" | "false" | "no" | "0");
-    match name {
-        "wal_level" if !matches!(v.as_str(), "replica" | "hot_standby" | "logical") => {
-            Some("must be replica, hot_standby or logical: streaming replication needs it")
+    match (engine, name) {
+        // openGauss knows minimal, archive, hot_standby and logical (xlogdesc.cpp); standbys
+        // that serve reads need hot_standby or more.
+        (Engine::OpenGauss, "wal_level") if !matches!(v.as_str(), "hot_standby" | "logical") => {
+            Some("must be hot_standby or logical on openGauss: standbys that serve reads need it")
         }
+        (Engine::Postgres, "wal_level") if !matches!(v.as_str(), "replica" | "hot_standby" | "logical") => {
+            Some("must be replica or logical: streaming replication needs it")
+        }
+        _ => restricted_everywhere(name, off),
+    }
+}
+
+fn restricted_everywhere(name: &str, off: bool) -> Option<&'static str> {
+    match name {
         "wal_log_hints" | "full_page_writes" if off => {
             Some("must stay on: rewinding an old primary after failover needs it")
         }
@@ -181,7 +198,7 @@ impl OpenGaussClusterSpec {
                 err(&field, "is not a valid parameter name".into());
             } else if MANAGED_PARAMETERS.contains(&name.as_str()) {
                 err(&field, "is managed by the operator and cannot be set here".into());
-            } else if let Some(why) = restricted_value(name, value) {
+            } else if let Some(why) = restricted_value(self.engine, name, value) {
                 err(&field, why.into());
             }
             if value.contains(['\n', '\r', '\0']) {

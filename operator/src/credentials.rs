@@ -61,14 +61,38 @@ pub fn token() -> String {
     (0..32).map(|_| format!("{:02x}", rng.random_range(0..=255u8))).collect()
 }
 
+/// The special characters gs_initdb accepts in a password (initdb.cpp CheckInitialPasswd).
+const OPENGAUSS_SPECIAL: &str = "~!@#$%^&*()-_=+\\|[{}];:,<.>/?";
+
+/// Why `p` would be refused by openGauss's gs_initdb as the initial user `user`'s password:
+/// 8 to 32 characters, letters, digits and `~!@#$%^&*()-_=+\|[{}];:,<.>/?` only, at least three
+/// of the four classes, and neither the user name nor it reversed.
+pub fn opengauss_password_problem(p: &str, user: &str) -> Option<String> {
+    if !(8..=32).contains(&p.len()) {
+        return Some(format!("has {} characters; openGauss needs 8 to 32", p.len()));
+    }
+    if let Some(c) = p.chars().find(|c| !c.is_ascii_alphanumeric() && !OPENGAUSS_SPECIAL.contains(*c)) {
+        return Some(format!("contains {c:?}; openGauss allows letters, digits and {OPENGAUSS_SPECIAL}"));
+    }
+    let classes = [
+        p.bytes().any(|b| b.is_ascii_uppercase()),
+        p.bytes().any(|b| b.is_ascii_lowercase()),
+        p.bytes().any(|b| b.is_ascii_digit()),
+        p.bytes().any(|b| !b.is_ascii_alphanumeric()),
+    ];
+    if classes.iter().filter(|c| **c).count() < 3 {
+        return Some("needs three of: upper case, lower case, digits, special characters".into());
+    }
+    let reversed: String = user.chars().rev().collect();
+    if p.eq_ignore_ascii_case(user) || p.eq_ignore_ascii_case(&reversed) {
+        return Some("must not be the user name or the user name reversed".into());
+    }
+    None
+}
+
 /// Whether a password meets openGauss's rule.
 pub fn meets_policy(p: &str, user: &str) -> bool {
-    p.len() >= 8
-        && p.bytes().any(|b| b.is_ascii_uppercase())
-        && p.bytes().any(|b| b.is_ascii_lowercase())
-        && p.bytes().any(|b| b.is_ascii_digit())
-        && p.bytes().any(|b| !b.is_ascii_alphanumeric())
-        && !p.eq_ignore_ascii_case(user)
+    opengauss_password_problem(p, user).is_none()
 }
 
 #[cfg(test)]
@@ -89,10 +113,19 @@ mod tests {
     }
 
     #[test]
-    fn policy_rejects_weak_passwords() {
-        for weak in ["Ab1#", "abcdefg1#", "ABCDEFG1#", "Abcdefgh#", "Abcdefg12", "Omm12345#"] {
+    fn policy_follows_gs_initdb() {
+        for weak in
+            ["Ab1#", "abcdefgh", "ABCDEFGH", "12345678", "Omm12345#", "#54321mmO", "Abc def1!x", "Abcdefg1'"]
+        {
             assert!(!meets_policy(weak, "omm12345#"), "{weak}");
         }
+        assert!(!meets_policy(&"Aa1#".repeat(9), "omm"), "over 32 characters");
+        // Three of four classes are enough.
+        for good in ["abcdefg1#", "ABCDEFG1#", "Abcdefgh#", "Abcdefg12"] {
+            assert!(meets_policy(good, "omm"), "{good}");
+        }
+        let why = opengauss_password_problem("short", "omm").expect("refused");
+        assert!(why.contains("8 to 32"), "{why}");
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use opengauss_operator::engine::{
-    CloneStep, Dialect, Endpoint, Engine, HbaConfig, Layout, MANAGED_CONF, Peer, ServerConfig, StopMode,
-    SyncConfig, SyncMethod, dialect,
+    CloneStep, Dialect, Endpoint, Engine, HbaConfig, Layout, MANAGED_CONF, ManagedSettings, Peer,
+    ServerConfig, StopMode, SyncConfig, SyncMethod, dialect, include_directive, with_managed_block,
 };
 
 const ENGINES: [Engine; 2] = [Engine::Postgres, Engine::OpenGauss];
@@ -124,6 +124,59 @@ fn line_diff(expected: &str, actual: &str) -> String {
 }
 
 /// Checks every `(engine, file name, rendered text)` and fails once with all mismatches.
+/// What each openGauss golden was checked against in the openGauss-server source (master @
+/// 7e1fc94, which calls itself 7.0.0-RC2; version-sensitive points also in tags v5.0.0,
+/// v6.0.0 and v7.0.0-RC1), and which of it was also run on a 7.0.0-RC2 server built from it.
+fn opengauss_source(golden: &str) -> &'static str {
+    match golden {
+        "initdb.txt" => "bin/initdb/initdb.cpp (--nodename, -w/--pwfile, --username); run on 7.0.0-RC2",
+        "server.txt" => {
+            "gausskernel/process/postmaster/postmaster.cpp (-M primary|standby); run on 7.0.0-RC2"
+        }
+        "clone_steps.txt" => {
+            "bin/pg_ctl/pg_ctl.cpp do_actual_build, pg_build.cpp get_conninfo (peers read from postgresql.conf, \
+             a never-started data directory is built); run on 7.0.0-RC2"
+        }
+        "rewind.txt" => {
+            "bin/pg_ctl/pg_ctl.cpp do_incremental_build (gs_rewind inside gs_ctl); run on 7.0.0-RC2"
+        }
+        "promote.txt" => "bin/pg_ctl/pg_ctl.cpp do_failover; run on 7.0.0-RC2",
+        "stop.txt" | "reload.txt" => "bin/pg_ctl/pg_ctl.cpp; run on 7.0.0-RC2",
+        "controldata.txt" => "bin/pg_controldata/pg_controldata.cpp (positional data directory, no -D)",
+        "version.txt" => "gaussdb --version output; run on 7.0.0-RC2",
+        "postgresql_conf_docker_primary.txt" => {
+            "bin/pg_ctl/pg_ctl.cpp check_nested_pgconf (build refuses include lines); common/port/tool_common.cpp \
+             find_gucoption (first occurrence); run on 7.0.0-RC2"
+        }
+        "hba.txt" => {
+            "common/backend/libpq/hba.cpp check_hba (remote trust only for inner tools), auth.cpp (no remote \
+             password login of the initial user); run on 7.0.0-RC2"
+        }
+        "status_sql.txt" => {
+            "catalog/system_views.sql pg_stat_replication, builtin_funcs.ini (xlog functions; the replay position \
+             is a (term, lsn) record in 7.0.0-RC2), walsender.cpp SetReportAppName; run on 7.0.0-RC2"
+        }
+        "stale_slots_sql.txt" => {
+            "storage/replication/libpqwalreceiver.cpp (a slot per standby); run on 7.0.0-RC2"
+        }
+        name if name.starts_with("managed_conf_") => {
+            "utils/misc/guc/guc_storage.cpp ParseReplConnInfo, guc.cpp (sync_config_strategy, PoolerPort = port + 1), \
+             xlog.cpp KeepLogSeg (max_size_for_xlog_prune); run on 7.0.0-RC2"
+        }
+        _ => "",
+    }
+}
+
+/// `text` with its source citation first, for openGauss goldens that have one.
+fn cited(engine: Engine, golden: &str, text: String) -> String {
+    match (engine, opengauss_source(golden)) {
+        (Engine::OpenGauss, source) if !source.is_empty() => {
+            format!("# checked against openGauss-server: {source}\n{text}")
+        }
+        _ => text,
+    }
+}
+
 fn check_goldens(cases: Vec<(Engine, String, String)>) {
     let update = update_requested();
     let failures: Vec<String> = cases
@@ -339,11 +392,12 @@ fn clone_lines(engine: Engine, site: Site, instance: &str) -> Vec<String> {
         .collect()
 }
 
-fn hba_config() -> HbaConfig {
+fn hba_config(engine: Engine) -> HbaConfig {
     HbaConfig {
-        superuser: "postgres".to_string(),
+        superuser: layout(engine, Site::Docker, "primary").superuser,
         replication_user: "replicator".to_string(),
         networks: vec!["172.18.0.0/16".to_string(), "fd00:10::/64".to_string()],
+        peers: vec![docker_host("standby1"), docker_host("standby2")],
     }
 }
 
@@ -482,7 +536,7 @@ fn golden_initdb() {
                 let text = render_commands(e, |d, l, site| {
                     format!("{}\n", d.initdb(l, &pwfile(site, e, &l.instance)))
                 });
-                (e, "initdb.txt".to_string(), text)
+                (e, "initdb.txt".to_string(), cited(e, "initdb.txt", text))
             })
             .collect(),
     );
@@ -497,7 +551,7 @@ fn golden_server() {
                 let text = render_commands(e, |d, l, _| {
                     format!("primary: {}\nstandby: {}\n", d.server(l, false), d.server(l, true))
                 });
-                (e, "server.txt".to_string(), text)
+                (e, "server.txt".to_string(), cited(e, "server.txt", text))
             })
             .collect(),
     );
@@ -517,7 +571,7 @@ fn golden_clone_steps() {
                     }
                     s
                 });
-                (e, "clone_steps.txt".to_string(), text)
+                (e, "clone_steps.txt".to_string(), cited(e, "clone_steps.txt", text))
             })
             .collect(),
     );
@@ -530,7 +584,7 @@ fn golden_rewind() {
             .iter()
             .map(|&e| {
                 let text = render_commands(e, |d, l, site| format!("{}\n", d.rewind(l, &source_of(site))));
-                (e, "rewind.txt".to_string(), text)
+                (e, "rewind.txt".to_string(), cited(e, "rewind.txt", text))
             })
             .collect(),
     );
@@ -543,7 +597,7 @@ fn golden_promote() {
             .iter()
             .map(|&e| {
                 let text = render_commands(e, |d, l, _| format!("{}\n", d.promote(l)));
-                (e, "promote.txt".to_string(), text)
+                (e, "promote.txt".to_string(), cited(e, "promote.txt", text))
             })
             .collect(),
     );
@@ -562,7 +616,7 @@ fn golden_stop() {
                         d.stop(l, StopMode::Immediate)
                     )
                 });
-                (e, "stop.txt".to_string(), text)
+                (e, "stop.txt".to_string(), cited(e, "stop.txt", text))
             })
             .collect(),
     );
@@ -575,7 +629,7 @@ fn golden_reload() {
             .iter()
             .map(|&e| {
                 let text = render_commands(e, |d, l, _| format!("{}\n", d.reload(l)));
-                (e, "reload.txt".to_string(), text)
+                (e, "reload.txt".to_string(), cited(e, "reload.txt", text))
             })
             .collect(),
     );
@@ -588,7 +642,7 @@ fn golden_controldata() {
             .iter()
             .map(|&e| {
                 let text = render_commands(e, |d, l, _| format!("{}\n", d.controldata(l)));
-                (e, "controldata.txt".to_string(), text)
+                (e, "controldata.txt".to_string(), cited(e, "controldata.txt", text))
             })
             .collect(),
     );
@@ -599,18 +653,47 @@ fn golden_managed_conf() {
     let mut cases = Vec::new();
     for &e in &ENGINES {
         for (name, _, _, _) in conf_cases() {
-            cases.push((e, format!("managed_conf_{name}.txt"), conf(e, name)));
+            let golden = format!("managed_conf_{name}.txt");
+            cases.push((e, golden.clone(), cited(e, &golden, conf(e, name))));
         }
     }
     check_goldens(cases);
 }
 
+/// The `postgresql.conf` the primary of the Docker deployment ends up with, from a file as the
+/// engine's initdb writes it: PostgreSQL includes the managed file; openGauss keeps the
+/// settings in a block of `postgresql.conf` itself, the initdb lines for managed names
+/// commented out.
+fn initdb_postgresql_conf(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "max_connections = 100\nshared_buffers = 128MB\n#wal_level = replica\n",
+        // Lines gs_initdb's postgresql.conf carries (postgresql_single.conf.sample).
+        Engine::OpenGauss => {
+            "port = 5432\t\t\t\t# (change requires restart)\nmax_connections = 200\nmax_wal_senders = 4\n\
+             wal_keep_segments = 16\nmax_replication_slots = 8\nsynchronous_standby_names = '*'\n\
+             logging_collector = on\nsession_timeout = 10min\n"
+        }
+    }
+}
+
+fn postgresql_conf(engine: Engine) -> String {
+    let managed = conf(engine, "docker_primary");
+    let base = initdb_postgresql_conf(engine);
+    match dialect(engine).managed_settings() {
+        ManagedSettings::IncludedFile => format!("{base}{}", include_directive()),
+        ManagedSettings::InlineBlock => with_managed_block(base, &managed),
+    }
+}
+
 #[test]
-fn golden_include_directive() {
+fn golden_postgresql_conf() {
     check_goldens(
         ENGINES
             .iter()
-            .map(|&e| (e, "include_directive.txt".to_string(), dialect(e).include_directive()))
+            .map(|&e| {
+                let name = "postgresql_conf_docker_primary.txt";
+                (e, name.to_string(), cited(e, name, postgresql_conf(e)))
+            })
             .collect(),
     );
 }
@@ -618,7 +701,76 @@ fn golden_include_directive() {
 #[test]
 fn golden_hba() {
     check_goldens(
-        ENGINES.iter().map(|&e| (e, "hba.txt".to_string(), dialect(e).hba(&hba_config()))).collect(),
+        ENGINES
+            .iter()
+            .map(|&e| (e, "hba.txt".to_string(), cited(e, "hba.txt", dialect(e).hba(&hba_config(e)))))
+            .collect(),
+    );
+}
+
+#[test]
+fn golden_version() {
+    check_goldens(
+        ENGINES
+            .iter()
+            .map(|&e| {
+                let d = dialect(e);
+                let l = layout(e, Site::Docker, "primary");
+                let samples: &[&str] = match e {
+                    Engine::Postgres => &["postgres (PostgreSQL) 15.18", "postgres (PostgreSQL) 12.9"],
+                    Engine::OpenGauss => &[
+                        "gaussdb (openGauss 7.0.0-RC2 build 7e1fc94a) compiled at 2026-11-30 23:38:19 commit 299",
+                        "gaussdb (openGauss 3.1.1 build 4e931f9a)",
+                    ],
+                };
+                let mut text = format!("{}\n", d.version(&l));
+                for s in samples {
+                    text += &format!("{s:?} -> {:?}\n", d.check_version(s));
+                }
+                (e, "version.txt".to_string(), cited(e, "version.txt", text))
+            })
+            .collect(),
+    );
+}
+
+#[test]
+fn golden_stale_slots_sql() {
+    check_goldens(
+        ENGINES
+            .iter()
+            .map(|&e| {
+                let keep = vec!["demo-1".to_string(), "demo-2".to_string()];
+                let text = match dialect(e).stale_slots_sql(&keep) {
+                    Some(sql) => format!("{sql}\n"),
+                    None => "<none>\n".to_string(),
+                };
+                (e, "stale_slots_sql.txt".to_string(), cited(e, "stale_slots_sql.txt", text))
+            })
+            .collect(),
+    );
+}
+
+#[test]
+fn golden_image_and_ports() {
+    check_goldens(
+        ENGINES
+            .iter()
+            .map(|&e| {
+                let d = dialect(e);
+                let image = match e {
+                    Engine::Postgres => "postgres:16.4-bookworm",
+                    Engine::OpenGauss => "opengauss/opengauss-server:7.0.0-RC2",
+                };
+                let text = format!(
+                    "image {image}: {:?}\nports for 5432: {:?}\ninstances on one host at least {} ports apart\ntools: {:?}\n",
+                    d.image_layout(image),
+                    d.ha_ports(5432),
+                    d.port_stride(),
+                    d.required_tools()
+                );
+                (e, "image_and_ports.txt".to_string(), text)
+            })
+            .collect(),
     );
 }
 
@@ -640,13 +792,14 @@ fn golden_status_sql() {
             .map(|&e| {
                 let sql = dialect(e).status_sql();
                 let text = format!(
-                    "-- node\n{}\n\n-- receiver\n{}\n\n-- replication\n{}\n\n-- pending restart\n{}\n",
+                    "-- node\n{}\n\n-- receiver\n{}\n\n-- replication\n{}\n\n-- pending restart\n{}\n\n-- postmaster settings\n{}\n",
                     sql.node,
                     sql.receiver,
                     sql.replication,
-                    sql.pending_restart.unwrap_or("(not available)")
+                    sql.pending_restart.unwrap_or("(not available: the manager compares the settings a server started with)"),
+                    sql.postmaster_settings
                 );
-                (e, "status_sql.txt".to_string(), text)
+                (e, "status_sql.txt".to_string(), cited(e, "status_sql.txt", text))
             })
             .collect(),
     );
@@ -678,9 +831,20 @@ fn dialect_lookup_matches_engine() {
         assert_eq!(dialect(e).engine(), e);
     }
     assert_eq!(MANAGED_CONF, "opengauss-operator.conf");
-    for e in ENGINES {
-        assert_eq!(dialect(e).include_directive(), "include_if_exists = 'opengauss-operator.conf'\n");
-    }
+    assert_eq!(include_directive(), "include_if_exists = 'opengauss-operator.conf'\n");
+    assert_eq!(dialect(Engine::Postgres).managed_settings(), ManagedSettings::IncludedFile);
+    // gs_ctl build exits on any include line in postgresql.conf, and it and gs_rewind read
+    // replconninfoN and application_name from postgresql.conf alone.
+    assert_eq!(dialect(Engine::OpenGauss).managed_settings(), ManagedSettings::InlineBlock);
+    let conf = postgresql_conf(Engine::OpenGauss);
+    assert!(!conf.lines().any(|l| l.trim_start().to_ascii_lowercase().starts_with("include")), "{conf}");
+    let first = |name: &str| {
+        conf.lines().find(|l| l.trim_start().starts_with(name) && l.contains('=')).map(str::to_string)
+    };
+    // What gs_ctl reads (the first uncommented line) is what the server applies (the last).
+    assert_eq!(first("port ").as_deref(), Some("port = '5432'"), "{conf}");
+    assert_eq!(first("max_wal_senders").as_deref(), Some("max_wal_senders = '10'"), "{conf}");
+    assert_eq!(first("replconninfo1").map(|l| l.contains("remotehost=172.18.0.11")), Some(true), "{conf}");
 }
 
 #[test]
@@ -708,13 +872,19 @@ fn opengauss_managed_conf_carries_the_docker_settings() {
          remotehost=172.18.0.12 remoteport=5433 remoteheartbeatport=5437'",
         what,
     );
+    // Settings of openGauss's own that would defeat the operator are pinned: a primary must
+    // not push its postgresql.conf over its standbys' (guc.cpp sync_config_strategy), server
+    // messages go to the log the manager keeps, and the slot each standby makes is bounded.
+    assert_line(&primary, "sync_config_strategy = 'none_node'", what);
+    assert_line(&primary, "logging_collector = 'off'", what);
+    assert_line(&primary, "max_replication_slots = '10'", what);
+    assert_line(&primary, "max_size_for_xlog_prune = '4194304'", what);
     // PostgreSQL-only settings never appear.
     for absent in [
         "wal_keep_size",
         "primary_conninfo",
         "recovery_target_timeline",
         "unix_socket_directories",
-        "max_replication_slots",
         "wal_log_hints",
     ] {
         assert_eq!(setting(&primary, absent), None, "{absent} in {what}");
@@ -742,7 +912,10 @@ fn opengauss_replconninfo_matches_the_reference_layout() {
             assert!(filled.is_empty(), "{name}: a detached standby lists no peers");
             continue;
         }
-        assert_eq!(filled.len(), 2, "{name}: both other members are peers");
+        // A primary lists every peer; an attached standby its upstream alone (gs_ctl build
+        // copies from the first listed peer that claims to be primary, pg_build.cpp).
+        let expected = if matches!(role, Role::Primary) { 2 } else { 1 };
+        assert_eq!(filled.len(), expected, "{name}: peers listed");
         for pairs in &filled {
             let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
             assert_eq!(
@@ -880,18 +1053,21 @@ fn opengauss_sql_uses_xlog_names() {
     ] {
         assert!(all.contains(f), "openGauss SQL lacks {f}:\n{all}");
     }
+    // Column aliases share PostgreSQL's names (the manager reads both dialects by name); the
+    // expressions must not.
+    let expressions: String = all
+        .split(" AS ")
+        .enumerate()
+        .map(|(i, part)| if i == 0 { part } else { part.split_once([',', ' ']).map_or("", |(_, rest)| rest) })
+        .collect::<Vec<_>>()
+        .join(" ");
     for f in
         ["_wal_lsn", "pg_wal_lsn_diff", "pg_walfile_name", "pg_stat_wal_receiver", "replay_lag", "sent_lsn"]
     {
-        assert!(!all.contains(f), "openGauss SQL uses PostgreSQL's {f}:\n{all}");
+        assert!(!expressions.contains(f), "openGauss SQL uses PostgreSQL's {f}:\n{expressions}");
     }
     // reference: pg_stat_replication columns and the receiver function.
-    for col in [
-        "sender_sent_location",
-        "receiver_write_location",
-        "receiver_flush_location",
-        "receiver_replay_location",
-    ] {
+    for col in ["sender_sent_location", "receiver_flush_location", "receiver_replay_location"] {
         assert!(sql.replication.contains(col), "{col}");
     }
     assert!(sql.receiver.contains("pg_stat_get_wal_receiver()"));
@@ -1090,32 +1266,34 @@ fn opengauss_has_no_replication_role_sql() {
 
 #[test]
 fn hba_rules_per_dialect() {
-    let pg = dialect(Engine::Postgres).hba(&hba_config());
-    let og = dialect(Engine::OpenGauss).hba(&hba_config());
+    let pg = dialect(Engine::Postgres).hba(&hba_config(Engine::Postgres));
+    let og = dialect(Engine::OpenGauss).hba(&hba_config(Engine::OpenGauss));
+    let words = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
     for text in [&pg, &og] {
-        assert!(
-            text.lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["local", "all", "all", "trust"]),
-            "{text}"
-        );
-        // Nothing over TCP is trusted.
-        assert!(
-            !text.lines().any(|l| l.starts_with("host") && l.split_whitespace().last() == Some("trust")),
-            "{text}"
-        );
+        assert!(text.lines().any(|l| words(l) == ["local", "all", "all", "trust"]), "{text}");
     }
-    // The original deployment allowed replication from the Docker network.
+    // PostgreSQL: nothing over TCP is trusted; the original deployment allowed replication
+    // from the Docker network.
     assert!(
-        pg.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
-            == ["host", "replication", "replicator", "172.18.0.0/16", "scram-sha-256"]),
+        !pg.lines().any(|l| l.starts_with("host") && l.split_whitespace().last() == Some("trust")),
         "{pg}"
     );
-    // openGauss: peers in replconninfo are trusted; no replication line.
-    assert!(!og.lines().any(|l| l.split_whitespace().nth(1) == Some("replication")), "{og}");
     assert!(
-        og.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == ["host", "all", "all", "172.18.0.0/16", "sha256"]),
-        "{og}"
+        pg.lines()
+            .any(|l| words(l) == ["host", "replication", "replicator", "172.18.0.0/16", "scram-sha-256"]),
+        "{pg}"
     );
+    // openGauss: over TCP only its initial user is trusted, only from loopback (gs_ctl's own
+    // connections) and from each peer (the rewind inside gs_ctl build); openGauss refuses
+    // remote trust to every other client. Everyone else needs a password; no replication line
+    // (peers in replconninfo are trusted for replication).
+    let trusted: Vec<Vec<String>> =
+        og.lines().filter(|l| l.starts_with("host") && l.ends_with("trust")).map(words).collect();
+    let expected: Vec<Vec<String>> = ["127.0.0.1/32", "::1/128", "172.18.0.11/32", "172.18.0.12/32"]
+        .iter()
+        .map(|a| words(&format!("host all omm {a} trust")))
+        .collect();
+    assert_eq!(trusted, expected, "{og}");
+    assert!(!og.lines().any(|l| l.split_whitespace().nth(1) == Some("replication")), "{og}");
+    assert!(og.lines().any(|l| words(l) == ["host", "all", "all", "172.18.0.0/16", "sha256"]), "{og}");
 }

@@ -146,20 +146,15 @@ async fn bootstrap_patches_status_then_labels_the_primary() {
     let Some(Entry::Manager { request, .. }) = bootstrap_sent.map(|i| &journal[i]) else {
         panic!("og-0 was told to initialise: {journal:#?}");
     };
-    // Peers are reached through their stable DNS names (replconninfoN on openGauss).
+    // openGauss peers are named by their pods' addresses (replconninfoN matches a connecting
+    // peer by numeric IP); the fake pods run on 127.0.0.1x.
     let peers: Vec<(String, u64)> = request["config"]["peers"]
         .as_array()
         .expect("peers")
         .iter()
         .map(|p| (p["host"].as_str().unwrap_or_default().to_string(), p["haPort"].as_u64().unwrap_or(0)))
         .collect();
-    assert_eq!(
-        peers,
-        [
-            ("og-1.og-headless.apps.svc.cluster.local".to_string(), 5433),
-            ("og-2.og-headless.apps.svc.cluster.local".to_string(), 5433)
-        ]
-    );
+    assert_eq!(peers, [("127.0.0.11".to_string(), 5433), ("127.0.0.12".to_string(), 5433)]);
     let status = stored_status(&api, "og");
     assert!(status.initialized, "{status:?}");
     assert_eq!(status.current_primary.as_deref(), Some("og-0"));

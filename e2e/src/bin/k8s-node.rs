@@ -1,6 +1,7 @@
 //! `k8s-node`: the one-node Kubernetes cluster of the real-cluster tier (see
 //! `opengauss_e2e::k8s`). `make k8s-up` and `make k8s-down` run it.
 //!
+//!   k8s-node build                       build (or find in the cache) the upstream binaries only
 //!   k8s-node up --operator-binary PATH   build or reuse everything, start, deploy the operator
 //!   k8s-node down                        stop everything, undo every change, remove .k8s/
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use opengauss_e2e::k8s::{self, Layout, Progress};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: k8s-node up --operator-binary PATH | k8s-node down");
+    eprintln!("usage: k8s-node build | k8s-node up --operator-binary PATH | k8s-node down");
     ExitCode::from(2)
 }
 
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
             k8s::up(&layout, &binary, &progress)
         }
         ["down"] => k8s::down(&layout, &progress),
+        ["build"] => k8s::components::build(&layout, &progress).map(drop),
         _ => return usage(),
     };
     match result {

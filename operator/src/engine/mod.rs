@@ -5,16 +5,20 @@
 
 mod command;
 mod conf;
+pub mod controldata;
+pub mod image;
 mod lsn;
 mod opengauss;
 mod postgres;
+pub mod version;
 pub mod wal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use command::CommandLine;
-pub use conf::{conf_line, quote_conf_value};
+pub use conf::{conf_line, parse_settings, quote_conf_value, with_managed_block};
+pub use image::ImageLayout;
 pub use lsn::Lsn;
 pub use opengauss::OpenGauss;
 pub use opengauss_crd::{Engine, SyncMethod};
@@ -43,6 +47,15 @@ impl Layout {
     pub fn tool(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
     }
+}
+
+/// The ports an openGauss server opens besides its database port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HaPorts {
+    /// Where standbys connect for WAL and base backups (`localport` in `replconninfoN`).
+    pub replication: u16,
+    /// The heartbeat channel (`localheartbeatport`).
+    pub heartbeat: u16,
 }
 
 /// Where a peer's database can be reached.
@@ -144,6 +157,9 @@ pub struct HbaConfig {
     pub replication_user: String,
     /// Networks (CIDR) allowed to connect with a password.
     pub networks: Vec<String>,
+    /// The replication peers' addresses (openGauss trusts its initial user's own tools from
+    /// them).
+    pub peers: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,8 +179,8 @@ pub enum CloneStep {
     WriteConfig,
 }
 
-/// The SQL the instance manager runs over the Unix socket to report an instance's state. Each
-/// query returns text columns in a fixed order, the same for both dialects.
+/// The SQL the instance manager runs over the Unix socket to report an instance's state. Both
+/// dialects answer with the same column names, which the manager reads by name.
 #[derive(Clone, Copy, Debug)]
 pub struct StatusSql {
     /// One row: in_recovery bool, current_lsn text, received_lsn text, replayed_lsn text,
@@ -174,13 +190,16 @@ pub struct StatusSql {
     /// upstream_port int4 (NULL when the engine cannot name the upstream's SQL endpoint),
     /// flushed_lsn text.
     pub receiver: &'static str,
-    /// One row per standby connection: application_name, client_addr, state (lower case),
-    /// sync_state, sent_lsn, write_lsn, flush_lsn, replay_lsn (text), lag_bytes int8 and
-    /// lag_seconds float8 (NULL where the engine does not measure it).
+    /// One row per streaming standby: application_name, client_addr (an address, no mask),
+    /// state and sync_state (lower case), sent_lsn, flush_lsn, replay_lsn (text), lag_bytes int8
+    /// and lag_seconds float8 (NULL where the engine does not measure it).
     pub replication: &'static str,
     /// Names of parameters changed in the configuration files that need a restart, or `None`
-    /// when the engine cannot tell.
+    /// when the engine cannot tell: the manager then compares the settings the server started
+    /// with against the files now, for the parameters `postmaster_settings` names.
     pub pending_restart: Option<&'static str>,
+    /// Names (column `name`) of the parameters that take effect only at a server start.
+    pub postmaster_settings: &'static str,
 }
 
 /// What differs between engines.
@@ -190,6 +209,34 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     fn superuser(&self) -> &'static str;
     /// The engine's interactive SQL client.
     fn sql_shell(&self) -> &'static str;
+    /// Whether the database superuser must be named as the OS user the server runs as
+    /// (openGauss trusts only that initial user over the socket and for its own tools).
+    fn superuser_is_os_user(&self) -> bool {
+        false
+    }
+    /// Whether replication peers must be named by address: openGauss matches a connecting
+    /// peer against `replconninfoN` by its numeric IP (hba.cpp is_node_internal_connection;
+    /// reverse DNS only in newer sources, and a pod behind several Services has several PTR
+    /// names), its heartbeat channel takes IP literals only, and hosts of 64 bytes or more stop
+    /// the server (replicainternal.h IP_LEN).
+    fn peers_by_address(&self) -> bool {
+        false
+    }
+    /// Options for the manager's own sessions (`-c name=value ...`), if any.
+    fn session_options(&self) -> Option<&'static str> {
+        None
+    }
+    /// Programs the engine needs in its bin directory.
+    fn required_tools(&self) -> &'static [&'static str];
+    /// The replication (HA) and heartbeat ports of a server on `port`, when the engine
+    /// replicates on ports of their own.
+    fn ha_ports(&self, port: u16) -> Option<HaPorts>;
+    /// How far apart the database ports of two instances on one host must be.
+    fn port_stride(&self) -> u16 {
+        1
+    }
+    /// The layout of the engine's official image `image`.
+    fn image_layout(&self, image: &str) -> ImageLayout;
     /// The name a standby reports as `application_name` and that `synchronous_standby_names`
     /// lists.
     fn application_name(&self, instance: &str) -> String;
@@ -198,6 +245,11 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     /// Creates the first primary's data directory. The superuser password is read from
     /// `pwfile`.
     fn initdb(&self, l: &Layout, pwfile: &Path) -> CommandLine;
+    /// Prints the server's version.
+    fn version(&self, l: &Layout) -> CommandLine;
+    /// Whether the server version printed by `version` is one the operator supports; the
+    /// reason when it is not.
+    fn check_version(&self, output: &str) -> Result<(), String>;
     /// Runs the server in the foreground, so the instance manager supervises it directly.
     fn server(&self, l: &Layout, standby: bool) -> CommandLine;
     /// Builds a standby's data directory from `source`.
@@ -214,26 +266,45 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     fn reload(&self, l: &Layout) -> CommandLine;
     /// Prints the control file: cluster state and the last checkpoint.
     fn controldata(&self, l: &Layout) -> CommandLine;
-    /// The managed configuration file's content.
+    /// The managed settings (`name = 'value'` lines).
     fn managed_conf(&self, c: &ServerConfig) -> String;
-    /// The line appended to `postgresql.conf` to include the managed file.
-    fn include_directive(&self) -> String {
-        format!("include_if_exists = '{MANAGED_CONF}'\n")
-    }
+    /// Where the managed settings live.
+    fn managed_settings(&self) -> ManagedSettings;
     fn hba(&self, h: &HbaConfig) -> String;
     /// A file in the data directory whose presence makes the server start as a standby.
     fn standby_signal(&self) -> &'static str;
     /// The WAL directory inside the data directory.
     fn wal_dir(&self) -> &'static str;
     fn status_sql(&self) -> StatusSql;
+    /// SQL dropping the replication slots standbys left on a primary that are no longer
+    /// peers (`keep`: the application names of the current peers), or `None` when the engine
+    /// makes no slots of its own.
+    fn stale_slots_sql(&self, _keep: &[String]) -> Option<String> {
+        None
+    }
     /// SQL creating (or updating) the replication role, or `None` when the engine trusts its
     /// configured peers instead. The password is sent already hashed, so the plain password
     /// never reaches the server's statement log.
     fn replication_role_sql(&self, user: &str, password: &str) -> Option<String>;
 }
 
-/// The managed configuration file, included last from `postgresql.conf`.
+/// The managed configuration file, included last from `postgresql.conf` (PostgreSQL).
 pub const MANAGED_CONF: &str = "opengauss-operator.conf";
+
+/// Where an engine's managed settings live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedSettings {
+    /// In `MANAGED_CONF`, which `postgresql.conf` includes last (`include_directive`).
+    IncludedFile,
+    /// In a marked block at the end of `postgresql.conf` itself (`conf::with_managed_block`):
+    /// the engine's tools read only that file and refuse include lines.
+    InlineBlock,
+}
+
+/// The line appended to `postgresql.conf` to include the managed file.
+pub fn include_directive() -> String {
+    format!("include_if_exists = '{MANAGED_CONF}'\n")
+}
 
 pub fn dialect(engine: Engine) -> &'static dyn Dialect {
     match engine {

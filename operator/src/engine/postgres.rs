@@ -59,6 +59,19 @@ impl Dialect for Postgres {
         "psql"
     }
 
+    fn required_tools(&self) -> &'static [&'static str] {
+        &["initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"]
+    }
+
+    /// Replication connects to the database port.
+    fn ha_ports(&self, _port: u16) -> Option<super::HaPorts> {
+        None
+    }
+
+    fn image_layout(&self, image: &str) -> super::ImageLayout {
+        super::image::postgres(image)
+    }
+
     fn application_name(&self, instance: &str) -> String {
         instance.to_string()
     }
@@ -79,6 +92,15 @@ impl Dialect for Postgres {
             "--encoding=UTF8".to_string(),
             "--locale=C".to_string(),
         ])
+    }
+
+    fn version(&self, l: &Layout) -> CommandLine {
+        CommandLine::new(l.tool("postgres")).arg("--version")
+    }
+
+    /// 13 brought `wal_keep_size` and `pg_stat_wal_receiver.flushed_lsn`, which this dialect uses.
+    fn check_version(&self, output: &str) -> Result<(), String> {
+        super::version::at_least(output, "(PostgreSQL)", "PostgreSQL", (13, 0, 0))
     }
 
     fn server(&self, l: &Layout, _standby: bool) -> CommandLine {
@@ -164,6 +186,10 @@ impl Dialect for Postgres {
         out
     }
 
+    fn managed_settings(&self) -> super::ManagedSettings {
+        super::ManagedSettings::IncludedFile
+    }
+
     fn hba(&self, h: &HbaConfig) -> String {
         let mut out = String::from(
             "# Managed by opengauss-operator.\n\
@@ -189,23 +215,25 @@ impl Dialect for Postgres {
 
     fn status_sql(&self) -> StatusSql {
         StatusSql {
-            node: "SELECT pg_is_in_recovery(), \
-                   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
-                   pg_last_wal_receive_lsn()::text, \
-                   pg_last_wal_replay_lsn()::text, \
+            node: "SELECT pg_is_in_recovery() AS in_recovery, \
+                   CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current_lsn, \
+                   pg_last_wal_receive_lsn()::text AS received_lsn, \
+                   pg_last_wal_replay_lsn()::text AS replayed_lsn, \
                    CASE WHEN pg_is_in_recovery() \
                         THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
                                       (SELECT timeline_id FROM pg_control_checkpoint())) \
                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
-                   END, \
-                   current_setting('synchronous_standby_names')",
-            receiver: "SELECT status, sender_host, sender_port, flushed_lsn::text FROM pg_stat_wal_receiver",
-            replication: "SELECT application_name, client_addr::text, state, sync_state, \
-                          sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text, \
-                          pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
-                          EXTRACT(EPOCH FROM replay_lag)::float8 \
+                   END AS timeline, \
+                   current_setting('synchronous_standby_names') AS synchronous_standby_names",
+            receiver: "SELECT status, sender_host AS upstream_host, sender_port AS upstream_port, \
+                       flushed_lsn::text AS flushed_lsn FROM pg_stat_wal_receiver",
+            replication: "SELECT application_name, host(client_addr) AS client_addr, state, sync_state, \
+                          sent_lsn::text AS sent_lsn, flush_lsn::text AS flush_lsn, replay_lsn::text AS replay_lsn, \
+                          pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS lag_bytes, \
+                          EXTRACT(EPOCH FROM replay_lag)::float8 AS lag_seconds \
                           FROM pg_stat_replication ORDER BY application_name",
             pending_restart: Some("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name"),
+            postmaster_settings: "SELECT name FROM pg_settings WHERE context = 'postmaster' ORDER BY name",
         }
     }
 

@@ -26,6 +26,11 @@ pub struct InstanceConfig {
     pub listen_addresses: String,
     /// The host name or address peers use to reach this instance.
     pub advertise_host: String,
+    /// An environment variable holding this instance's own address, which replaces
+    /// `advertise_host` when set (a pod's IP from the downward API, for engines whose peers
+    /// are named by address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_host_env: Option<String>,
     /// Where the manager's HTTP API listens; port 0 picks a free port, written to
     /// `api_port_file`.
     pub api_listen: SocketAddr,
@@ -50,8 +55,12 @@ impl InstanceConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read instance config {}: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("instance config {} is invalid: {e}", path.display()))
+        let mut cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("instance config {} is invalid: {e}", path.display()))?;
+        if cfg.dialect().superuser_is_os_user() {
+            cfg.superuser = own_os_user()?;
+        }
+        Ok(cfg)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -94,10 +103,19 @@ impl InstanceConfig {
             replication_user: self.replication_user.clone(),
             passfile: self.passfile.clone(),
             ha_port: self.ha_port,
-            ha_listen: self.advertise_host.clone(),
+            ha_listen: self.own_address(),
             peers: desired.peers.clone(),
             parameters: desired.parameters.clone(),
         }
+    }
+
+    /// The address peers reach this instance at.
+    pub fn own_address(&self) -> String {
+        self.advertise_host_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| self.advertise_host.clone())
     }
 
     pub fn layout(&self) -> Layout {
@@ -111,6 +129,17 @@ impl InstanceConfig {
             replication_user: self.replication_user.clone(),
             instance: self.instance.clone(),
         }
+    }
+}
+
+/// The name of the OS user this process runs as.
+pub fn own_os_user() -> anyhow::Result<String> {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => Ok(user.name),
+        _ => anyhow::bail!(
+            "uid {uid} has no name in /etc/passwd; openGauss needs its initial user to be the OS user the server runs as"
+        ),
     }
 }
 

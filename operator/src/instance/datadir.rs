@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::config::InstanceConfig;
-use crate::engine::{DesiredConfig, HbaConfig, Lsn, MANAGED_CONF};
+use crate::engine::{
+    DesiredConfig, HbaConfig, Lsn, MANAGED_CONF, ManagedSettings, include_directive, with_managed_block,
+};
 use crate::fsutil::write_atomic;
 
 /// Where the last applied `ServerConfig` is kept, so a restarted manager knows it.
@@ -60,18 +62,32 @@ pub fn load_applied_config(cfg: &InstanceConfig) -> Option<DesiredConfig> {
     serde_json::from_str(&text).ok()
 }
 
-/// Writes everything the server reads at start or reload: the managed file, the include line
-/// in `postgresql.conf` (once), `pg_hba.conf`, and the standby marker matching `config`.
+/// Writes everything the server reads at start or reload: the managed settings (a file
+/// `postgresql.conf` includes, or a block inside it, as the engine needs), `pg_hba.conf`, and
+/// the standby marker matching `config`.
 pub fn write_server_files(cfg: &InstanceConfig, desired: &DesiredConfig) -> anyhow::Result<()> {
     let config = &cfg.server_config(desired);
     let dialect = cfg.dialect();
     let data = cfg.data_dir();
-    write_atomic(&data.join(MANAGED_CONF), dialect.managed_conf(config).as_bytes(), 0o600)?;
-    ensure_include(&data.join("postgresql.conf"), &dialect.include_directive())?;
+    let managed = dialect.managed_conf(config);
+    let postgresql_conf = data.join("postgresql.conf");
+    match dialect.managed_settings() {
+        ManagedSettings::IncludedFile => {
+            write_atomic(&data.join(MANAGED_CONF), managed.as_bytes(), 0o600)?;
+            ensure_include(&postgresql_conf, &include_directive())?;
+        }
+        ManagedSettings::InlineBlock => {
+            let text = fs::read_to_string(&postgresql_conf)
+                .with_context(|| format!("cannot read {}", postgresql_conf.display()))?;
+            write_atomic(&postgresql_conf, with_managed_block(&text, &managed).as_bytes(), 0o600)?;
+            let _ = fs::remove_file(data.join(MANAGED_CONF));
+        }
+    }
     let hba = HbaConfig {
         superuser: cfg.superuser.clone(),
         replication_user: cfg.replication_user.clone(),
         networks: cfg.hba_networks.clone(),
+        peers: config.peers.iter().map(|p| p.host.clone()).collect(),
     };
     write_atomic(&data.join("pg_hba.conf"), dialect.hba(&hba).as_bytes(), 0o600)?;
     let signal = data.join(dialect.standby_signal());
@@ -96,6 +112,40 @@ fn ensure_include(conf: &Path, directive: &str) -> anyhow::Result<()> {
     }
     new.push_str(directive);
     write_atomic(conf, new.as_bytes(), 0o600)
+}
+
+/// The settings the server reads from its configuration files right now.
+pub fn configured_settings(cfg: &InstanceConfig) -> std::collections::BTreeMap<String, String> {
+    let data = cfg.data_dir();
+    let mut text = fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default();
+    // The included managed file comes last, so its settings win.
+    text.push('\n');
+    text.push_str(&fs::read_to_string(data.join(MANAGED_CONF)).unwrap_or_default());
+    crate::engine::parse_settings(&text)
+}
+
+fn started_settings_path(cfg: &InstanceConfig) -> PathBuf {
+    cfg.root.join("server-started-settings.json")
+}
+
+/// Records the settings the server is started with.
+pub fn record_started_settings(cfg: &InstanceConfig) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(&configured_settings(cfg))?;
+    write_atomic(&started_settings_path(cfg), &json, 0o600)
+}
+
+/// The parameters among `postmaster` (those read only at a server start) whose configured
+/// value differs from the one the running server started with; empty when the start was not
+/// recorded.
+pub fn pending_restart(cfg: &InstanceConfig, postmaster: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let Some(started) = fs::read(started_settings_path(cfg))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    let now = configured_settings(cfg);
+    postmaster.iter().filter(|name| started.get(*name) != now.get(*name)).cloned().collect()
 }
 
 /// Moves a data directory out of the way instead of deleting it, replacing an older copy

@@ -49,6 +49,8 @@ pub struct Manager {
     last_contact: std::sync::Mutex<std::time::Instant>,
     /// Set while the manager shuts down: no more restarts.
     stopping: std::sync::atomic::AtomicBool,
+    /// Why this instance cannot be run (the server version is not supported), if it cannot.
+    unsupported: std::sync::Mutex<Option<String>>,
     /// Whether the server accepted a connection at the last readiness probe, and when:
     /// `/readyz` answers from this, without running SQL under the kubelet's probe time-out.
     readiness: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
@@ -90,6 +92,7 @@ impl Manager {
             last_contact: std::sync::Mutex::new(std::time::Instant::now()),
             stopping: Default::default(),
             readiness: std::sync::Mutex::new(None),
+            unsupported: std::sync::Mutex::new(None),
         }))
     }
 
@@ -198,7 +201,7 @@ impl Manager {
     async fn control_data(&self) -> Option<ControlReport> {
         let line = self.cfg.dialect().controldata(&self.cfg.layout());
         let out = run_checked(&line, Duration::from_secs(10)).await.ok()?;
-        Some(parse_controldata(&out))
+        Some(crate::engine::controldata::parse(&out))
     }
 
     /// Accepts a request and runs it in the background. The same request repeated while it
@@ -281,8 +284,27 @@ impl Manager {
         Ok(report)
     }
 
+    /// Checks the server's version once at start; an unsupported one makes every request
+    /// fail with why.
+    pub async fn check_server_version(&self) {
+        let line = self.cfg.dialect().version(&self.cfg.layout());
+        let verdict = match run_checked(&line, Duration::from_secs(30)).await {
+            Ok(out) => self.cfg.dialect().check_version(&out),
+            Err(e) => Err(format!("cannot run {}: {e:#}", line.name())),
+        };
+        if let Err(why) = verdict {
+            tracing::error!("{why}");
+            *self.unsupported.lock().expect("unsupported lock") = Some(why);
+        }
+    }
+
     /// Refuses requests that cannot apply to the instance as it is.
     fn check(&self, request: &Request) -> Result<(), Refusal> {
+        if let Some(why) = self.unsupported.lock().expect("unsupported lock").clone()
+            && !matches!(request, Request::Fence)
+        {
+            return Err(Refusal::Invalid(why));
+        }
         match refusal(request, is_initialized(&self.cfg), is_standby_configured(&self.cfg)) {
             Some(why) => Err(Refusal::Invalid(why.to_string())),
             None => Ok(()),
@@ -384,9 +406,22 @@ impl Manager {
         self.apply_files(config)?;
         if self.server.lock().await.is_running() {
             run_checked(&self.cfg.dialect().reload(&self.cfg.layout()), TOOL_TIMEOUT).await?;
+            if !config.standby {
+                self.drop_stale_slots(config).await;
+            }
             Ok("configuration reloaded".into())
         } else {
             Ok("configuration written; server not running".into())
+        }
+    }
+
+    /// Drops the replication slots of instances that are no longer peers (best effort: a
+    /// failure is logged and tried again with the next configuration).
+    async fn drop_stale_slots(&self, config: &DesiredConfig) {
+        let keep: Vec<String> = config.peers.iter().map(|p| p.instance.clone()).collect();
+        let Some(sql) = self.cfg.dialect().stale_slots_sql(&keep) else { return };
+        if let Err(e) = self.conn.lock().await.execute(&self.cfg, &sql).await {
+            tracing::warn!(error = format!("{e:#}"), "could not drop stale replication slots");
         }
     }
 
@@ -660,20 +695,6 @@ fn request_id(request: &Request) -> String {
 }
 
 /// Reads the fields the controller needs from `pg_controldata` output (run with `LC_ALL=C`).
-pub fn parse_controldata(out: &str) -> ControlReport {
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_string()))
-    };
-    let state = field("Database cluster state").unwrap_or_default();
-    ControlReport {
-        clean_shutdown: state == "shut down" || state == "shut down in recovery",
-        state,
-        checkpoint_lsn: field("Latest checkpoint location").and_then(|s| s.parse().ok()),
-        timeline: field("Latest checkpoint's TimeLineID").and_then(|s| s.parse().ok()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,21 +707,5 @@ mod tests {
         assert!(!isolated(long, 10, true, 1), "a streaming standby: the controller is just away");
         assert!(!isolated(long, 10, false, 0), "a standby never fences itself");
         assert!(!isolated(long, 0, true, 0), "turned off");
-    }
-
-    #[test]
-    fn controldata_fields() {
-        let out = "pg_control version number:            1300\n\
-                   Database cluster state:               in production\n\
-                   Latest checkpoint location:           0/3000060\n\
-                   Latest checkpoint's REDO location:    0/3000028\n\
-                   Latest checkpoint's TimeLineID:       2\n";
-        let c = parse_controldata(out);
-        assert_eq!(c.state, "in production");
-        assert!(!c.clean_shutdown);
-        assert_eq!(c.checkpoint_lsn.map(|l| l.to_string()).as_deref(), Some("0/3000060"));
-        assert_eq!(c.timeline, Some(2));
-        assert!(parse_controldata("Database cluster state:               shut down\n").clean_shutdown);
-        assert!(parse_controldata("Database cluster state:   shut down in recovery\n").clean_shutdown);
     }
 }

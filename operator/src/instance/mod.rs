@@ -31,6 +31,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let cfg = InstanceConfig::load(config_path)?;
     let manager = Manager::new(cfg.clone())?;
+    manager.check_server_version().await;
     let listener = TcpListener::bind(cfg.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.api_listen))?;

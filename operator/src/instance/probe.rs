@@ -38,6 +38,9 @@ pub async fn connect(cfg: &InstanceConfig, timeout: Duration) -> Result<Client, 
         .dbname("postgres")
         .application_name("opengauss-operator")
         .connect_timeout(timeout);
+    if let Some(options) = cfg.dialect().session_options() {
+        pg.options(options);
+    }
     let (client, connection) = pg.connect(NoTls).await?;
     tokio::spawn(async move {
         // Ends when the server closes the connection or the client is dropped.
@@ -74,8 +77,16 @@ pub async fn checkpoint_remote(
     }
 }
 
-fn lsn(row: &Row, idx: usize) -> Option<Lsn> {
-    row.get::<_, Option<String>>(idx).and_then(|s| s.parse().ok())
+/// A column by name; a query without it (a dialect out of step) is an error, not a panic.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    column: &str,
+) -> Result<T, tokio_postgres::Error> {
+    row.try_get(column)
+}
+
+fn lsn(row: &Row, column: &str) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    Ok(col::<Option<String>>(row, column)?.and_then(|s| s.parse().ok()))
 }
 
 impl LocalConnection {
@@ -120,42 +131,55 @@ impl LocalConnection {
         let client = self.client(cfg, timeout).await?;
         let row = client.query_one(sql.node, &[]).await?;
         let node = NodeReport {
-            in_recovery: row.get(0),
-            current_lsn: lsn(&row, 1),
-            received_lsn: lsn(&row, 2),
-            replayed_lsn: lsn(&row, 3),
-            timeline: row.get::<_, Option<i32>>(4).and_then(|t| u32::try_from(t).ok()),
-            synchronous_standby_names: row.get(5),
+            in_recovery: col(&row, "in_recovery")?,
+            current_lsn: lsn(&row, "current_lsn")?,
+            received_lsn: lsn(&row, "received_lsn")?,
+            replayed_lsn: lsn(&row, "replayed_lsn")?,
+            timeline: col::<Option<i32>>(&row, "timeline")?.and_then(|t| u32::try_from(t).ok()),
+            synchronous_standby_names: col(&row, "synchronous_standby_names")?,
         };
-        let receiver = client.query_opt(sql.receiver, &[]).await?.map(|r| ReceiverReport {
-            status: r.get::<_, Option<String>>(0).unwrap_or_default(),
-            upstream_host: r.get(1),
-            upstream_port: r.get::<_, Option<i32>>(2).and_then(|p| u16::try_from(p).ok()),
-            flushed_lsn: lsn(&r, 3),
-        });
+        let receiver = match client.query_opt(sql.receiver, &[]).await? {
+            Some(r) => Some(ReceiverReport {
+                status: col::<Option<String>>(&r, "status")?.unwrap_or_default(),
+                upstream_host: col(&r, "upstream_host")?,
+                upstream_port: col::<Option<i32>>(&r, "upstream_port")?.and_then(|p| u16::try_from(p).ok()),
+                flushed_lsn: lsn(&r, "flushed_lsn")?,
+            }),
+            None => None,
+        };
         let replication = if node.in_recovery {
             Vec::new()
         } else {
-            client
-                .query(sql.replication, &[])
-                .await?
-                .iter()
-                .map(|r| ReplicationRow {
-                    instance: dialect.instance_of(&r.get::<_, Option<String>>(0).unwrap_or_default()),
-                    client_addr: r.get(1),
-                    state: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                    sync_state: r.get::<_, Option<String>>(3).unwrap_or_default().to_lowercase(),
-                    sent_lsn: lsn(r, 4),
-                    flush_lsn: lsn(r, 6),
-                    replay_lsn: lsn(r, 7),
-                    lag_bytes: r.get::<_, Option<i64>>(8).and_then(|b| u64::try_from(b).ok()),
-                    lag_seconds: r.get(9),
-                })
-                .collect()
+            let mut rows = Vec::new();
+            for r in client.query(sql.replication, &[]).await? {
+                rows.push(ReplicationRow {
+                    instance: dialect
+                        .instance_of(&col::<Option<String>>(&r, "application_name")?.unwrap_or_default()),
+                    client_addr: col(&r, "client_addr")?,
+                    state: col::<Option<String>>(&r, "state")?.unwrap_or_default(),
+                    sync_state: col::<Option<String>>(&r, "sync_state")?.unwrap_or_default(),
+                    sent_lsn: lsn(&r, "sent_lsn")?,
+                    flush_lsn: lsn(&r, "flush_lsn")?,
+                    replay_lsn: lsn(&r, "replay_lsn")?,
+                    lag_bytes: col::<Option<i64>>(&r, "lag_bytes")?.and_then(|b| u64::try_from(b).ok()),
+                    lag_seconds: col(&r, "lag_seconds")?,
+                });
+            }
+            rows
+        };
+        let names = async |q: &str| -> Result<Vec<String>, tokio_postgres::Error> {
+            let mut names = Vec::new();
+            for r in client.query(q, &[]).await? {
+                names.push(col::<String>(&r, "name")?);
+            }
+            Ok(names)
         };
         let pending_restart = match sql.pending_restart {
-            Some(q) => client.query(q, &[]).await?.iter().map(|r| r.get::<_, String>(0)).collect(),
-            None => Vec::new(),
+            Some(q) => names(q).await?,
+            None => {
+                let postmaster = names(sql.postmaster_settings).await?.into_iter().collect();
+                super::datadir::pending_restart(cfg, &postmaster)
+            }
         };
         Ok(Probe { node, pending_restart, receiver, replication })
     }

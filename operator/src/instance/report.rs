@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::controldata::ControlReport;
+
 use crate::engine::{DesiredConfig, Endpoint, Lsn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,19 +145,6 @@ pub struct ReplicationRow {
     pub lag_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ControlReport {
-    /// `Database cluster state` as the control file says it.
-    pub state: String,
-    /// Shut down cleanly (as a primary or in recovery): no crash recovery pending.
-    pub clean_shutdown: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_lsn: Option<Lsn>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeline: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

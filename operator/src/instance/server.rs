@@ -133,6 +133,9 @@ impl ServerProcess {
             .with_context(|| format!("cannot open server log {}", cfg.server_log().display()))?;
         let line = cfg.dialect().server(&cfg.layout(), standby);
         tracing::info!(command = %line, "starting database server");
+        // What it starts with: a later change of a restart-only setting is pending until the
+        // next start (for engines that do not tell themselves).
+        super::datadir::record_started_settings(cfg)?;
         let mut cmd = line.to_tokio();
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).kill_on_drop(false);
         let child = crate::reaper::spawn(&mut cmd)

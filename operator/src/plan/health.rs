@@ -248,9 +248,16 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
         row.replication_state = Some(rr.state.clone());
         row.sync_state = Some(rr.sync_state.clone());
     }
+    // The clock runs only while the instance is a running standby with nothing to do: a clone
+    // or rejoin in progress (minutes on a large or slow database) is not time spent failing
+    // to stream.
     let is_primary = primary.as_deref() == Some(name);
-    row.not_streaming_since =
-        if row.ready || is_primary { None } else { previous.not_streaming_since.or(Some(Time(input.now))) };
+    let idle_standby = report(input, name).is_some_and(|r| r.is_running_standby() && !operation_running(r));
+    row.not_streaming_since = if row.ready || is_primary || !idle_standby {
+        None
+    } else {
+        previous.not_streaming_since.or(Some(Time(input.now)))
+    };
     row
 }
 

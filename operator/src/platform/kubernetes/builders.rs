@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use opengauss_crd::names::instance_names;
-use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
+use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus};
 
 use super::credentials::{Credentials, keys};
 use super::options::Options;
@@ -57,6 +57,8 @@ pub mod paths {
 
 /// Container names.
 pub const DATABASE_CONTAINER: &str = "database";
+/// The environment variable holding a database pod's own IP.
+pub const POD_IP_ENV: &str = "POD_IP";
 pub const INIT_CONTAINER: &str = "install-manager";
 
 /// Port names (at most 15 characters).
@@ -122,63 +124,26 @@ pub fn instance_host(c: &OpenGaussCluster, instance: &str, opts: &Options) -> St
     )
 }
 
-/// openGauss's HA (replication) port: the database port + 1, as in the official deployments;
-/// its heartbeat port is HA port + 4.
+/// openGauss's HA (replication) and heartbeat ports, from the engine.
+pub fn ha_ports(c: &OpenGaussCluster) -> Option<crate::engine::HaPorts> {
+    crate::engine::dialect(c.spec.engine).ha_ports(c.spec.port)
+}
+
+/// The HA port peers replicate over (the database port for PostgreSQL).
 pub fn ha_port(c: &OpenGaussCluster) -> u16 {
-    c.spec.port + 1
+    ha_ports(c).map_or(c.spec.port, |p| p.replication)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The database image
 
-/// What the operator needs to know about a database image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageLayout {
-    pub bin_dir: String,
-    /// The image's database OS user and group: the manager and the server run as them.
-    pub uid: i64,
-    pub gid: i64,
-    pub env: Vec<(String, String)>,
-}
+pub use crate::engine::ImageLayout;
 
-/// The PostgreSQL major version in an official image reference (`postgres:16.4-bookworm` is
-/// 16), when the tag starts with one.
-fn postgres_major(image: &str) -> Option<u32> {
-    let last = image.rsplit('/').next()?;
-    let tag = last.split('@').next()?.split_once(':')?.1;
-    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
+/// The database image's layout: the engine's official one, adapted by the cluster's
+/// annotations for images laid out otherwise.
 pub fn image_layout(c: &OpenGaussCluster) -> ImageLayout {
     let anns = c.metadata.annotations.clone().unwrap_or_default();
-    let mut layout = match c.spec.engine {
-        // The official openGauss images: GAUSSHOME /usr/local/opengauss, OS user omm (70).
-        Engine::OpenGauss => ImageLayout {
-            bin_dir: "/usr/local/opengauss/bin".into(),
-            uid: 70,
-            gid: 70,
-            env: vec![
-                ("GAUSSHOME".into(), "/usr/local/opengauss".into()),
-                ("LD_LIBRARY_PATH".into(), "/usr/local/opengauss/lib".into()),
-                (
-                    "PATH".into(),
-                    "/usr/local/opengauss/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                        .into(),
-                ),
-            ],
-        },
-        // The official PostgreSQL images: /usr/lib/postgresql/<major>/bin, OS user postgres (999).
-        Engine::Postgres => {
-            let major = postgres_major(c.spec.image()).unwrap_or(17);
-            ImageLayout {
-                bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-                uid: 999,
-                gid: 999,
-                env: vec![],
-            }
-        }
-    };
+    let mut layout = crate::engine::dialect(c.spec.engine).image_layout(c.spec.image());
     if let Some(dir) = anns.get(annotations::BIN_DIR).filter(|d| d.starts_with('/')) {
         layout.bin_dir = dir.clone();
     }
@@ -271,6 +236,9 @@ pub fn instance_config(c: &OpenGaussCluster, instance: &str, opts: &Options) -> 
         port: c.spec.port,
         listen_addresses: "*".into(),
         advertise_host: instance_host(c, instance, opts),
+        advertise_host_env: crate::engine::dialect(c.spec.engine)
+            .peers_by_address()
+            .then(|| POD_IP_ENV.into()),
         api_listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.manager_port)),
         api_port_file: None,
         superuser: crate::engine::dialect(c.spec.engine).superuser().into(),
@@ -317,21 +285,20 @@ fn service_port(name: &str, port: u16) -> ServicePort {
 /// each other before they are ready).
 pub fn headless_service(c: &OpenGaussCluster) -> Service {
     let name = cluster_name(c);
-    let ha = ha_port(c);
+    let ha = ha_ports(c);
     Service {
         metadata: meta(c, headless_service_name(name), cluster_labels(name)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(name, None)),
-            ports: Some(if c.spec.engine == Engine::OpenGauss {
-                vec![
+            ports: Some(match ha {
+                Some(ha) => vec![
                     service_port(ports::DATABASE, c.spec.port),
-                    service_port(ports::HA, ha),
-                    service_port(ports::HA_HEARTBEAT, ha + 4),
-                ]
-            } else {
-                vec![service_port(ports::DATABASE, c.spec.port)]
+                    service_port(ports::HA, ha.replication),
+                    service_port(ports::HA_HEARTBEAT, ha.heartbeat),
+                ],
+                None => vec![service_port(ports::DATABASE, c.spec.port)],
             }),
             ..ServiceSpec::default()
         }),
@@ -480,13 +447,25 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
     let layout = image_layout(c);
     let mut pod_labels = instance_labels(name, instance);
     pod_labels.insert(labels::ROLE.into(), role.as_str().into());
-    let ha = ha_port(c);
+    let ha = ha_ports(c);
     let mut env: Vec<EnvVar> = layout
         .env
         .iter()
         .map(|(k, v)| EnvVar { name: k.clone(), value: Some(v.clone()), ..EnvVar::default() })
         .collect();
     env.push(EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..EnvVar::default() });
+    // The pod's own address, for engines whose replication peers are named by address.
+    env.push(EnvVar {
+        name: POD_IP_ENV.into(),
+        value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+            field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..EnvVar::default()
+    });
     let database = Container {
         name: DATABASE_CONTAINER.into(),
         image: Some(c.spec.image().to_string()),
@@ -499,14 +478,14 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
             format!("{}/{}", paths::CONFIG_DIR, config_key(instance)),
         ]),
         env: Some(env),
-        ports: Some(match c.spec.engine {
-            Engine::OpenGauss => vec![
+        ports: Some(match ha {
+            Some(ha) => vec![
                 container_port(ports::DATABASE, c.spec.port),
-                container_port(ports::HA, ha),
-                container_port(ports::HA_HEARTBEAT, ha + 4),
+                container_port(ports::HA, ha.replication),
+                container_port(ports::HA_HEARTBEAT, ha.heartbeat),
                 container_port(ports::MANAGER, opts.manager_port),
             ],
-            Engine::Postgres => vec![
+            None => vec![
                 container_port(ports::DATABASE, c.spec.port),
                 container_port(ports::MANAGER, opts.manager_port),
             ],
@@ -704,15 +683,6 @@ pub fn cluster_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn postgres_major_from_tags() {
-        assert_eq!(postgres_major("postgres:17"), Some(17));
-        assert_eq!(postgres_major("docker.io/library/postgres:16.4-bookworm"), Some(16));
-        assert_eq!(postgres_major("registry:5000/postgres:15@sha256:abc"), Some(15));
-        assert_eq!(postgres_major("registry:5000/postgres"), None);
-        assert_eq!(postgres_major("postgres:latest"), None);
-    }
 
     #[test]
     fn install_script_copies_binary_and_private_pgpass() {

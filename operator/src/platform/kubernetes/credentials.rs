@@ -95,6 +95,20 @@ impl Credentials {
     }
 
     /// Reads the credentials back from the cluster's Secret.
+    /// Refuses credentials `engine` would refuse (openGauss's initial password rule), naming the
+    /// key.
+    pub fn check_for(&self, engine: opengauss_crd::Engine, secret_name: &str) -> anyhow::Result<()> {
+        if engine == opengauss_crd::Engine::OpenGauss
+            && let Some(why) = crate::credentials::opengauss_password_problem(
+                &self.secrets.superuser_password,
+                &self.superuser,
+            )
+        {
+            anyhow::bail!("Secret {secret_name} key {:?} {why}", keys::PASSWORD);
+        }
+        Ok(())
+    }
+
     pub fn from_secret(secret: &Secret) -> Result<Self, MissingKey> {
         let name = secret.metadata.name.clone().unwrap_or_default();
         let get = |key: &'static str| -> Result<String, MissingKey> {

@@ -431,12 +431,16 @@ impl Platform for KubePlatform {
             .iter()
             .map(|(name, pod)| {
                 let desired = builders::pod(&cluster, name, RoleLabel::None, &self.opts);
+                // Peers named by address follow the pod's IP (a new pod has a new one, and the
+                // changed configuration is reloaded); until it has one, it has no address.
+                let host = if crate::engine::dialect(cluster.spec.engine).peers_by_address() {
+                    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default()
+                } else {
+                    builders::instance_host(&cluster, name, &self.opts)
+                };
                 let inst = PlatformInstance {
                     state: pod_state(pod),
-                    endpoint: Endpoint {
-                        host: builders::instance_host(&cluster, name, &self.opts),
-                        port: cluster.spec.port,
-                    },
+                    endpoint: Endpoint { host, port: cluster.spec.port },
                     ha_port: builders::ha_port(&cluster),
                     manager_url: manager_url(pod, self.opts.manager_port),
                     outdated: builders::pod_definition_hash(pod) != builders::pod_definition_hash(&desired),

@@ -154,7 +154,9 @@ impl Context {
         {
             tracing::warn!(secret = %name, "the cluster's Secret is not owned by the cluster; using it anyway");
         }
-        Ok(Credentials::from_secret(&secret)?)
+        let credentials = Credentials::from_secret(&secret)?;
+        credentials.check_for(cluster.spec.engine, &name)?;
+        Ok(credentials)
     }
 }
 

@@ -5,12 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use opengauss_crd::Engine;
 
-/// Programs each engine needs on the local platform.
+/// Programs each engine needs (the engine's own list).
 pub fn required_tools(engine: Engine) -> &'static [&'static str] {
-    match engine {
-        Engine::Postgres => &["initdb", "postgres", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"],
-        Engine::OpenGauss => &["gs_initdb", "gaussdb", "gs_ctl", "pg_controldata"],
-    }
+    crate::engine::dialect(engine).required_tools()
 }
 
 fn has_all(dir: &Path, tools: &[&str]) -> bool {

@@ -87,23 +87,26 @@ fn controller_pid(state: &StateDir) -> Option<u32> {
 /// Fails with a clear message when a port some instance needs is taken by something else.
 fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> anyhow::Result<()> {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
-    let last = u32::from(base_port) + cluster.spec.instances - 1;
-    if last > u32::from(u16::MAX) - 1000 {
+    let engine = cluster.spec.engine;
+    let stride = u32::from(crate::engine::dialect(engine).port_stride());
+    let last = u32::from(base_port) + stride * cluster.spec.instances;
+    if last > u32::from(u16::MAX) {
         bail!("--base-port {base_port} leaves no room for {} instances", cluster.spec.instances);
     }
     for ordinal in 0..cluster.spec.instances {
         let instance = opengauss_crd::names::instance_name(name, ordinal);
         let data = state.instance_dir(&instance).join("data");
-        // Our own server, left running by an earlier controller, may hold its port.
+        // Our own server, left running by an earlier controller, may hold its ports.
         if crate::instance::server_is_running(&data) {
             continue;
         }
-        let (port, _) = ports(base_port, ordinal);
-        if let Err(e) = TcpListener::bind((LOCAL_HOST, port)) {
-            bail!(
-                "port {port} (for instance {instance}) is not available on {LOCAL_HOST}: {e}; \
-                 stop what uses it or pass another --base-port"
-            );
+        for port in ports(engine, base_port, ordinal) {
+            if let Err(e) = TcpListener::bind((LOCAL_HOST, port)) {
+                bail!(
+                    "port {port} (for instance {instance}) is not available on {LOCAL_HOST}: {e}; \
+                     stop what uses it or pass another --base-port"
+                );
+            }
         }
     }
     Ok(())
@@ -179,12 +182,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         platform.kubelet.hand_over(&state.instances_dir())?;
         println!("{} running databases as OS user {} (PostgreSQL refuses root)", super::chrono_now(), u.name);
     }
+    let database_ports: Vec<String> =
+        (0..cluster.spec.instances).map(|k| ports(engine, base_port, k)[0].to_string()).collect();
     println!(
-        "{} starting cluster {name} ({engine}, {} instance(s), ports {}-{}) from {}",
+        "{} starting cluster {name} ({engine}, {} instance(s), database ports {}) from {}",
         super::chrono_now(),
         cluster.spec.instances,
-        base_port,
-        base_port + cluster.spec.instances as u16 - 1,
+        database_ports.join(", "),
         state.root.display()
     );
     for instance in platform.configs().keys() {
@@ -349,7 +353,7 @@ async fn run_loop(
                 }
                 if status.phase == Some(Phase::Healthy) && !announced {
                     announced = true;
-                    print_connect_help(&name, status, state);
+                    print_connect_help(platform, &name, status, state);
                 }
                 outcome.next_pass_in
             }
@@ -365,7 +369,12 @@ async fn run_loop(
     }
 }
 
-fn print_connect_help(name: &str, status: &OpenGaussClusterStatus, state: &StateDir) {
+fn print_connect_help(
+    platform: &LocalPlatform,
+    name: &str,
+    status: &OpenGaussClusterStatus,
+    state: &StateDir,
+) {
     let primary = status.current_primary.clone().unwrap_or_default();
     let addr = status.instance(&primary).map(|i| i.address.clone()).unwrap_or_default();
     let (host, port) = addr.rsplit_once(':').unwrap_or((LOCAL_HOST, "15432"));
@@ -375,13 +384,30 @@ fn print_connect_help(name: &str, status: &OpenGaussClusterStatus, state: &State
         .filter(|i| i.name != primary)
         .map(|i| format!("{} on {}", i.name, i.address))
         .collect();
+    let connect = match platform.configs().get(&primary) {
+        // openGauss's initial user logs in over the instance's socket only, as its OS user.
+        Some(cfg) if cfg.engine == opengauss_crd::Engine::OpenGauss => {
+            let shell = cfg.bin_dir.join(cfg.dialect().sql_shell());
+            let run_as =
+                platform.kubelet.run_as().map(|u| format!("sudo -u {} ", u.name)).unwrap_or_default();
+            format!(
+                "{run_as}env LD_LIBRARY_PATH={lib} {shell} -h {socket} -p {port} -d postgres",
+                lib = cfg.bin_dir.parent().map(|p| p.join("lib")).unwrap_or_default().display(),
+                shell = shell.display(),
+                socket = cfg.socket_dir.display(),
+            )
+        }
+        _ => format!(
+            "PGPASSFILE={pgpass} psql \"host={host} port={port} user=postgres dbname=postgres\"",
+            pgpass = state.pgpass().display()
+        ),
+    };
     println!(
         "\nCluster {name} is ready: primary {primary} on {addr}; standbys {}.\n\
-         Connect:   PGPASSFILE={pgpass} psql \"host={host} port={port} user=postgres dbname=postgres\"\n\
+         Connect:   {connect}\n\
          Status:    opengauss-operator local status --state-dir {dir}\n\
          Stop:      Ctrl-C here, or opengauss-operator local down --state-dir {dir}\n",
         standbys.join(", "),
-        pgpass = state.pgpass().display(),
         dir = state.root.display(),
     );
 }

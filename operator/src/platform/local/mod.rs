@@ -24,17 +24,19 @@ use statedir::StateDir;
 
 pub const DEFAULT_BASE_PORT: u16 = 15432;
 pub const LOCAL_HOST: &str = "127.0.0.1";
-/// openGauss HA ports sit this far above the database ports, ten apart per instance (the HA
-/// listener also uses `ha port + 4` for heartbeats).
-const HA_PORT_OFFSET: u16 = 1000;
 
-/// Ports of instance `ordinal`: database and HA.
-pub fn ports(base_port: u16, ordinal: u32) -> (u16, u16) {
+/// The ports instance `ordinal` listens on: its database port (`base + stride × ordinal`, the
+/// engine's stride: 1 for PostgreSQL, 10 for openGauss, whose server also binds `port + 1` and
+/// `port + 5`), then every other port it opens.
+pub fn ports(engine: Engine, base_port: u16, ordinal: u32) -> Vec<u16> {
+    let dialect = crate::engine::dialect(engine);
     let k = u16::try_from(ordinal).unwrap_or(u16::MAX);
-    (
-        base_port.saturating_add(k),
-        base_port.saturating_add(HA_PORT_OFFSET).saturating_add(k.saturating_mul(10)),
-    )
+    let port = base_port.saturating_add(k.saturating_mul(dialect.port_stride()));
+    let mut all = vec![port];
+    if let Some(ha) = dialect.ha_ports(port) {
+        all.extend([ha.replication, ha.heartbeat]);
+    }
+    all
 }
 
 #[derive(Debug)]
@@ -105,7 +107,9 @@ impl LocalPlatform {
             return;
         }
         let root = self.state.instance_dir(&instance);
-        let (port, ha_port) = ports(self.base_port, ordinal);
+        let all = ports(self.engine, self.base_port, ordinal);
+        let port = all[0];
+        let ha_port = crate::engine::dialect(self.engine).ha_ports(port).map_or(port, |h| h.replication);
         let cfg = InstanceConfig {
             cluster: self.cluster.clone(),
             instance: instance.clone(),
@@ -116,6 +120,7 @@ impl LocalPlatform {
             port,
             listen_addresses: LOCAL_HOST.into(),
             advertise_host: LOCAL_HOST.into(),
+            advertise_host_env: None,
             api_listen: "127.0.0.1:0".parse().expect("valid address"),
             api_port_file: Some(procs::port_file(&root)),
             superuser: crate::engine::dialect(self.engine).superuser().into(),
