@@ -185,8 +185,11 @@ pub fn continue_transition(input: &Input<'_>, plan: &mut Plan) {
         let Some(t) = plan.status.transition.clone() else {
             return;
         };
-        let keep = match t.step {
-            TransitionStep::Promoting | TransitionStep::Repointing => t.to.as_deref(),
+        let keep = match (t.kind, t.step) {
+            (_, TransitionStep::Promoting | TransitionStep::Repointing) => t.to.as_deref(),
+            // A switchover stops the old primary on purpose (demote_for_switchover): it is
+            // expected to accept writes until it has stopped, not a stray.
+            (TransitionKind::Switchover, _) => Some(t.from.as_str()),
             _ => None,
         };
         fence_stray_primaries(input, plan, keep);

@@ -798,6 +798,21 @@ fn switchover_stops_the_primary_then_promotes_the_target_once_it_has_everything(
     let t = transition(&plan);
     assert_eq!((t.kind, t.to.as_deref()), (TransitionKind::Switchover, Some("demo-2")));
     assert_eq!(kinds_to(&plan, 0), [OperationKind::Fence]);
+    // Stopping the old primary is the plan, not a stray primary.
+    assert!(!plan.events.iter().any(|e| e.reason == "FencingStrayPrimary"), "{:?}", plan.events);
+
+    // While it stops, it still reports itself writable: expected, and asked once more only.
+    let mut w1 = World::healthy(3);
+    w1.status = plan.status.clone();
+    w1.requests = UserRequests::default();
+    let again = w1.decide();
+    assert!(!again.events.iter().any(|e| e.reason == "FencingStrayPrimary"), "{:?}", again.events);
+    assert_eq!(kinds_to(&again, 0), [OperationKind::Fence]);
+    // Another writable instance during the switchover is a real stray.
+    let cfg = desired(&w1, 1, false);
+    w1.set(1, Some(primary(1, lsn(120), &[], cfg)));
+    let stray = w1.decide();
+    assert!(stray.events.iter().any(|e| e.reason == "FencingStrayPrimary" && e.message.contains("demo-1")));
 
     let mut w2 = World::healthy(3);
     w2.status = plan.status.clone();
