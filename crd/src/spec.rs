@@ -22,7 +22,11 @@ pub const DEFAULT_FAILOVER_DELAY_SECONDS: u32 = 5;
 pub const DEFAULT_PROBE_INTERVAL_MILLISECONDS: u32 = 1000;
 pub const DEFAULT_PROBE_TIMEOUT_MILLISECONDS: u32 = 800;
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
-pub const DEFAULT_OPENGAUSS_IMAGE: &str = "opengauss/opengauss-server:7.0.0-RC1";
+/// openGauss's publisher pushes each release as `opengauss/opengauss-server:<version>` (a
+/// manifest over `<version>-<arch>-<os>`; docker/dockerfiles/opengauss_docker_publisher.py,
+/// make_manifest). 7.0.0-RC2 is the release whose Dockerfile is in the source and the one this
+/// project ran; `docker manifest inspect <image>` shows whether a registry has it.
+pub const DEFAULT_OPENGAUSS_IMAGE: &str = "opengauss/opengauss-server:7.0.0-RC2";
 pub const DEFAULT_POSTGRES_IMAGE: &str = "postgres:17";
 
 /// An openGauss (or PostgreSQL) primary/standby cluster with streaming replication.

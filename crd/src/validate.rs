@@ -276,16 +276,49 @@ impl OpenGaussCluster {
 }
 
 fn is_quantity(s: &str) -> bool {
-    const SUFFIXES: &[&str] = &["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", ""];
-    SUFFIXES.iter().any(|suffix| {
-        s.strip_suffix(suffix).is_some_and(|number| {
-            let mut parts = number.splitn(2, '.');
-            let whole = parts.next().unwrap_or("");
-            let frac = parts.next();
-            !whole.is_empty()
-                && whole.bytes().all(|b| b.is_ascii_digit())
-                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
-        })
+    quantity_bytes(s).is_some()
+}
+
+/// The number of bytes a Kubernetes quantity such as `4Gi`, `512M` or `1.5Gi` stands for
+/// (binary suffixes are powers of 1024, decimal ones of 1000); `None` for anything else.
+pub fn quantity_bytes(s: &str) -> Option<u64> {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+        ("", 1),
+    ];
+    SUFFIXES.iter().find_map(|(suffix, unit)| {
+        let number = s.strip_suffix(suffix)?;
+        let (whole, frac) = match number.split_once('.') {
+            Some((w, f)) => (w, Some(f)),
+            None => (number, None),
+        };
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || frac.is_some_and(|f| !digits(f)) {
+            return None;
+        }
+        let whole_bytes = whole.parse::<u64>().ok()?.checked_mul(*unit)?;
+        let frac_bytes = match frac {
+            // Quantities only need a few fractional digits; more would overflow the scaling.
+            Some(f) => {
+                let f = &f[..f.len().min(9)];
+                let scale = 10u64.pow(u32::try_from(f.len()).ok()?);
+                u64::try_from(u128::from(f.parse::<u64>().ok()?) * u128::from(*unit) / u128::from(scale))
+                    .ok()?
+            }
+            None => 0,
+        };
+        whole_bytes.checked_add(frac_bytes)
     })
 }
 
@@ -293,6 +326,24 @@ fn is_quantity(s: &str) -> bool {
 mod tests {
     use super::*;
     use crate::spec::OpenGaussClusterSpec;
+
+    #[test]
+    fn quantities_in_bytes() {
+        for (q, want) in [
+            ("4Gi", Some(4u64 << 30)),
+            ("1.5Gi", Some(3u64 << 29)),
+            ("512M", Some(512_000_000)),
+            ("2048", Some(2048)),
+            ("100k", Some(100_000)),
+            ("", None),
+            ("Gi", None),
+            ("1.Gi", None),
+            ("-1Gi", None),
+            ("99999999999Ei", None),
+        ] {
+            assert_eq!(quantity_bytes(q), want, "{q}");
+        }
+    }
 
     fn spec() -> OpenGaussClusterSpec {
         serde_json::from_str("{}").expect("empty spec takes defaults")

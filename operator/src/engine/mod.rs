@@ -16,7 +16,7 @@ pub mod wal;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use command::CommandLine;
+pub use command::{CommandLine, shell_quote};
 pub use conf::{conf_line, parse_settings, quote_conf_value, with_managed_block};
 pub use image::ImageLayout;
 pub use lsn::Lsn;
@@ -237,6 +237,11 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     }
     /// The layout of the engine's official image `image`.
     fn image_layout(&self, image: &str) -> ImageLayout;
+    /// The environment the engine's programs need when installed with their programs in
+    /// `bin_dir` (outside an image, which sets its own).
+    fn install_env(&self, _bin_dir: &Path) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// The name a standby reports as `application_name` and that `synchronous_standby_names`
     /// lists.
     fn application_name(&self, instance: &str) -> String;
@@ -281,6 +286,11 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     /// makes no slots of its own.
     fn stale_slots_sql(&self, _keep: &[String]) -> Option<String> {
         None
+    }
+    /// Settings that keep the server inside a container memory limit of `limit_bytes`
+    /// (applied unless the user set them); none when the engine sizes itself from the limit.
+    fn memory_settings(&self, _limit_bytes: u64) -> BTreeMap<String, String> {
+        BTreeMap::new()
     }
     /// SQL creating (or updating) the replication role, or `None` when the engine trusts its
     /// configured peers instead. The password is sent already hashed, so the plain password

@@ -2,6 +2,7 @@
 //! replication peers in `replconninfoN`, xlog-named SQL functions. See
 //! `../shared/reference/opengauss.md` for the facts this follows.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::conf::{conf_line, managed_conf_head};
@@ -70,6 +71,18 @@ impl Dialect for OpenGauss {
 
     fn image_layout(&self, _image: &str) -> super::ImageLayout {
         super::image::opengauss()
+    }
+
+    /// An installation is `$GAUSSHOME/bin` with its libraries in `$GAUSSHOME/lib`, which the
+    /// programs are not linked to find on their own.
+    fn install_env(&self, bin_dir: &Path) -> Vec<(String, String)> {
+        let Some(home) = bin_dir.parent() else { return Vec::new() };
+        let lib = home.join("lib").display().to_string();
+        let library_path = match std::env::var("LD_LIBRARY_PATH") {
+            Ok(existing) if !existing.is_empty() => format!("{lib}:{existing}"),
+            _ => lib,
+        };
+        vec![("GAUSSHOME".into(), home.display().to_string()), ("LD_LIBRARY_PATH".into(), library_path)]
     }
 
     /// Node names allow lowercase letters, digits and `_` only.
@@ -304,6 +317,21 @@ impl Dialect for OpenGauss {
             pending_restart: None,
             postmaster_settings: "SELECT name FROM pg_settings WHERE context = 'postmaster' ORDER BY name",
         }
+    }
+
+    /// openGauss does not size itself from the container: `max_process_memory` defaults to
+    /// 12 GB (at least 2 GB; guc_memory.cpp) and its memory protection trusts that figure, so
+    /// under a smaller limit the kernel kills the server before openGauss refuses an
+    /// allocation. Four fifths of the limit leave room for what it does not count; the column
+    /// store's buffers shrink to what the lite build ships (liteom/opengauss_lite.conf), as
+    /// gs_initdb's 512MB would take a quarter of a small limit for tables nobody has.
+    fn memory_settings(&self, limit_bytes: u64) -> BTreeMap<String, String> {
+        const MIN_PROCESS_MEMORY_MB: u64 = 2 * 1024;
+        let process_mb = (limit_bytes / (1024 * 1024) * 4 / 5).max(MIN_PROCESS_MEMORY_MB);
+        BTreeMap::from([
+            ("max_process_memory".to_string(), format!("{process_mb}MB")),
+            ("cstore_buffers".to_string(), "16MB".to_string()),
+        ])
     }
 
     /// Every standby's walreceiver creates a persistent physical slot named after it on the

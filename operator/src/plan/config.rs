@@ -1,7 +1,9 @@
 //! The configuration the controller wants on each instance: role, upstream, synchronous
 //! standby set, peers and user parameters.
 
-use opengauss_crd::{DataDurability, SyncMethod};
+use std::collections::BTreeMap;
+
+use opengauss_crd::{DataDurability, OpenGaussClusterSpec, SyncMethod};
 
 use super::Input;
 use super::health::{members, report};
@@ -96,10 +98,24 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
         max_wal_senders: spec.replication.max_wal_senders,
         wal_keep_segments: spec.replication.wal_keep_segments,
         peers,
-        parameters: spec.parameters.clone(),
+        parameters: parameters(spec),
         // Twice the failover delay: by then a failover of an unreachable primary has begun.
         isolation_seconds: if spec.instances > 1 { spec.failover.delay_seconds.saturating_mul(2) } else { 0 },
     }
+}
+
+/// The user's parameters over what the engine needs to fit the container's memory limit.
+fn parameters(spec: &OpenGaussClusterSpec) -> BTreeMap<String, String> {
+    let limit = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| opengauss_crd::validate::quantity_bytes(&q.0));
+    let mut out =
+        limit.map(|bytes| crate::engine::dialect(spec.engine).memory_settings(bytes)).unwrap_or_default();
+    out.extend(spec.parameters.clone());
+    out
 }
 
 /// Whether an applied synchronous set differs from the wanted one in a way that matters.
@@ -107,4 +123,34 @@ pub fn same_sync(a: Option<&SyncConfig>, b: Option<&SyncConfig>) -> bool {
     let norm =
         |s: Option<&SyncConfig>| s.filter(|s| s.method != SyncMethod::Off && !s.standbys.is_empty()).cloned();
     norm(a) == norm(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parameters;
+
+    fn spec(json: &str) -> opengauss_crd::OpenGaussClusterSpec {
+        serde_json::from_str(json).expect("a spec")
+    }
+
+    #[test]
+    fn opengauss_fits_its_memory_limit_unless_the_user_says_otherwise() {
+        let limited = |memory: &str, extra: &str| {
+            parameters(&spec(&format!(
+                r#"{{"engine": "openGauss", "resources": {{"limits": {{"memory": "{memory}"}}}}{extra}}}"#
+            )))
+        };
+        let p = limited("4Gi", "");
+        assert_eq!(p.get("max_process_memory").map(String::as_str), Some("3276MB"));
+        assert_eq!(p.get("cstore_buffers").map(String::as_str), Some("16MB"));
+        // openGauss refuses less than 2 GB.
+        assert_eq!(limited("1Gi", "").get("max_process_memory").map(String::as_str), Some("2048MB"));
+        let own = limited("4Gi", r#", "parameters": {"max_process_memory": "3GB"}"#);
+        assert_eq!(own.get("max_process_memory").map(String::as_str), Some("3GB"));
+        assert_eq!(own.get("cstore_buffers").map(String::as_str), Some("16MB"));
+        // No limit, nothing derived; PostgreSQL sizes itself from its own settings.
+        assert!(parameters(&spec(r#"{"engine": "openGauss"}"#)).is_empty());
+        let pg = parameters(&spec(r#"{"engine": "postgres", "resources": {"limits": {"memory": "4Gi"}}}"#));
+        assert!(pg.is_empty(), "{pg:?}");
+    }
 }

@@ -64,7 +64,8 @@ impl LocalPlatform {
         run_as: Option<procs::RunAs>,
         secrets: Secrets,
     ) -> anyhow::Result<Self> {
-        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new());
+        let env = crate::engine::dialect(cluster.spec.engine).install_env(&bin_dir);
+        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new()).with_env(env);
         let platform = Self {
             cluster: cluster.metadata.name.clone().unwrap_or_default(),
             engine: cluster.spec.engine,

@@ -99,6 +99,8 @@ struct Slot {
 pub struct Kubelet {
     exe: PathBuf,
     run_as: Option<RunAs>,
+    /// Environment of every manager (and so of its server and tools).
+    env: Vec<(String, String)>,
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Instance directories by name; grows and shrinks with the cluster.
     dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
@@ -117,7 +119,19 @@ fn restart_backoff(restarts: u32) -> Duration {
 
 impl Kubelet {
     pub fn new(exe: PathBuf, run_as: Option<RunAs>, dirs: BTreeMap<String, PathBuf>) -> Self {
-        Self { exe, run_as, slots: Mutex::new(BTreeMap::new()), dirs: std::sync::Mutex::new(dirs) }
+        Self {
+            exe,
+            run_as,
+            env: Vec::new(),
+            slots: Mutex::new(BTreeMap::new()),
+            dirs: std::sync::Mutex::new(dirs),
+        }
+    }
+
+    /// Gives every manager `env` too.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     pub fn run_as(&self) -> Option<&RunAs> {
@@ -241,7 +255,8 @@ impl Kubelet {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(u) = &self.run_as {
             cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
         }
