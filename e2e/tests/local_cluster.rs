@@ -184,3 +184,49 @@ async fn sigterm_stops_cleanly_and_exits_zero() {
     }
     assert!(c.controller_output().contains("stopped"), "{}", c.controller_output());
 }
+
+/// The ready banner's Connect, Status and Stop lines work exactly as printed, from where
+/// `local up` ran, with nothing of this project on PATH.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_banners_commands_work_as_printed() {
+    require_postgres();
+    let mut c = LocalCluster::new("banner", 3, "");
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let banner = until("the ready banner", Duration::from_secs(30), Duration::from_millis(100), || {
+        let out = c.controller_output();
+        std::future::ready(if out.contains("Stop:") { Probe::Done(out) } else { Probe::NotYet(out) })
+    })
+    .await
+    .expect("banner printed");
+    let line = |label: &str| {
+        banner
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label} line in\n{banner}"))
+            .trim()
+            .to_string()
+    };
+    let shell = |command: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", command])
+            .current_dir(c.root())
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .output()
+            .expect("sh")
+    };
+
+    let connect = shell(&format!("{} -XAtc 'SELECT 1'", line("Connect:")));
+    assert!(connect.status.success(), "{}", String::from_utf8_lossy(&connect.stderr));
+    assert_eq!(String::from_utf8_lossy(&connect.stdout).trim(), "1");
+
+    let status = shell(&line("Status:"));
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("Healthy"));
+
+    let stop_line = line("Stop:");
+    let stop = stop_line.split_once(", or ").map(|(_, cmd)| cmd).expect("a stop command");
+    let out = shell(stop);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.wait_controller(Duration::from_secs(60)).expect("controller stops"), Some(0));
+}

@@ -53,7 +53,8 @@ impl CommandLine {
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one word for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
     if plain { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }

@@ -140,9 +140,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     state.claim(&Identity { cluster: name.clone(), engine, base_port })?;
     let Some(_lock) = try_lock(&state)? else {
         bail!(
-            "cluster {name} is already running from {} (pid {}); stop it with `opengauss-operator local down --state-dir {}`",
+            "cluster {name} is already running from {} (pid {}); stop it with `{} local down --state-dir {}`",
             state.root.display(),
             controller_pid(&state).map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            self_command(),
             state.root.display()
         );
     };
@@ -405,11 +406,35 @@ fn print_connect_help(
     println!(
         "\nCluster {name} is ready: primary {primary} on {addr}; standbys {}.\n\
          Connect:   {connect}\n\
-         Status:    opengauss-operator local status --state-dir {dir}\n\
-         Stop:      Ctrl-C here, or opengauss-operator local down --state-dir {dir}\n",
+         Status:    {me} local status --state-dir {dir}\n\
+         Stop:      Ctrl-C here, or {me} local down --state-dir {dir}\n",
         standbys.join(", "),
+        me = self_command(),
         dir = state.root.display(),
     );
+}
+
+/// This program as the user can type it where they are: its bare name when PATH finds this very
+/// file, else its path (relative when it lies under the current directory, as
+/// `target/release/opengauss-operator` does after `make demo`).
+pub fn self_command() -> String {
+    let Ok(me) = std::env::current_exe() else { return "opengauss-operator".into() };
+    let name = me.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            let candidate = dir.join(&name);
+            candidate.canonicalize().is_ok_and(|c| me.canonicalize().is_ok_and(|m| m == c))
+        })
+    });
+    if on_path {
+        return name;
+    }
+    let relative =
+        std::env::current_dir().ok().and_then(|cwd| me.strip_prefix(cwd).ok().map(|p| p.to_path_buf()));
+    match relative {
+        Some(r) => crate::engine::shell_quote(&r.display().to_string()),
+        None => crate::engine::shell_quote(&me.display().to_string()),
+    }
 }
 
 /// Stops every instance: the primary first (a fast shutdown sends its last WAL to connected
