@@ -13,8 +13,8 @@ pub use spec::{
     StorageSpec, SyncMethod, SynchronousSpec,
 };
 pub use status::{
-    InstanceStatus, OpenGaussClusterStatus, Phase, Role, SynchronousStatus, Transition, TransitionKind,
-    TransitionStep,
+    CONTROLLER_HEARTBEAT_STALE_SECONDS, ControllerPresence, InstanceStatus, OpenGaussClusterStatus, Phase,
+    Role, SynchronousStatus, Transition, TransitionKind, TransitionStep,
 };
 pub use validate::{FieldError, InvalidCluster};
 

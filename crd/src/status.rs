@@ -49,6 +49,22 @@ pub struct OpenGaussClusterStatus {
     /// no standby below it may be promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_promotion_lsn: Option<String>,
+    /// The local platform's controller: its process and when it last wrote this status. A
+    /// heartbeat older than `CONTROLLER_HEARTBEAT_STALE_SECONDS` means nothing watches the
+    /// cluster and no failover can happen. (On Kubernetes the operator's Lease tells this.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerPresence>,
+}
+
+/// A heartbeat this old (in seconds) means the controller is not running (it writes one at
+/// least every second while it runs).
+pub const CONTROLLER_HEARTBEAT_STALE_SECONDS: i64 = 5;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerPresence {
+    pub pid: u32,
+    pub heartbeat: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]

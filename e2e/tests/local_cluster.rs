@@ -164,8 +164,19 @@ async fn down_then_up_resumes_the_same_cluster() {
 /// SIGTERM to the foreground `local up` stops every instance and exits 0.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_cleanly_and_exits_zero() {
+    stops_cleanly_on("sigterm", nix::sys::signal::Signal::SIGTERM).await;
+}
+
+/// Closing the terminal that runs `local up` (`make demo`) sends SIGHUP: the cluster stops as on
+/// Ctrl-C instead of leaving the instances running with nothing watching them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_stops_cleanly_like_ctrl_c() {
+    stops_cleanly_on("sighup", nix::sys::signal::Signal::SIGHUP).await;
+}
+
+async fn stops_cleanly_on(test: &str, signal: nix::sys::signal::Signal) {
     require_postgres();
-    let mut c = LocalCluster::new("sigterm", 2, "");
+    let mut c = LocalCluster::new(test, 2, "");
     c.start();
     c.wait_healthy(BOOT).await.expect("healthy");
     let pids: Vec<i32> = (0..2)
@@ -173,7 +184,7 @@ async fn sigterm_stops_cleanly_and_exits_zero() {
         .flatten()
         .collect();
     assert_eq!(pids.len(), 4);
-    c.signal_controller(nix::sys::signal::Signal::SIGTERM);
+    c.signal_controller(signal);
     let code = c.wait_controller(Duration::from_secs(120)).expect("exits");
     assert_eq!(code, Some(0), "{}", c.controller_output());
     for pid in pids {
@@ -183,6 +194,76 @@ async fn sigterm_stops_cleanly_and_exits_zero() {
         );
     }
     assert!(c.controller_output().contains("stopped"), "{}", c.controller_output());
+    // A clean stop is reported as stopped, with nothing left streaming.
+    let s = c.status().expect("status");
+    assert_eq!(s.phase, Some(Phase::Stopped));
+    assert!(s.controller.is_none());
+    assert!(s.instances.iter().all(|i| !i.ready && i.replication_state.is_none() && i.sync_state.is_none()));
+}
+
+/// A controller killed without a chance to clean up (kill -9) leaves the instances running
+/// with nothing watching them: `local status` says so within seconds and fails, and so does a
+/// controller that holds on but no longer works (SIGSTOP).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_or_stuck_controller_shows_in_status() {
+    require_postgres();
+    let mut c = LocalCluster::new("deadctl", 2, "");
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let dir = c.state_dir.display().to_string();
+    let status_of = |c: &LocalCluster| {
+        let out = c.cli(&["local", "status", "--state-dir", &dir]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, table) = status_of(&c);
+    assert_eq!(code, Some(0), "{table}");
+    assert!(table.contains("Healthy"), "{table}");
+
+    c.signal_controller(nix::sys::signal::Signal::SIGSTOP);
+    let stuck = until(
+        "status to report a stuck controller",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let (code, table) = status_of(&c);
+            std::future::ready(if code == Some(3) { Probe::Done(table) } else { Probe::NotYet(table) })
+        },
+    )
+    .await
+    .expect("stuck controller reported");
+    assert!(stuck.contains("not responding") && !stuck.contains("Healthy"), "{stuck}");
+    c.signal_controller(nix::sys::signal::Signal::SIGCONT);
+    until(
+        "status to recover with the controller",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let (code, table) = status_of(&c);
+            std::future::ready(if code == Some(0) { Probe::Done(()) } else { Probe::NotYet(table) })
+        },
+    )
+    .await
+    .expect("watched again");
+
+    c.signal_controller(nix::sys::signal::Signal::SIGKILL);
+    c.wait_controller(Duration::from_secs(10)).expect("killed");
+    let (code, table) = status_of(&c);
+    assert_eq!(code, Some(3), "{table}");
+    assert!(table.contains("controller not running: no failover until `local up`"), "{table}");
+    assert!(!table.contains("Healthy"), "{table}");
+    let json = c.cli(&["local", "status", "--state-dir", &dir, "-o", "json"]);
+    assert_eq!(json.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&json.stdout).contains("controller not running"));
+    // `local up` takes the running instances back.
+    c.start();
+    until("status to be watched again", Duration::from_secs(30), Duration::from_millis(200), || {
+        let (code, table) = status_of(&c);
+        std::future::ready(if code == Some(0) { Probe::Done(()) } else { Probe::NotYet(table) })
+    })
+    .await
+    .expect("watched by the new controller");
+    c.wait_healthy(BOOT).await.expect("healthy again");
+    assert!(c.down().status.success());
 }
 
 /// The ready banner's Connect, Status and Stop lines work exactly as printed, from where

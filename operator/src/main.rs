@@ -170,7 +170,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     OutputArg::Table => Output::Table,
                     OutputArg::Json => Output::Json,
                 };
-                print!("{}", commands::status(which.target(), output)?);
+                let report = commands::status(which.target(), output)?;
+                print!("{}", report.text);
+                if !report.watched {
+                    std::process::exit(3);
+                }
             }
             LocalCommand::Switchover { which, instance, timeout } => {
                 commands::switchover(which.target(), &instance, Duration::from_secs(timeout)).await?

@@ -179,6 +179,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         run_as.clone(),
         secrets.clone(),
     )?;
+    // The status a previous controller left says nothing about this one: claim it at once.
+    platform.heartbeat()?;
     if let Some(u) = platform.kubelet.run_as() {
         platform.kubelet.hand_over(&state.instances_dir())?;
         println!("{} running databases as OS user {} (PostgreSQL refuses root)", super::chrono_now(), u.name);
@@ -204,15 +206,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(state.metrics_port_file());
     println!("{} stopping cluster {name}", super::chrono_now());
     let stopped = stop_all(&controller.platform.kubelet, &controller.platform.configs(), &state).await;
-    let mut status = state.read_status()?.unwrap_or_default();
-    status.phase = Some(Phase::Stopped);
-    status.phase_reason = Some("stopped by `local down` or a signal".into());
-    status.ready_instances = 0;
-    for i in &mut status.instances {
-        i.ready = false;
-        i.state = "stopped".into();
-    }
-    state.write_status(&status)?;
+    let status = state.read_status()?.unwrap_or_default();
+    state.write_status(&stopped_status(status, "stopped by `local down` or a signal"))?;
     let _ = std::fs::remove_file(state.controller_pid_file());
     result.and(stopped)?;
     println!("{} cluster {name} stopped; data kept in {}", super::chrono_now(), state.root.display());
@@ -363,9 +358,20 @@ async fn run_loop(
                 crate::controller::pacing::after_error(&cluster.spec)
             }
         };
-        tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        // Until the next pass, the heartbeat goes on every second.
+        let next_pass = tokio::time::Instant::now() + wait;
+        loop {
+            if let Err(e) = platform.heartbeat() {
+                platform.say("error", format!("cannot write the heartbeat: {e:#}"));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_pass {
+                break;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep_until(next_pass.min(now + Duration::from_secs(1))) => {}
+            }
         }
     }
 }
@@ -503,11 +509,8 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
             let dirs = configs.iter().map(|(n, c)| (n.clone(), c.root.clone())).collect();
             let kubelet = Kubelet::new(std::env::current_exe()?, None, dirs);
             stop_all(&kubelet, &configs, &state).await?;
-            if let Some(mut status) = state.read_status()? {
-                status.phase = Some(Phase::Stopped);
-                status.phase_reason = Some("stopped by `local down`".into());
-                status.ready_instances = 0;
-                state.write_status(&status)?;
+            if let Some(status) = state.read_status()? {
+                state.write_status(&stopped_status(status, "stopped by `local down`"))?;
             }
         }
     }
@@ -535,14 +538,74 @@ pub enum Output {
     Json,
 }
 
-pub fn status(target: Target, output: Output) -> anyhow::Result<String> {
+/// What `local status` prints, and whether a controller watches the cluster (a status check
+/// fails when none does: nothing would fail over).
+/// `status` of a cluster whose instances all stopped: nothing is ready, nothing streams, no
+/// controller watches.
+fn stopped_status(mut status: OpenGaussClusterStatus, reason: &str) -> OpenGaussClusterStatus {
+    status.phase = Some(Phase::Stopped);
+    status.phase_reason = Some(reason.into());
+    status.ready_instances = 0;
+    status.controller = None;
+    for i in &mut status.instances {
+        i.ready = false;
+        i.state = "stopped".into();
+        i.replication_state = None;
+        i.sync_state = None;
+        i.lag_bytes = None;
+        i.not_streaming_since = None;
+    }
+    status
+}
+
+#[derive(Debug)]
+pub struct StatusReport {
+    pub text: String,
+    pub watched: bool,
+}
+
+pub fn status(target: Target, output: Output) -> anyhow::Result<StatusReport> {
     let state = target.state_dir()?;
     let identity = state.read_identity()?;
-    let status = state.read_status()?.unwrap_or_default();
-    Ok(match output {
+    let mut status = state.read_status()?.unwrap_or_default();
+    let running = try_lock(&state)?.is_none();
+    let unwatched = unwatched_reason(&status, running, k8s_openapi::jiff::Timestamp::now());
+    if let Some(reason) = &unwatched {
+        // What the file says was true when a controller last looked; say so instead of a phase
+        // nobody maintains.
+        status.phase = None;
+        status.phase_reason = Some(reason.clone());
+    }
+    let text = match output {
         Output::Json => serde_json::to_string_pretty(&status)? + "\n",
         Output::Table => crate::table::render(&identity.cluster, &status),
-    })
+    };
+    Ok(StatusReport { text, watched: unwatched.is_none() })
+}
+
+/// Why no controller watches a cluster whose status is `status`, if none does: `running` says
+/// whether a `local up` holds the state directory's lock, the heartbeat whether it still works.
+/// A cluster stopped cleanly is not unwatched, only stopped.
+pub fn unwatched_reason(
+    status: &OpenGaussClusterStatus,
+    running: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<String> {
+    if status.phase == Some(Phase::Stopped) && !running {
+        return None;
+    }
+    if !running {
+        return Some("controller not running: no failover until `local up`".into());
+    }
+    let heartbeat = status.controller.as_ref().map(|c| c.heartbeat.0);
+    let age = heartbeat.map(|h| now.duration_since(h).as_secs());
+    match age {
+        Some(age) if age >= opengauss_crd::CONTROLLER_HEARTBEAT_STALE_SECONDS => Some(format!(
+            "controller not responding for {age}s (pid {}): no failover while it is stuck",
+            status.controller.as_ref().map(|c| c.pid).unwrap_or_default()
+        )),
+        _ => None,
+    }
 }
 
 /// Asks the running controller to switch over to `instance`, then follows it to completion.
@@ -583,5 +646,53 @@ pub async fn switchover(target: Target, instance: &str, timeout: Duration) -> an
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use opengauss_crd::{ControllerPresence, InstanceStatus, OpenGaussClusterStatus, Phase};
+
+    use super::{stopped_status, unwatched_reason};
+
+    fn healthy(heartbeat: Timestamp) -> OpenGaussClusterStatus {
+        OpenGaussClusterStatus {
+            phase: Some(Phase::Healthy),
+            controller: Some(ControllerPresence { pid: 42, heartbeat: Time(heartbeat) }),
+            instances: vec![InstanceStatus {
+                name: "demo-1".into(),
+                ready: true,
+                replication_state: Some("streaming".into()),
+                sync_state: Some("quorum".into()),
+                lag_bytes: Some(0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_status_nobody_maintains_says_so() {
+        let now = Timestamp::now();
+        // Running and writing: watched.
+        assert_eq!(unwatched_reason(&healthy(now), true, now), None);
+        let recent = now - SignedDuration::from_secs(2);
+        assert_eq!(unwatched_reason(&healthy(recent), true, now), None);
+        // No `local up` holds the state directory (killed): whatever the file says.
+        let dead = unwatched_reason(&healthy(now), false, now).expect("unwatched");
+        assert!(dead.contains("controller not running") && dead.contains("local up"), "{dead}");
+        // Holding the lock but silent (stopped, hung): stuck.
+        let stale = now - SignedDuration::from_secs(7);
+        let stuck = unwatched_reason(&healthy(stale), true, now).expect("stuck");
+        assert!(stuck.contains("not responding for 7s") && stuck.contains("pid 42"), "{stuck}");
+        // Stopped cleanly: stopped, not unwatched.
+        let stopped = stopped_status(healthy(stale), "stopped by `local down`");
+        assert_eq!(unwatched_reason(&stopped, false, now), None);
+        assert!(stopped.controller.is_none());
+        let i = &stopped.instances[0];
+        assert_eq!((i.ready, i.state.as_str()), (false, "stopped"));
+        assert_eq!((&i.replication_state, &i.sync_state, i.lag_bytes), (&None, &None, None));
     }
 }

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use opengauss_crd::names::{instance_name, instance_ordinal};
-use opengauss_crd::{Engine, OpenGaussCluster, OpenGaussClusterStatus};
+use opengauss_crd::{ControllerPresence, Engine, OpenGaussCluster, OpenGaussClusterStatus};
 
 use crate::controller::{Inventory, Platform, PlatformInstance, RequestOutcome};
 use crate::credentials::{REPLICATION_USER, Secrets, pgpass_lines};
@@ -53,9 +54,35 @@ pub struct LocalPlatform {
     secrets: Secrets,
     /// Last line printed per topic, so repeated progress is printed once.
     printed: std::sync::Mutex<BTreeMap<String, String>>,
+    /// When the status file last carried a fresh heartbeat.
+    last_heartbeat: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// This process as the cluster's controller, now.
+fn presence() -> ControllerPresence {
+    ControllerPresence { pid: std::process::id(), heartbeat: Time(k8s_openapi::jiff::Timestamp::now()) }
 }
 
 impl LocalPlatform {
+    /// Refreshes the heartbeat in the status file when it is a second old, so readers can
+    /// tell a running controller from a dead one (a status that did not change is not
+    /// otherwise rewritten).
+    pub fn heartbeat(&self) -> anyhow::Result<()> {
+        let fresh = self
+            .last_heartbeat
+            .lock()
+            .expect("heartbeat lock")
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        if fresh {
+            return Ok(());
+        }
+        let Some(mut status) = self.state.read_status()? else { return Ok(()) };
+        status.controller = Some(presence());
+        self.state.write_status(&status)?;
+        *self.last_heartbeat.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
+        Ok(())
+    }
+
     pub fn new(
         state: StateDir,
         cluster: &OpenGaussCluster,
@@ -76,6 +103,7 @@ impl LocalPlatform {
             base_port,
             secrets,
             printed: Default::default(),
+            last_heartbeat: Default::default(),
         };
         platform.follow_spec(cluster);
         // Instances left from a larger size (scaled down while stopped) are kept until the
@@ -236,7 +264,11 @@ impl Platform for LocalPlatform {
     }
 
     async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
-        self.state.write_status(status)
+        let mut status = status.clone();
+        status.controller = Some(presence());
+        self.state.write_status(&status)?;
+        *self.last_heartbeat.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
+        Ok(())
     }
 
     async fn requests(&self) -> UserRequests {
