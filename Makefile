@@ -7,7 +7,7 @@ SAMPLE ?= deploy/samples/local.yaml
 CRD_FILE := deploy/crds/opengaussclusters.ha.opengauss.dev.yaml
 
 .PHONY: all build demo test test-local lint fmt generate bench e2e-kind kind-up kind-down image tools clean \
-	tools-k8s k8s-up k8s-down e2e-k8s operator-image-binary k8s-prebuild
+	tools-k8s k8s-up k8s-down e2e-k8s operator-image-binary k8s-prebuild e2e-opengauss install
 
 all: build
 
@@ -19,6 +19,11 @@ demo:
 	./scripts/ensure-tools.sh postgres
 	$(CARGO) build --release -p opengauss-operator
 	$(BIN_RELEASE) local up -f $(SAMPLE)
+
+## opengauss-operator and kubectl-opengauss into ~/.cargo/bin (or $(PREFIX)/bin).
+PREFIX ?= $(HOME)/.cargo
+install:
+	$(CARGO) install --locked --path operator --root $(PREFIX)
 
 tools:
 	./scripts/ensure-tools.sh
@@ -118,6 +123,15 @@ kind-down:
 ## The Kubernetes suite on kind: the kind cluster with the operator (kind-up), then every
 ## scenario. The nodes pull the samples' database images themselves (pre-loading multi-arch
 ## images with `kind load` fails on Docker's containerd image store).
+## The real-openGauss tier: the local platform on an openGauss installation built from its
+## source (no registry carries one, so CI cannot run it). OPENGAUSS_BIN_DIR names its bin/
+## (lib/ beside it); its servers run as OPENGAUSS_OS_USER (default omm).
+OPENGAUSS_BIN_DIR ?= /opt/opengauss/install/bin
+e2e-opengauss: tools
+	./scripts/ensure-tools.sh nextest
+	OPENGAUSS_BIN_DIR=$(OPENGAUSS_BIN_DIR) $(CARGO) nextest run --profile kubernetes -p opengauss-e2e \
+	  --test opengauss --run-ignored only --no-fail-fast
+
 e2e-kind: kind-up
 	./scripts/ensure-tools.sh nextest
 	OPENGAUSS_E2E_CLUSTER=kind OPENGAUSS_E2E_KIND_CLUSTER=$(KIND_CLUSTER) OPENGAUSS_E2E_IMAGE=$(IMAGE) OPENGAUSS_E2E_SKIP_BUILD=1 \

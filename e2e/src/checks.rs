@@ -29,7 +29,7 @@ pub trait SqlCluster: Sync {
 
 impl SqlCluster for LocalCluster {
     fn engine(&self) -> Engine {
-        Engine::Postgres
+        self.engine
     }
 
     fn instance_names(&self) -> Vec<String> {
@@ -37,6 +37,11 @@ impl SqlCluster for LocalCluster {
     }
 
     async fn query(&self, instance: &str, sql: &str) -> anyhow::Result<Rows> {
+        if self.opengauss.is_some() {
+            let out =
+                self.gsql(instance, sql).await.map_err(|e| anyhow::anyhow!("{sql} on {instance}: {e}"))?;
+            return Ok(parse_unaligned(&out));
+        }
         let client = self.connect(instance).await?;
         let messages = client.simple_query(sql).await.with_context(|| format!("{sql} on {instance}"))?;
         Ok(messages
@@ -51,12 +56,35 @@ impl SqlCluster for LocalCluster {
     }
 
     async fn execute(&self, instance: &str, sql: &str) -> Result<(), String> {
+        if self.opengauss.is_some() {
+            return self.gsql(instance, sql).await.map(drop);
+        }
         let client = self.connect(instance).await.map_err(|e| format!("{e:#}"))?;
         client.batch_execute(sql).await.map_err(|e| match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => e.to_string(),
         })
     }
+}
+
+/// The options that make `psql`/`gsql` print bare rows, fields split by `FIELD_SEPARATOR`,
+/// and stop at the first error.
+pub fn unaligned_sql_args(sql: &str) -> Vec<String> {
+    ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", FIELD_SEPARATOR, "-c", sql]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A character no value of the checks contains.
+pub const FIELD_SEPARATOR: &str = "\u{1f}";
+
+/// Rows printed with `unaligned_sql_args` (an empty field is NULL).
+pub fn parse_unaligned(out: &str) -> Rows {
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(FIELD_SEPARATOR).map(|v| (!v.is_empty()).then(|| v.to_string())).collect())
+        .collect()
 }
 
 /// Instances that are not in recovery.

@@ -9,17 +9,65 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use opengauss_crd::{OpenGaussClusterStatus, Phase, Role};
+use opengauss_crd::{Engine, OpenGaussClusterStatus, Phase, Role};
 use tokio_postgres::{Client, NoTls};
 
 use crate::operator_binary;
 use crate::ports::{PortBlock, reserve};
 use crate::wait::{Probe, until};
 
+/// A real openGauss installation to run clusters of (`OPENGAUSS_BIN_DIR`, its `bin/` with
+/// `lib/` beside it), and the OS user its servers run as: openGauss's initial user must be
+/// named as that user.
+#[derive(Clone, Debug)]
+pub struct OpenGaussInstall {
+    pub bin_dir: PathBuf,
+    pub os_user: String,
+}
+
+impl OpenGaussInstall {
+    /// The installation `OPENGAUSS_BIN_DIR` names (and `OPENGAUSS_OS_USER`, default `omm`),
+    /// or why there is none.
+    pub fn from_env() -> Result<Self, String> {
+        let bin_dir = std::env::var_os("OPENGAUSS_BIN_DIR")
+            .map(PathBuf::from)
+            .ok_or("OPENGAUSS_BIN_DIR is not set: point it at a real openGauss's bin/ (lib/ beside it) and run make e2e-opengauss")?;
+        if !bin_dir.join("gaussdb").is_file() {
+            return Err(format!(
+                "{} has no gaussdb: OPENGAUSS_BIN_DIR must be an openGauss bin/",
+                bin_dir.display()
+            ));
+        }
+        let os_user = std::env::var("OPENGAUSS_OS_USER").unwrap_or_else(|_| "omm".into());
+        if nix::unistd::User::from_name(&os_user).ok().flatten().is_none() {
+            return Err(format!(
+                "the OS user {os_user} does not exist: create it (useradd {os_user}) or set OPENGAUSS_OS_USER"
+            ));
+        }
+        Ok(Self { bin_dir, os_user })
+    }
+
+    /// `gsql` as the installation's OS user, over an instance's socket.
+    pub fn gsql(&self, socket_dir: &Path, port: u16) -> Command {
+        let lib = self.bin_dir.parent().map(|h| h.join("lib")).unwrap_or_default();
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", &self.os_user, "--", "env"])
+            .arg(format!("LD_LIBRARY_PATH={}", lib.display()))
+            .arg(self.bin_dir.join("gsql"))
+            .args(["-d", "postgres", "-h"])
+            .arg(socket_dir)
+            .args(["-p", &port.to_string()]);
+        cmd
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalCluster {
     pub name: String,
     pub instances: u32,
+    pub engine: Engine,
+    /// For openGauss clusters: the installation.
+    pub opengauss: Option<OpenGaussInstall>,
     pub state_dir: PathBuf,
     pub file: PathBuf,
     pub ports: PortBlock,
@@ -30,8 +78,15 @@ pub struct LocalCluster {
 
 /// The sample's spec with `extra` lines appended under `spec:`.
 pub fn cluster_yaml(name: &str, instances: u32, extra: &str) -> String {
+    cluster_yaml_for(Engine::Postgres, name, instances, extra)
+}
+
+/// A cluster file of `engine`.
+pub fn cluster_yaml_for(engine: Engine, name: &str, instances: u32, extra: &str) -> String {
     format!(
-        "apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  engine: postgres\n{extra}"
+        "apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  engine: {engine}\n{extra}",
+        engine =
+            serde_json::to_value(engine).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
     )
 }
 
@@ -44,6 +99,20 @@ fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// How many processes of process group `pgid` are alive (zombies do not count).
+fn live_group_members(pgid: i32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // Fields after the parenthesised command: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+        })
+        .count()
 }
 
 /// Whether `pid` runs with `needle` somewhere on its command line: a guard against signalling
@@ -59,17 +128,43 @@ fn read_pid(path: &Path) -> Option<i32> {
 impl LocalCluster {
     /// A cluster of `instances` (engine postgres) with `extra` spec lines; not started.
     pub fn new(test: &str, instances: u32, extra: &str) -> Self {
+        Self::of(Engine::Postgres, None, test, instances, extra)
+    }
+
+    /// An openGauss cluster on `install`; not started.
+    pub fn opengauss(install: &OpenGaussInstall, test: &str, instances: u32, extra: &str) -> Self {
+        Self::of(Engine::OpenGauss, Some(install.clone()), test, instances, extra)
+    }
+
+    fn of(
+        engine: Engine,
+        opengauss: Option<OpenGaussInstall>,
+        test: &str,
+        instances: u32,
+        extra: &str,
+    ) -> Self {
         let name = "demo".to_string();
-        let ports = reserve(u16::try_from(instances).expect("few instances"));
+        let stride = opengauss_operator::engine::dialect(engine).port_stride();
+        // Room for a scale-up to five, and the openGauss ports above the last one.
+        let count = stride * 5 + 6;
+        let ports = reserve(count);
         let root =
             std::env::temp_dir().join(format!("opengauss-e2e-{test}-{}-{}", std::process::id(), ports.base));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("creating the test directory");
         let file = root.join("cluster.yaml");
-        std::fs::write(&file, cluster_yaml(&name, instances, extra)).expect("writing the cluster file");
+        std::fs::write(&file, cluster_yaml_for(engine, &name, instances, extra))
+            .expect("writing the cluster file");
+        if opengauss.is_some() {
+            // The databases run as the installation's OS user, who must reach the state.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
+        }
         Self {
             name,
             instances,
+            engine,
+            opengauss,
             state_dir: root.join("state"),
             file,
             ports,
@@ -90,7 +185,12 @@ impl LocalCluster {
     pub fn port_of(&self, instance: &str) -> u16 {
         let ordinal: u16 =
             instance.rsplit('-').next().and_then(|o| o.parse().ok()).expect("instance ordinal");
-        self.ports.base + ordinal
+        self.ports.base + ordinal * opengauss_operator::engine::dialect(self.engine).port_stride()
+    }
+
+    /// Where `instance`'s server has its socket.
+    pub fn socket_dir(&self, instance: &str) -> PathBuf {
+        self.instance_dir(instance).join("run")
     }
 
     /// Runs an `opengauss-operator` command to completion.
@@ -103,7 +203,7 @@ impl LocalCluster {
     }
 
     pub fn up_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "local".into(),
             "up".into(),
             "-f".into(),
@@ -112,7 +212,16 @@ impl LocalCluster {
             self.state_dir.display().to_string(),
             "--base-port".into(),
             self.ports.base.to_string(),
-        ]
+        ];
+        if let Some(og) = &self.opengauss {
+            args.extend([
+                "--bin-dir".into(),
+                og.bin_dir.display().to_string(),
+                "--run-as".into(),
+                og.os_user.clone(),
+            ]);
+        }
+        args
     }
 
     /// Starts `local up` in the background (its own process group), logging to a file.
@@ -240,6 +349,23 @@ impl LocalCluster {
         Ok(client)
     }
 
+    /// Runs `sql` with `gsql` on an openGauss instance, over its socket as the installation's
+    /// OS user; the output in `checks::unaligned_sql_args` form, or gsql's error.
+    pub async fn gsql(&self, instance: &str, sql: &str) -> Result<String, String> {
+        let og = self.opengauss.as_ref().ok_or("not an openGauss cluster")?;
+        let mut cmd = og.gsql(&self.socket_dir(instance), self.port_of(instance));
+        cmd.args(crate::checks::unaligned_sql_args(sql)).stdin(Stdio::null());
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("running gsql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
     /// Instances whose server is not in recovery right now (asked over SQL).
     pub async fn writable_instances(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -284,10 +410,43 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Loses `instance`'s data directory for good, as a wiped disk would: the manager is held
+    /// (SIGSTOP) so nothing restarts the server, the server's whole process group is killed and
+    /// waited for, the data directory and the bootstrap marker are removed, and only then is the
+    /// held manager killed, so the manager that comes back finds no data.
+    pub async fn destroy_data(&self, instance: &str) -> anyhow::Result<()> {
+        let manager = self.manager_pid(instance).context("no manager pid")?;
+        let server = self.server_pid(instance).context("no server pid")?;
+        let dir = self.state_dir.display().to_string();
+        anyhow::ensure!(cmdline_mentions(manager, &dir), "pid {manager} is not this cluster's manager");
+        anyhow::ensure!(cmdline_mentions(server, &dir), "pid {server} is not this cluster's server");
+        kill(Pid::from_raw(manager), Signal::SIGSTOP)?;
+        killpg(Pid::from_raw(server), Signal::SIGKILL)?;
+        until(
+            &format!("server group {server} gone"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async move {
+                // The held manager cannot reap its server, so a zombie may stay: only live members
+                // of the group count.
+                match live_group_members(server) {
+                    0 => Probe::Done(()),
+                    n => Probe::NotYet(format!("{n} process(es) of the group still running")),
+                }
+            },
+        )
+        .await?;
+        let instance_dir = self.instance_dir(instance);
+        std::fs::remove_dir_all(instance_dir.join("data")).context("removing the data directory")?;
+        std::fs::remove_file(instance_dir.join("bootstrapped")).context("removing the marker")?;
+        kill(Pid::from_raw(manager), Signal::SIGKILL)?;
+        Ok(())
+    }
+
     /// Rewrites the cluster file with `instances` and `extra` spec lines and runs `local apply`;
     /// returns the generation the status must reach.
     pub fn apply(&mut self, instances: u32, extra: &str) -> i64 {
-        std::fs::write(&self.file, cluster_yaml(&self.name, instances, extra))
+        std::fs::write(&self.file, cluster_yaml_for(self.engine, &self.name, instances, extra))
             .expect("writing the cluster file");
         let out = self.cli(&[
             "local",

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub use cluster::LocalCluster;
+pub use cluster::{LocalCluster, OpenGaussInstall};
 
 /// The checkout this crate belongs to.
 pub fn workspace() -> PathBuf {

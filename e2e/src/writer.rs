@@ -9,16 +9,31 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
-use crate::LocalCluster;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::checks::SqlCluster;
 use crate::wait::{Probe, until};
+use crate::{LocalCluster, OpenGaussInstall};
 
 /// Where the writer finds the cluster.
 #[derive(Clone, Debug)]
 struct Target {
-    /// Instance name and port.
-    ports: Vec<(String, u16)>,
+    /// Instance name, port and socket directory.
+    instances: Vec<(String, u16, PathBuf)>,
     password: String,
     status_file: PathBuf,
+    /// openGauss's initial user logs in over the socket only, and by SHA256, which
+    /// tokio-postgres does not speak: its commits go through `gsql`, one per statement.
+    opengauss: Option<OpenGaussInstall>,
+}
+
+/// A way to commit on the current primary.
+enum Session {
+    Postgres(tokio_postgres::Client),
+    Gsql { port: u16, socket: PathBuf },
 }
 
 #[derive(Debug)]
@@ -40,17 +55,21 @@ pub struct Written {
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Target {
-    fn primary_port(&self) -> Option<u16> {
+    /// The current primary's port and socket directory, when no transition is under way.
+    fn primary(&self) -> Option<(u16, PathBuf)> {
         let text = std::fs::read_to_string(&self.status_file).ok()?;
         let status: opengauss_crd::OpenGaussClusterStatus = serde_json::from_str(&text).ok()?;
         if status.transition.is_some() {
             return None;
         }
         let primary = status.current_primary?;
-        self.ports.iter().find(|(n, _)| *n == primary).map(|(_, p)| *p)
+        self.instances.iter().find(|(n, _, _)| *n == primary).map(|(_, p, s)| (*p, s.clone()))
     }
 
-    async fn connect(&self, port: u16) -> Option<tokio_postgres::Client> {
+    async fn open(&self, port: u16, socket: PathBuf) -> Option<Session> {
+        if self.opengauss.is_some() {
+            return Some(Session::Gsql { port, socket });
+        }
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1")
             .port(port)
@@ -63,7 +82,39 @@ impl Target {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Some(client)
+        Some(Session::Postgres(client))
+    }
+
+    /// Commits row `id`; true only when the commit was acknowledged within the time-out.
+    async fn commit(&self, session: &Session, id: i64) -> bool {
+        match session {
+            Session::Postgres(c) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                let insert = c.execute("INSERT INTO acked (id) VALUES ($1)", &params);
+                matches!(tokio::time::timeout(COMMIT_TIMEOUT, insert).await, Ok(Ok(_)))
+            }
+            Session::Gsql { port, socket } => {
+                let Some(og) = &self.opengauss else { return false };
+                let mut cmd = tokio::process::Command::from(og.gsql(socket, *port));
+                cmd.args(crate::checks::unaligned_sql_args(&format!("INSERT INTO acked (id) VALUES ({id})")))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .process_group(0);
+                let Ok(mut child) = cmd.spawn() else { return false };
+                match tokio::time::timeout(COMMIT_TIMEOUT, child.wait()).await {
+                    Ok(Ok(status)) => status.success(),
+                    _ => {
+                        // runuser and gsql share the group: stop both, then reap.
+                        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                        let _ = child.wait().await;
+                        false
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -71,20 +122,25 @@ impl Writer {
     /// Creates the table on the current primary and starts committing one row at a time.
     pub async fn start(cluster: &LocalCluster) -> anyhow::Result<Self> {
         let target = Target {
-            ports: (0..cluster.instances)
-                .map(|k| (cluster.instance(k), cluster.port_of(&cluster.instance(k))))
+            instances: (0..cluster.instances)
+                .map(|k| {
+                    let name = cluster.instance(k);
+                    let (port, socket) = (cluster.port_of(&name), cluster.socket_dir(&name));
+                    (name, port, socket)
+                })
                 .collect(),
-            password: cluster.superuser_password(),
+            password: if cluster.opengauss.is_some() { String::new() } else { cluster.superuser_password() },
             status_file: cluster.state_dir.join("status.json"),
+            opengauss: cluster.opengauss.clone(),
         };
         let primary = cluster.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
         cluster
-            .connect(&primary)
-            .await?
-            .batch_execute(
+            .execute(
+                &primary,
                 "CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
             )
-            .await?;
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the writer's table on {primary}: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -93,35 +149,29 @@ impl Writer {
             let mut acknowledged = Vec::new();
             let mut failures = Vec::new();
             let mut next: i64 = 1;
-            let mut client = None;
+            let mut session = None;
             while !flag.load(Ordering::SeqCst) {
-                if client.is_none() {
-                    client = match target.primary_port() {
-                        Some(port) => target.connect(port).await,
+                if session.is_none() {
+                    session = match target.primary() {
+                        Some((port, socket)) => target.open(port, socket).await,
                         None => None,
                     };
-                    if client.is_none() {
+                    if session.is_none() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 }
-                let c = client.as_ref().expect("connected");
                 let id = next;
                 next += 1;
-                // Only a COMMIT that returns success counts; a time-out drops the connection
-                // and the row counts as unacknowledged.
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-                let insert = c.execute("INSERT INTO acked (id) VALUES ($1)", &params);
-                match tokio::time::timeout(COMMIT_TIMEOUT, insert).await {
-                    Ok(Ok(_)) => {
-                        acknowledged.push(id);
-                        counter.store(acknowledged.len(), Ordering::SeqCst);
-                    }
-                    _ => {
-                        failures.push(std::time::SystemTime::now());
-                        client = None;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
+                // Only a COMMIT that returns success counts; a time-out drops the session and
+                // the row counts as unacknowledged.
+                if target.commit(session.as_ref().expect("opened"), id).await {
+                    acknowledged.push(id);
+                    counter.store(acknowledged.len(), Ordering::SeqCst);
+                } else {
+                    failures.push(std::time::SystemTime::now());
+                    session = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
             (acknowledged, failures)
@@ -161,8 +211,8 @@ impl Writer {
 /// Ids in `acknowledged` missing from the primary's table.
 pub async fn missing_rows(cluster: &LocalCluster, acknowledged: &[i64]) -> anyhow::Result<Vec<i64>> {
     let primary = cluster.primary().ok_or_else(|| anyhow::anyhow!("no primary"))?;
-    let client = cluster.connect(&primary).await?;
-    let rows = client.query("SELECT id FROM acked", &[]).await?;
-    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let rows = cluster.query(&primary, "SELECT id FROM acked").await?;
+    let present: std::collections::HashSet<i64> =
+        rows.iter().filter_map(|r| r.first()?.as_deref()?.parse().ok()).collect();
     Ok(acknowledged.iter().copied().filter(|id| !present.contains(id)).collect())
 }

@@ -187,10 +187,7 @@ async fn a_lost_data_directory_is_rebuilt_as_a_new_standby() {
     let primary = c.primary().expect("primary");
     write(&c, &primary, "CREATE TABLE kept AS SELECT generate_series(1, 1000) AS id").await;
     let victim = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
-    c.signal_instance(&victim, Signal::SIGKILL).expect("kill");
-    let dir = c.instance_dir(&victim);
-    std::fs::remove_dir_all(dir.join("data")).expect("remove data");
-    std::fs::remove_file(dir.join("bootstrapped")).expect("remove marker");
+    c.destroy_data(&victim).await.expect("data destroyed");
     c.wait_for("the instance seen without data", Duration::from_secs(30), |s| {
         s.instance(&victim).is_some_and(|i| !i.ready)
     })

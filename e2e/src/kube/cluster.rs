@@ -296,7 +296,7 @@ impl KubeCluster {
             Engine::OpenGauss => "gsql",
             Engine::Postgres => "psql",
         };
-        [
+        let mut args: Vec<String> = [
             client,
             "-h",
             opengauss_operator::platform::kubernetes::builders::paths::SOCKET_DIR,
@@ -306,20 +306,12 @@ impl KubeCluster {
             self.superuser(),
             "-d",
             "postgres",
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-F",
-            "\u{1f}",
-            "-c",
-            sql,
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect();
+        args.extend(crate::checks::unaligned_sql_args(sql));
+        args
     }
 
     /// Runs `command` in `pod`'s database container.
@@ -346,11 +338,7 @@ impl SqlCluster for KubeCluster {
     async fn query(&self, instance: &str, sql: &str) -> anyhow::Result<Rows> {
         let out =
             self.exec_sql(instance, sql).await.map_err(|e| anyhow::anyhow!("{sql} on {instance}: {e}"))?;
-        Ok(out
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| l.split('\u{1f}').map(|v| (!v.is_empty()).then(|| v.to_string())).collect())
-            .collect())
+        Ok(crate::checks::parse_unaligned(&out))
     }
 
     async fn execute(&self, instance: &str, sql: &str) -> Result<(), String> {
