@@ -75,6 +75,21 @@ fn a_base_port_in_use_is_refused() {
 }
 
 #[test]
+fn impossible_base_ports_are_refused_up_front() {
+    let c = LocalCluster::new("badport", 3, "");
+    std::fs::write(&c.file, opengauss_e2e::cluster::cluster_yaml("demo", 3, "")).expect("write");
+    let file = c.file.display().to_string();
+    let dir = c.state_dir.display().to_string();
+    for (port, needle) in
+        [("0", "--base-port 0 is not usable"), ("80", "--base-port 80 is a privileged port")]
+    {
+        let out = c.cli(&["local", "up", "-f", &file, "--state-dir", &dir, "--base-port", port]);
+        assert_refused(&out, needle);
+        assert!(!c.state_dir.exists(), "nothing created for --base-port {port}");
+    }
+}
+
+#[test]
 fn missing_postgres_binaries_are_refused() {
     let c = LocalCluster::new("nobin", 3, "");
     let empty = c.root().join("empty-bin");

@@ -311,3 +311,67 @@ async fn the_banners_commands_work_as_printed() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(c.wait_controller(Duration::from_secs(60)).expect("controller stops"), Some(0));
 }
+
+/// A port taken by something else after the cluster was created is no dead end: the stopped
+/// cluster moves to another base port with `--base-port`, keeping its data; a running one is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_cluster_moves_to_new_ports_with_its_data() {
+    require_postgres();
+    let mut c = LocalCluster::new("moveports", 3, "");
+    c.start();
+    let s = c.wait_healthy(BOOT).await.expect("healthy");
+    let primary = s.current_primary.clone().expect("primary");
+    c.connect(&primary)
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TABLE moved AS SELECT generate_series(1, 100) AS id")
+        .await
+        .expect("write");
+    assert!(c.down().status.success());
+
+    // Something else takes one of the old ports.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", c.ports.base + 1)).expect("occupy an old port");
+    let dir = c.state_dir.display().to_string();
+    let file = c.file.display().to_string();
+    let old_base = c.ports.base.to_string();
+    let refused = c.cli(&["local", "up", "-f", &file, "--state-dir", &dir, "--base-port", &old_base]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is not available"));
+
+    // The new block: the upper part of the ports reserved for this test.
+    c.ports.base += 5;
+    c.start();
+    let s = c.wait_healthy(BOOT).await.expect("healthy on the new ports");
+    assert!(c.controller_output().contains("its data is kept"), "{}", c.controller_output());
+    for i in &s.instances {
+        let port: u16 = i.address.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port");
+        assert!(port >= c.ports.base, "{} still on {}", i.name, i.address);
+    }
+    let primary = s.current_primary.clone().expect("primary");
+    let rows: i64 = c
+        .connect(&primary)
+        .await
+        .expect("connect on the new port")
+        .query_one("SELECT count(*) FROM moved", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(rows, 100, "the data moved with the cluster");
+    let streaming: i64 = c
+        .connect(&primary)
+        .await
+        .expect("connect")
+        .query_one("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", &[])
+        .await
+        .expect("replication")
+        .get(0);
+    assert_eq!(streaming, 2, "both standbys follow the primary at its new port");
+
+    // Moving a running cluster is refused.
+    drop(squatter);
+    let running = c.cli(&["local", "up", "-f", &file, "--state-dir", &dir, "--base-port", &old_base]);
+    assert!(!running.status.success());
+    assert!(String::from_utf8_lossy(&running.stderr).contains("already running"));
+    assert!(c.down().status.success());
+}

@@ -84,6 +84,31 @@ fn controller_pid(state: &StateDir) -> Option<u32> {
     std::fs::read_to_string(state.controller_pid_file()).ok()?.trim().parse().ok()
 }
 
+/// The first port an unprivileged process may listen on here.
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// Refuses a base port no instance could listen on: the database servers never run as root,
+/// so they cannot bind a privileged port, and port 0 would let the kernel pick a different one
+/// at every start.
+fn check_base_port(base_port: u16, first_unprivileged: u16) -> anyhow::Result<()> {
+    if base_port == 0 {
+        bail!("--base-port 0 is not usable: instances need fixed ports (the default is {DEFAULT_BASE_PORT})");
+    }
+    if base_port < first_unprivileged {
+        bail!(
+            "--base-port {base_port} is a privileged port (below {first_unprivileged}): the database servers \
+             run as an unprivileged user and cannot listen on it; use {first_unprivileged} or above \
+             (the default is {DEFAULT_BASE_PORT})"
+        );
+    }
+    Ok(())
+}
+
 /// Fails with a clear message when a port some instance needs is taken by something else.
 fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> anyhow::Result<()> {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
@@ -120,22 +145,23 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let state = StateDir::new(args.state_dir.clone().unwrap_or_else(|| default_state_dir(&name)));
     let bin_dir = find_bin_dir(engine, args.bin_dir.as_deref())?;
     let run_as = choose_user(args.run_as.as_deref())?;
-    let base_port = if state.exists() {
-        let id = state.read_identity()?;
-        if id.cluster != name {
-            state.claim(&Identity { cluster: name.clone(), engine, base_port: DEFAULT_BASE_PORT })?;
+    // Every check that can refuse comes before anything is written.
+    if let Some(user) = &run_as {
+        let root = std::fs::canonicalize(&state.root).or_else(|_| std::path::absolute(&state.root))?;
+        if let Err(blocked) = world_traversable(&root) {
+            bail!(
+                "the instances run as {} and cannot reach {}: {} is not searchable by other users; \
+                 use a --state-dir outside it",
+                user.name,
+                root.display(),
+                blocked.display()
+            );
         }
-        match args.base_port {
-            Some(p) if p != id.base_port => bail!(
-                "state directory {} was created with base port {}; it keeps it (omit --base-port or use another --state-dir)",
-                state.root.display(),
-                id.base_port
-            ),
-            _ => id.base_port,
-        }
-    } else {
-        args.base_port.unwrap_or(DEFAULT_BASE_PORT)
-    };
+    }
+    let previous = if state.exists() { Some(state.read_identity()?) } else { None };
+    let base_port =
+        args.base_port.or_else(|| previous.as_ref().map(|id| id.base_port)).unwrap_or(DEFAULT_BASE_PORT);
+    check_base_port(base_port, unprivileged_port_start())?;
     check_ports(&cluster, &state, base_port)?;
     state.claim(&Identity { cluster: name.clone(), engine, base_port })?;
     let Some(_lock) = try_lock(&state)? else {
@@ -147,6 +173,27 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             state.root.display()
         );
     };
+    if let Some(previous) = previous.filter(|id| id.base_port != base_port) {
+        let configs = recorded_instances(&state)?;
+        if let Some((instance, _)) =
+            configs.iter().find(|(_, c)| crate::instance::server_is_running(&c.data_dir()))
+        {
+            bail!(
+                "{instance}'s database server still runs on the old ports; stop the cluster \
+                 (`{} local down --state-dir {}`) before moving it to --base-port {base_port}",
+                self_command(),
+                state.root.display()
+            );
+        }
+        // Ports are not part of the data: each instance is configured for its new ports when
+        // it starts, and the standbys follow the primary at its new address.
+        state.set_base_port(base_port)?;
+        println!(
+            "{} moving cluster {name} from base port {} to {base_port}; its data is kept",
+            super::chrono_now(),
+            previous.base_port
+        );
+    }
     write_atomic(&state.controller_pid_file(), format!("{}\n", std::process::id()).as_bytes(), 0o644)?;
     // Like a kubelet's pod sandbox: a killed manager's server is re-parented here, not to the
     // machine's init, and is reaped at once, so its PID leaves the data directory's lock file.
@@ -157,17 +204,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let su = crate::engine::dialect(engine).superuser();
     write_atomic(&state.pgpass(), pgpass_lines(su, REPLICATION_USER, &secrets).as_bytes(), 0o600)?;
     let root = std::fs::canonicalize(&state.root)?;
-    if let Some(user) = &run_as
-        && let Err(blocked) = world_traversable(&root)
-    {
-        bail!(
-            "the instances run as {} and cannot reach {}: {} is not searchable by other users; \
-             use a --state-dir outside it",
-            user.name,
-            root.display(),
-            blocked.display()
-        );
-    }
     let state = StateDir::new(root);
     std::fs::create_dir_all(state.instances_dir())?;
     std::fs::create_dir_all(state.requests_dir())?;

@@ -129,7 +129,7 @@ impl StateDir {
         write_atomic(&self.identity_file(), &json, 0o644)
     }
 
-    /// Records the base port of an existing directory (the first `up` chose it).
+    /// Records the base port the cluster listens from (its instances must be stopped).
     pub fn set_base_port(&self, base_port: u16) -> anyhow::Result<()> {
         let mut id = self.read_identity()?;
         id.base_port = base_port;
