@@ -94,9 +94,10 @@ pub struct OpenGaussClusterSpec {
     #[serde(default)]
     pub replication: ReplicationSpec,
 
-    /// Extra server parameters (`postgresql.conf` settings). Parameters the operator manages
-    /// itself (ports, replication, recovery) are refused.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Extra server parameters (`postgresql.conf` settings), as text, numbers or true/false.
+    /// Parameters the operator manages itself (ports, replication, recovery) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "parameter_values")]
+    #[schemars(schema_with = "parameters_schema")]
     pub parameters: BTreeMap<String, String>,
 
     /// When and how to fail over.
@@ -109,6 +110,33 @@ pub struct OpenGaussClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9))]
     pub fenced_instances: Vec<String>,
+}
+
+/// Reads parameter values the way users write them in YAML (`max_connections: 200`,
+/// `fsync: true`) as the text a configuration file holds.
+fn parameter_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    BTreeMap::<String, serde_json::Value>::deserialize(d)?
+        .into_iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(s) => Ok((name, s)),
+            serde_json::Value::Number(n) => Ok((name, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((name, b.to_string())),
+            serde_json::Value::Null => Err(D::Error::custom(format!("{name} has no value"))),
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => Err(D::Error::custom(format!(
+                "{name}: expected one value (text, a number or true/false), got a list or mapping"
+            ))),
+        })
+        .collect()
+}
+
+/// Any scalar per parameter: a structural schema cannot say "string, number or boolean", so
+/// the value is left open to the API server and checked by `parameter_values`.
+fn parameters_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true }
+    })
 }
 
 fn default_instances() -> u32 {

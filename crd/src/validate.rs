@@ -206,7 +206,8 @@ impl OpenGaussClusterSpec {
             }
         }
         let f = &self.failover;
-        if f.delay_seconds == 0 || f.delay_seconds > 3600 {
+        let delay_valid = (1..=3600).contains(&f.delay_seconds);
+        if !delay_valid {
             err("failover.delaySeconds", format!("must be between 1 and 3600, got {}", f.delay_seconds));
         }
         if !(100..=1000).contains(&f.probe_interval_milliseconds) {
@@ -220,7 +221,8 @@ impl OpenGaussClusterSpec {
                 "failover.probeTimeoutMilliseconds",
                 format!("must be between 50 and 10000, got {}", f.probe_timeout_milliseconds),
             );
-        } else if u64::from(f.probe_timeout_milliseconds) >= u64::from(f.delay_seconds) * 1000 {
+        } else if delay_valid && u64::from(f.probe_timeout_milliseconds) >= u64::from(f.delay_seconds) * 1000
+        {
             err(
                 "failover.probeTimeoutMilliseconds",
                 "must be shorter than failover.delaySeconds".to_string(),

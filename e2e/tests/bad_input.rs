@@ -89,6 +89,35 @@ fn impossible_base_ports_are_refused_up_front() {
     }
 }
 
+/// The databases run as an unprivileged user (PostgreSQL refuses root): a state directory that
+/// user cannot reach is refused before any secret or password file is written.
+#[test]
+fn an_unreachable_state_directory_is_refused_before_anything_is_written() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: only a root `local up` hands the instances to another user"
+    );
+    let c = LocalCluster::new("private", 3, "");
+    let private = c.root().join("private");
+    std::fs::create_dir_all(&private).expect("mkdir");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::fs::write(&c.file, opengauss_e2e::cluster::cluster_yaml("demo", 3, "")).expect("write");
+    let state = private.join("state");
+    let out = c.cli(&[
+        "local",
+        "up",
+        "-f",
+        &c.file.display().to_string(),
+        "--state-dir",
+        &state.display().to_string(),
+        "--base-port",
+        &c.ports.base.to_string(),
+    ]);
+    assert_refused(&out, "is not searchable by other users");
+    assert!(!state.exists(), "nothing written: {:?}", std::fs::read_dir(&state).map(|d| d.count()));
+}
+
 #[test]
 fn missing_postgres_binaries_are_refused() {
     let c = LocalCluster::new("nobin", 3, "");
