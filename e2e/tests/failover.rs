@@ -303,3 +303,91 @@ async fn an_isolated_primary_fences_itself() {
     let s = c.wait_healthy(FAILOVER).await.expect("healthy again");
     assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "nobody else could take over");
 }
+
+/// Removes a running instance's data directory, as `rm -rf` would, while its server keeps
+/// running (files it creates meanwhile are removed on the next round).
+fn remove_running_data(c: &LocalCluster, instance: &str) {
+    let data = c.instance_dir(instance).join("data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::remove_dir_all(&data) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "removing {}: {e}", data.display()),
+        }
+    }
+}
+
+/// `rm -rf` of the running primary's data directory: the server still answers on the
+/// connections it had, but serves nobody new. It is lost like a crashed primary: a standby is
+/// promoted within seconds, the status never calls the cluster Healthy with it as primary
+/// meanwhile, the event says why, and no acknowledged commit is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_whose_data_directory_is_removed_is_failed_over() {
+    let c = started("rmprimary", 3, "").await;
+    let old = c.primary().expect("primary");
+    // Committed with synchronous replication; then nothing writes, so no failed write makes the
+    // server crash on its own: the removal alone must be noticed.
+    write(&c, &old, "CREATE TABLE kept AS SELECT generate_series(1, 500) AS id").await;
+
+    let removed_at = std::time::Instant::now();
+    remove_running_data(&c, &old);
+    // Every status from one probe after the removal on: never Healthy with the old primary.
+    let grace = Duration::from_secs(2);
+    let mut lies = Vec::new();
+    let s = until("a new primary after the removal", FAILOVER, Duration::from_millis(100), || {
+        let s = c.status().unwrap_or_default();
+        if removed_at.elapsed() > grace
+            && s.phase == Some(Phase::Healthy)
+            && s.current_primary.as_deref() == Some(old.as_str())
+        {
+            lies.push(removed_at.elapsed());
+        }
+        std::future::ready(match s.current_primary.as_deref() {
+            Some(p) if p != old && s.transition.is_none() => Probe::Done(s),
+            _ => Probe::NotYet(format!("{:?} {:?}", s.phase, s.phase_reason)),
+        })
+    })
+    .await
+    .expect("failover");
+    eprintln!("a new primary {:?} after the removal", removed_at.elapsed());
+    assert!(
+        lies.is_empty(),
+        "status said Healthy with {old} as primary {} times, from {:?} to {:?} after the removal",
+        lies.len(),
+        lies.first(),
+        lies.last()
+    );
+    let new = s.current_primary.clone().expect("new primary");
+    assert_eq!(count(&c, &new, "SELECT count(*) FROM kept").await, 500, "committed rows kept");
+    write(&c, &new, "INSERT INTO kept VALUES (501)").await;
+    let last = s.last_transition.as_ref().expect("a failover recorded");
+    assert_eq!(last.kind, TransitionKind::Failover);
+    assert!(last.reason.contains("lost its data directory"), "{}", last.reason);
+
+    // The old primary comes back as a standby, cloned again.
+    let s = healthy_without(&c, &old).await;
+    assert_eq!(s.current_primary.as_deref(), Some(new.as_str()));
+    wait_rows(&c, &old, "SELECT count(*) FROM kept", 501).await;
+    assert_eq!(c.writable_instances().await, vec![new]);
+}
+
+/// The same for a standby: it stops at once instead of pretending, and is cloned again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_whose_data_directory_is_removed_is_cloned_again() {
+    let c = started("rmstandby", 3, "").await;
+    let primary = c.primary().expect("primary");
+    write(&c, &primary, "CREATE TABLE kept AS SELECT generate_series(1, 500) AS id").await;
+    let victim = (0..3).map(|k| c.instance(k)).find(|n| *n != primary).expect("a standby");
+    wait_rows(&c, &victim, "SELECT count(*) FROM kept", 500).await;
+    remove_running_data(&c, &victim);
+    c.wait_for("the standby seen without data", Duration::from_secs(10), |s| {
+        s.instance(&victim).is_some_and(|i| !i.ready) && s.phase != Some(Phase::Healthy)
+    })
+    .await
+    .expect("noticed within seconds");
+    let s = c.wait_healthy(FAILOVER).await.expect("cloned again");
+    assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "no failover for a standby");
+    wait_rows(&c, &victim, "SELECT count(*) FROM kept", 500).await;
+    assert!(c.manager_output(&victim).contains("lost an essential file"), "{}", c.manager_output(&victim));
+}

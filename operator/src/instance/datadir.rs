@@ -21,6 +21,16 @@ pub fn is_initialized(cfg: &InstanceConfig) -> bool {
     cfg.bootstrap_marker().exists() && cfg.data_dir().join("PG_VERSION").exists()
 }
 
+/// Files every data directory a server runs on holds (both engines); without them new
+/// connections fail even though the running server keeps answering on old ones.
+const ESSENTIAL_FILES: &[&str] = &["PG_VERSION", "global/pg_control"];
+
+/// The first essential file missing from the data directory, if any: a server running on it
+/// cannot serve new connections, whatever its open connections still answer.
+pub fn missing_essential(data_dir: &std::path::Path) -> Option<&'static str> {
+    ESSENTIAL_FILES.iter().copied().find(|f| !data_dir.join(f).exists())
+}
+
 pub fn is_standby_configured(cfg: &InstanceConfig) -> bool {
     cfg.data_dir().join(cfg.dialect().standby_signal()).exists()
 }

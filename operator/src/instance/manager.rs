@@ -188,7 +188,14 @@ impl Manager {
                 None
             },
             pending_restart,
-            server: ServerProcessReport { running, pid, accepting: node.is_some(), crashed },
+            // A server whose data directory is gone still answers on the connection it had;
+            // it cannot serve anyone else.
+            server: ServerProcessReport {
+                running,
+                pid,
+                accepting: node.is_some() && datadir::missing_essential(&cfg.data_dir()).is_none(),
+                crashed,
+            },
             node,
             receiver,
             replication,
@@ -574,6 +581,27 @@ impl Manager {
         }
     }
 
+    /// Stops a server whose data directory lost an essential file (removed, a disk replaced):
+    /// it cannot serve new connections, and left alone it notices only when it next checks its
+    /// lock file, a minute later. Stopped, it is reported as what it is, an instance without
+    /// data, and the controller fails over (a primary) or clones it again (a standby).
+    async fn stop_if_data_lost(&self) {
+        let cfg = &self.cfg;
+        let mut server = self.server.lock().await;
+        if !server.is_running() {
+            return;
+        }
+        let Some(missing) = datadir::missing_essential(&cfg.data_dir()) else { return };
+        tracing::error!(
+            missing,
+            data = %cfg.data_dir().display(),
+            "the data directory lost an essential file; stopping the server, which can no longer serve"
+        );
+        if let Err(e) = server.stop(cfg, StopMode::Immediate).await {
+            tracing::error!(error = format!("{e:#}"), "could not stop the server");
+        }
+    }
+
     /// Keeps a standby's server running: a standby that exits on its own is restarted, with a
     /// growing pause between attempts. A primary's server is never restarted here: whether it
     /// comes back as primary is the controller's decision.
@@ -586,6 +614,9 @@ impl Manager {
             }
             let busy = self.current_operation().is_some_and(|o| o.state == OperationState::Running);
             let cfg = &self.cfg;
+            if !busy {
+                self.stop_if_data_lost().await;
+            }
             if busy || !is_initialized(cfg) || is_fenced(cfg) {
                 continue;
             }
@@ -608,12 +639,16 @@ impl Manager {
         }
     }
 
-    /// Probes the server once a second for `/readyz`.
+    /// Probes the server once a second for `/readyz`: ready means serving, so a real query on
+    /// a fresh connection (an old one keeps working after the files it needs are gone) on an
+    /// intact data directory.
     pub async fn watch_readiness(self: Arc<Self>) {
         loop {
-            let running = running_postmaster(&self.cfg.data_dir()).is_some();
+            let data = self.cfg.data_dir();
+            let running = running_postmaster(&data).is_some();
             let accepting = running
-                && self.status_conn.lock().await.probe(&self.cfg, READINESS_PROBE_TIMEOUT).await.is_some();
+                && datadir::missing_essential(&data).is_none()
+                && probe::answers_fresh(&self.cfg, READINESS_PROBE_TIMEOUT).await;
             *self.readiness.lock().expect("readiness lock") = Some((accepting, std::time::Instant::now()));
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

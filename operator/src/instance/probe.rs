@@ -49,6 +49,15 @@ pub async fn connect(cfg: &InstanceConfig, timeout: Duration) -> Result<Client, 
     Ok(client)
 }
 
+/// Whether the server answers a query on a new connection within `timeout`.
+pub async fn answers_fresh(cfg: &InstanceConfig, timeout: Duration) -> bool {
+    let attempt = async {
+        let client = connect(cfg, timeout).await?;
+        client.simple_query("SELECT 1").await
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(_)))
+}
+
 /// Asks the server at `source` for a checkpoint, as the superuser over TCP.
 pub async fn checkpoint_remote(
     cfg: &InstanceConfig,
