@@ -1,6 +1,7 @@
 //! The `OpenGaussCluster` API, version `v1alpha1`: spec and status types, their defaults and
 //! validation, the loader for cluster files, and the CustomResourceDefinition.
 
+pub mod convergence;
 pub mod load;
 pub mod names;
 pub mod spec;

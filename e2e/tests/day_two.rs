@@ -270,3 +270,42 @@ async fn a_standby_whose_wal_is_gone_from_the_primary_is_cloned_again() {
     assert!(rows.expect("churn replicated").get::<_, i64>(0) > 0);
     assert!(c.down().status.success());
 }
+
+/// `local apply --wait` returns only once the status shows the applied spec carried out: after
+/// a scale-up every instance streams inside the synchronous set, after a scale-down the removed
+/// instance is gone from the status, after ANY 2 the set says ANY 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_wait_returns_only_when_the_status_shows_the_spec() {
+    let c = started("applywait", 3, "").await;
+    let dir = c.state_dir.display().to_string();
+    let file = c.file.display().to_string();
+    let apply_and_wait = |instances: u32, extra: &str| {
+        std::fs::write(&c.file, opengauss_e2e::cluster::cluster_yaml(&c.name, instances, extra))
+            .expect("cluster file");
+        let out = c.cli(&["local", "apply", "-f", &file, "--state-dir", &dir, "--wait", "180"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        c.status().expect("status")
+    };
+    let streaming_in_set = |s: &opengauss_crd::OpenGaussClusterStatus, n: usize| {
+        let primary = s.current_primary.clone().expect("primary");
+        let standbys: Vec<_> = s.instances.iter().filter(|i| i.name != primary).collect();
+        assert_eq!(s.instances.len(), n, "{:?}", s.instances);
+        assert_eq!(standbys.len(), n - 1);
+        for i in standbys {
+            assert_eq!(i.replication_state.as_deref(), Some("streaming"), "{i:?}");
+            assert!(matches!(i.sync_state.as_deref(), Some("quorum" | "sync" | "potential")), "{i:?}");
+        }
+    };
+
+    let s = apply_and_wait(4, "");
+    streaming_in_set(&s, 4);
+    assert_eq!(s.synchronous.as_ref().map(|x| x.standbys.len()), Some(3));
+
+    let s = apply_and_wait(3, "");
+    streaming_in_set(&s, 3);
+    assert!(s.instance("demo-3").is_none(), "the removed instance is still listed");
+
+    let s = apply_and_wait(3, "  replication:\n    synchronous:\n      method: any\n      number: 2\n");
+    streaming_in_set(&s, 3);
+    assert_eq!(s.synchronous.as_ref().map(|x| x.number), Some(2), "{:?}", s.synchronous);
+}

@@ -332,16 +332,20 @@ pub async fn apply(file: &Path, state_dir: Option<PathBuf>, wait: Option<Duratio
     let Some(timeout) = wait.filter(|_| running) else { return Ok(()) };
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        if let Some(s) = state.read_status()?
-            && s.observed_generation.is_some_and(|g| g >= generation)
-            && s.phase == Some(Phase::Healthy)
-        {
-            println!("cluster {name} is healthy at generation {generation}");
+        // Healthy is not enough: the status must show this spec carried out.
+        let waiting_for = match state.read_status()? {
+            Some(s) => opengauss_crd::convergence::pending(&name, &cluster.spec, generation, &s),
+            None => Some("no status yet".into()),
+        };
+        let Some(waiting_for) = waiting_for else {
+            println!(
+                "cluster {name} is healthy at generation {generation}: every instance of the spec streams"
+            );
             return Ok(());
-        }
+        };
         if std::time::Instant::now() > deadline {
             bail!(
-                "cluster {name} did not become healthy at generation {generation} within {}s",
+                "cluster {name} did not converge to generation {generation} within {}s: {waiting_for}",
                 timeout.as_secs()
             );
         }
