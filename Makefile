@@ -7,7 +7,7 @@ SAMPLE ?= deploy/samples/local.yaml
 CRD_FILE := deploy/crds/opengaussclusters.ha.opengauss.dev.yaml
 
 .PHONY: all build demo test test-local lint fmt generate bench e2e-kind kind-up kind-down image tools clean \
-	tools-k8s k8s-up k8s-down e2e-k8s operator-image-binary k8s-prebuild e2e-opengauss install
+	tools-k8s k8s-up k8s-down e2e-k8s operator-image-binary k8s-prebuild e2e-opengauss install bench-k8s
 
 all: build
 
@@ -66,6 +66,18 @@ generate:
 bench: tools
 	$(CARGO) build --release -p opengauss-operator -p opengauss-e2e
 	OPENGAUSS_OPERATOR_BIN=$(CURDIR)/$(BIN_RELEASE) target/release/bench
+	$(MAKE) bench-k8s
+
+## The Kubernetes benchmarks on the one-node cluster: `make k8s-up` (warm: its parts cached),
+## apply of the sample to Healthy, failover by pod deletion and by a killed container to the
+## first write through the -rw Service. Needs root; stops the cluster afterwards.
+bench-k8s: tools-k8s operator-image-binary
+	$(CARGO) build --release -p opengauss-e2e --bin bench-k8s
+	$(CARGO) build -p opengauss-e2e --bin k8s-node
+	start=$$(date +%s.%N); $(K8S_NODE) up --operator-binary $(OPERATOR_IMAGE_BIN) || exit 1; \
+	  awk -v s=$$start -v e=$$(date +%s.%N) 'BEGIN { printf "make k8s-up (warm): %.1f s\n", e - s }'
+	status=0; OPENGAUSS_E2E_CLUSTER=node target/release/bench-k8s || status=$$?; \
+	$(K8S_NODE) down >/dev/null || { [ $$status -ne 0 ] || status=1; }; exit $$status
 
 ## A real one-node Kubernetes cluster on this machine, from upstream parts (see README):
 ## `make k8s-up` builds (or reuses, cached in ~/.cache/opengauss-operator/k8s) etcd,

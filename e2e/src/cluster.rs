@@ -312,6 +312,22 @@ impl LocalCluster {
         .await
     }
 
+    /// Healthy again, every instance ready, with a primary other than `old`.
+    pub async fn wait_healthy_without(
+        &self,
+        old: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<OpenGaussClusterStatus> {
+        let n = self.instances;
+        self.wait_for(&format!("a healthy cluster with a primary other than {old}"), timeout, |s| {
+            s.current_primary.as_deref().is_some_and(|p| p != old)
+                && s.transition.is_none()
+                && s.phase == Some(Phase::Healthy)
+                && s.ready_instances == n
+        })
+        .await
+    }
+
     /// The timeline the status reports for `instance`.
     pub fn timeline_of(&self, instance: &str) -> Option<u32> {
         self.status()?.instance(instance)?.timeline

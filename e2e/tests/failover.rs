@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use opengauss_crd::{OpenGaussClusterStatus, Phase, Role, TransitionKind};
+use opengauss_crd::{Phase, Role, TransitionKind};
 use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::writer::{Writer, missing_rows};
 use opengauss_e2e::{LocalCluster, postgres_available};
@@ -27,17 +27,8 @@ async fn started(test: &str, instances: u32, extra: &str) -> LocalCluster {
     c
 }
 
-/// Healthy again, with a primary other than `old` and every instance ready.
-async fn healthy_without(c: &LocalCluster, old: &str) -> OpenGaussClusterStatus {
-    let n = c.instances;
-    c.wait_for(&format!("a healthy cluster with a primary other than {old}"), FAILOVER, |s| {
-        s.current_primary.as_deref().is_some_and(|p| p != old)
-            && s.transition.is_none()
-            && s.phase == Some(Phase::Healthy)
-            && s.ready_instances == n
-    })
-    .await
-    .expect("failover and rejoin")
+async fn healthy_without(c: &LocalCluster, old: &str) -> opengauss_crd::OpenGaussClusterStatus {
+    c.wait_healthy_without(old, FAILOVER).await.expect("failover and rejoin")
 }
 
 async fn write(c: &LocalCluster, instance: &str, sql: &str) {

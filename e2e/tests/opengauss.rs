@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use opengauss_crd::{Phase, Role, TransitionKind};
+use opengauss_crd::{Role, TransitionKind};
 use opengauss_e2e::checks::{SqlCluster, original_deployment_checks, replication_rows};
 use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::writer::{Writer, missing_rows};
@@ -37,17 +37,8 @@ async fn scalar(c: &LocalCluster, instance: &str, sql: &str) -> String {
     rows.first().and_then(|r| r[0].clone()).unwrap_or_default()
 }
 
-/// Healthy, every instance ready, the primary other than `old`.
 async fn healthy_without(c: &LocalCluster, old: &str) -> opengauss_crd::OpenGaussClusterStatus {
-    let n = c.instances;
-    c.wait_for(&format!("a healthy cluster with a primary other than {old}"), CONVERGE, |s| {
-        s.current_primary.as_deref().is_some_and(|p| p != old)
-            && s.transition.is_none()
-            && s.phase == Some(Phase::Healthy)
-            && s.ready_instances == n
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.controller_output()))
+    c.wait_healthy_without(old, CONVERGE).await.unwrap_or_else(|e| panic!("{e:#}\n{}", c.controller_output()))
 }
 
 /// Exactly `primary` accepts writes and every other instance streams from it.
