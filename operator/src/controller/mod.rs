@@ -206,6 +206,15 @@ impl<P: Platform> Controller<P> {
     }
 }
 
+/// `host` as an absolute DNS name when it is a qualified one: `og-0.og-headless.ns.svc.cluster.local`
+/// has fewer dots than a pod's `ndots:5`, so the resolver would first try it under every search
+/// domain (each an NXDOMAIN round trip) before asking for the name itself.
+fn absolute_name(host: &str) -> String {
+    let qualified_name =
+        host.contains('.') && !host.ends_with('.') && host.parse::<std::net::IpAddr>().is_err();
+    if qualified_name { format!("{host}.") } else { host.to_string() }
+}
+
 /// Whether the database server itself answers: a TCP connection alone is not enough (the
 /// kernel accepts connections for a frozen server), so it must also reply to an SSL request,
 /// which both engines answer with one byte before authentication.
@@ -215,7 +224,7 @@ async fn tcp_answers(inst: &PlatformInstance, timeout: Duration) -> bool {
         return false;
     }
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-    let addr = (inst.endpoint.host.clone(), inst.endpoint.port);
+    let addr = (absolute_name(&inst.endpoint.host), inst.endpoint.port);
     let exchange = async move {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.write_all(&SSL_REQUEST).await?;
@@ -224,4 +233,24 @@ async fn tcp_answers(inst: &PlatformInstance, timeout: Duration) -> bool {
         Ok::<_, std::io::Error>(matches!(reply[0], b'S' | b'N'))
     };
     matches!(tokio::time::timeout(timeout, exchange).await, Ok(Ok(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute_name;
+
+    #[test]
+    fn qualified_names_are_made_absolute_and_nothing_else() {
+        assert_eq!(
+            absolute_name("og-0.og-headless.ns.svc.cluster.local"),
+            "og-0.og-headless.ns.svc.cluster.local."
+        );
+        assert_eq!(
+            absolute_name("og-0.og-headless.ns.svc.cluster.local."),
+            "og-0.og-headless.ns.svc.cluster.local."
+        );
+        assert_eq!(absolute_name("10.244.0.7"), "10.244.0.7");
+        assert_eq!(absolute_name("fd00::7"), "fd00::7");
+        assert_eq!(absolute_name("localhost"), "localhost");
+    }
 }

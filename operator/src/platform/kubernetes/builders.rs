@@ -588,6 +588,10 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        // Absent unless set, so clusters that set none keep their definition hash.
+        image_pull_secrets: Some(c.spec.image_pull_secrets.clone()).filter(|v| !v.is_empty()),
+        node_selector: Some(c.spec.node_selector.clone()).filter(|m| !m.is_empty()),
+        tolerations: Some(c.spec.tolerations.clone()).filter(|v| !v.is_empty()),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(layout.uid),
@@ -683,6 +687,41 @@ pub fn cluster_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secrets_and_scheduling_reach_the_pod_and_roll_it() {
+        let opts = Options::default();
+        let plain: OpenGaussCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ha.opengauss.dev/v1alpha1", "kind": "OpenGaussCluster",
+            "metadata": {"name": "og", "namespace": "db", "uid": "u1"},
+            "spec": {"engine": "postgres"}
+        }))
+        .expect("cluster");
+        let before = pod(&plain, "og-0", RoleLabel::None, &opts);
+        let spec = before.spec.as_ref().expect("spec");
+        assert!(
+            spec.image_pull_secrets.is_none() && spec.node_selector.is_none() && spec.tolerations.is_none()
+        );
+
+        let mut placed = plain.clone();
+        placed.spec = serde_json::from_value(serde_json::json!({
+            "engine": "postgres",
+            "imagePullSecrets": [{"name": "registry"}],
+            "nodeSelector": {"disk": "ssd"},
+            "tolerations": [{"key": "db", "operator": "Exists", "effect": "NoSchedule"}]
+        }))
+        .expect("spec");
+        let after = pod(&placed, "og-0", RoleLabel::None, &opts);
+        let spec = after.spec.as_ref().expect("spec");
+        assert_eq!(spec.image_pull_secrets.as_ref().map(|v| v[0].name.as_str()), Some("registry"));
+        assert_eq!(spec.node_selector.as_ref().and_then(|m| m.get("disk")).map(String::as_str), Some("ssd"));
+        assert_eq!(spec.tolerations.as_ref().and_then(|t| t[0].key.as_deref()), Some("db"));
+        assert_ne!(
+            pod_definition_hash(&before),
+            pod_definition_hash(&after),
+            "a change of placement rolls the pods"
+        );
+    }
 
     #[test]
     fn install_script_copies_binary_and_private_pgpass() {
