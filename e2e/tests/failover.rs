@@ -380,5 +380,14 @@ async fn a_standby_whose_data_directory_is_removed_is_cloned_again() {
     let s = c.wait_healthy(FAILOVER).await.expect("cloned again");
     assert_eq!(s.current_primary.as_deref(), Some(primary.as_str()), "no failover for a standby");
     wait_rows(&c, &victim, "SELECT count(*) FROM kept", 500).await;
-    assert!(c.manager_output(&victim).contains("lost an essential file"), "{}", c.manager_output(&victim));
+    // The manager's log tells what happened, in order: the loss, streaming stopped, streaming
+    // again once the new copy follows the primary.
+    let log = c.manager_output(&victim);
+    let lost = log.find("lost an essential file").unwrap_or_else(|| panic!("no loss logged:\n{log}"));
+    let after = &log[lost..];
+    let stopped = after.find("stopped streaming").unwrap_or_else(|| panic!("no stop logged:\n{after}"));
+    assert!(
+        after[stopped..].lines().skip(1).any(|l| l.contains("streaming") && l.contains("upstream")),
+        "streaming again not logged:\n{after}"
+    );
 }

@@ -11,8 +11,8 @@ use super::config::{InstanceConfig, read_secret};
 use super::datadir::{self, is_fenced, is_initialized, is_standby_configured};
 use super::probe::{self, LocalConnection};
 use super::report::{
-    ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState, Request,
-    ServerProcessReport,
+    ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState,
+    ReceiverReport, Request, ServerProcessReport,
 };
 use super::server::{self, ServerProcess, running_postmaster};
 use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode, wal};
@@ -54,6 +54,9 @@ pub struct Manager {
     /// Whether the server accepted a connection at the last readiness probe, and when:
     /// `/readyz` answers from this, without running SQL under the kubelet's probe time-out.
     readiness: std::sync::Mutex<Option<(bool, std::time::Instant)>>,
+    /// The WAL receiver's state at the last report, so the log says when streaming starts and
+    /// stops rather than assuming it from a server start.
+    receiver_state: std::sync::Mutex<Option<String>>,
 }
 
 /// Why a request was not accepted.
@@ -93,6 +96,7 @@ impl Manager {
             stopping: Default::default(),
             readiness: std::sync::Mutex::new(None),
             unsupported: std::sync::Mutex::new(None),
+            receiver_state: std::sync::Mutex::new(None),
         }))
     }
 
@@ -174,6 +178,7 @@ impl Manager {
             Some(p) => (Some(p.node), p.receiver, p.replication, p.pending_restart),
             None => (None, None, Vec::new(), Vec::new()),
         };
+        self.log_receiver_change(receiver.as_ref());
         InstanceReport {
             instance: cfg.instance.clone(),
             manager_pid: std::process::id(),
@@ -579,6 +584,31 @@ impl Manager {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Logs when the WAL receiver starts or stops streaming (seen at a report).
+    fn log_receiver_change(&self, receiver: Option<&ReceiverReport>) {
+        let now = receiver.map(|r| r.status.clone());
+        let mut last = self.receiver_state.lock().expect("receiver state lock");
+        if *last == now {
+            return;
+        }
+        let streaming = |s: &Option<String>| s.as_deref() == Some("streaming");
+        match receiver {
+            Some(r) if streaming(&now) => tracing::info!(
+                upstream = format!(
+                    "{}:{}",
+                    r.upstream_host.as_deref().unwrap_or("?"),
+                    r.upstream_port.map(|p| p.to_string()).unwrap_or_default()
+                ),
+                "streaming"
+            ),
+            _ if streaming(&last) => {
+                tracing::warn!(receiver = now.as_deref().unwrap_or("none"), "stopped streaming")
+            }
+            _ => {}
+        }
+        *last = now;
     }
 
     /// Stops a server whose data directory lost an essential file (removed, a disk replaced):
