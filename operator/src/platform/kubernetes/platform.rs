@@ -107,12 +107,30 @@ pub fn pod_state(pod: &Pod) -> PlatformState {
         // Going away: its manager is stopping or stopped.
         return PlatformState::Dead;
     }
+    if database_container_ended(pod) {
+        // Its manager and server are gone (the kubelet restarts the container by itself): as
+        // good as a dead instance now, not after the probes have waited out the failover delay.
+        return PlatformState::Dead;
+    }
     match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         // Terminal: the kubelet will not restart it; the pod must be replaced.
         Some("Failed" | "Succeeded") => PlatformState::Dead,
         // Pending, Running, Unknown (node unreachable): the probes decide.
         _ => PlatformState::Running,
     }
+}
+
+/// Whether the database container ran and has ended: terminated, or waiting to be restarted
+/// after it terminated (a container not yet started the first time has not ended).
+fn database_container_ended(pod: &Pod) -> bool {
+    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+    statuses.into_iter().flatten().filter(|c| c.name == builders::DATABASE_CONTAINER).any(|c| {
+        let state = c.state.as_ref();
+        let terminated = state.is_some_and(|s| s.terminated.is_some());
+        let restarting = state.is_some_and(|s| s.waiting.is_some())
+            && c.last_state.as_ref().is_some_and(|l| l.terminated.is_some());
+        terminated || restarting
+    })
 }
 
 /// The manager's API address, once the pod runs and has an IP.
@@ -619,6 +637,26 @@ mod tests {
         pod.status.as_mut().expect("status").phase = Some("Failed".into());
         assert_eq!(pod_state(&pod), PlatformState::Dead);
         pod.status.as_mut().expect("status").phase = Some("Running".into());
+        // The database container: starting the first time, running, killed, restarting.
+        let with_container = |state: serde_json::Value, last: serde_json::Value| -> Pod {
+            let mut p = pod.clone();
+            p.status.as_mut().expect("status").container_statuses = Some(vec![
+                serde_json::from_value(serde_json::json!({
+                    "name": "database", "image": "i", "imageID": "", "ready": false, "restartCount": 1,
+                    "state": state, "lastState": last
+                }))
+                .expect("container status"),
+            ]);
+            p
+        };
+        let waiting = serde_json::json!({"waiting": {"reason": "PodInitializing"}});
+        let running = serde_json::json!({"running": {}});
+        let terminated = serde_json::json!({"terminated": {"exitCode": 137}});
+        let none = serde_json::json!({});
+        assert_eq!(pod_state(&with_container(waiting.clone(), none.clone())), PlatformState::Running);
+        assert_eq!(pod_state(&with_container(running.clone(), terminated.clone())), PlatformState::Running);
+        assert_eq!(pod_state(&with_container(terminated.clone(), none)), PlatformState::Dead);
+        assert_eq!(pod_state(&with_container(waiting, terminated)), PlatformState::Dead);
         pod.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert_eq!(pod_state(&pod), PlatformState::Dead);
         assert_eq!(manager_url(&pod, 8000), None);
