@@ -265,6 +265,10 @@ async fn switchover_to_a_named_standby_loses_nothing() {
     let refused = c.cli(&["local", "switchover", "--state-dir", &dir, &target]);
     assert!(!refused.status.success(), "switching over to the current primary is refused");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already the primary"));
+    // The demoted primary was stopped as planned, not as a stray.
+    let log = c.controller_output();
+    assert!(log.contains("SwitchoverCompleted"), "{log}");
+    assert!(!log.contains("FencingStrayPrimary"), "a planned switchover warned of a stray primary:\n{log}");
 }
 
 /// A primary cut off from the controller and from every standby stops itself, so it does not
