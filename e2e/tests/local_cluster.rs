@@ -263,7 +263,13 @@ async fn a_dead_or_stuck_controller_shows_in_status() {
     .await
     .expect("watched by the new controller");
     c.wait_healthy(BOOT).await.expect("healthy again");
-    assert!(c.down().status.success());
+    let down = c.down();
+    assert!(
+        down.status.success(),
+        "local down failed: {}\ncontroller:\n{}",
+        String::from_utf8_lossy(&down.stderr),
+        c.controller_output()
+    );
 }
 
 /// The ready banner's Connect, Status and Stop lines work exactly as printed, from where
@@ -374,4 +380,44 @@ async fn a_stopped_cluster_moves_to_new_ports_with_its_data() {
     assert!(!running.status.success());
     assert!(String::from_utf8_lossy(&running.stderr).contains("already running"));
     assert!(c.down().status.success());
+}
+
+/// A stop signal while `local up` is still starting (as `local down` right after a restart
+/// sends) stops the cluster cleanly instead of killing the controller with the instances left
+/// running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_signal_during_startup_stops_cleanly() {
+    require_postgres();
+    let mut c = LocalCluster::new("earlystop", 2, "");
+    c.start();
+    let first = c.instance(0);
+    let manager = until(
+        "the first instance manager started",
+        Duration::from_secs(30),
+        Duration::from_millis(10),
+        || {
+            std::future::ready(match c.manager_pid(&first) {
+                Some(pid) => Probe::Done(pid),
+                None => Probe::NotYet("no manager yet".into()),
+            })
+        },
+    )
+    .await
+    .expect("a manager");
+    c.signal_controller(nix::sys::signal::Signal::SIGTERM);
+    let code = c.wait_controller(Duration::from_secs(120)).expect("exits");
+    assert_eq!(code, Some(0), "killed instead of stopping:\n{}", c.controller_output());
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(manager), None).is_err(),
+        "manager {manager} left running"
+    );
+    for k in 0..2 {
+        assert!(
+            c.server_pid(&c.instance(k)).is_none_or(|pid| nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                None
+            )
+            .is_err())
+        );
+    }
 }

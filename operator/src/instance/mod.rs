@@ -58,5 +58,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// Whether a database server runs on `data_dir` (its postmaster is alive).
 pub fn server_is_running(data_dir: &Path) -> bool {
-    server::running_postmaster(data_dir).is_some()
+    server_pid(data_dir).is_some()
+}
+
+/// The PID of the database server running on `data_dir`, if one is.
+pub fn server_pid(data_dir: &Path) -> Option<u32> {
+    server::running_postmaster(data_dir)
 }

@@ -139,6 +139,8 @@ fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> 
 
 /// Runs the cluster in the foreground until SIGINT or SIGTERM.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // From here on a stop signal means a clean stop, even while the cluster is still starting.
+    let shutdown = crate::signals::shutdown_requested();
     let cluster = load_cluster_file(&args.file)?;
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let engine = cluster.spec.engine;
@@ -237,7 +239,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let controller =
         Controller::new(platform, secrets.token.clone(), state.read_status()?.unwrap_or_default())?;
     let metrics_server = serve_metrics(controller.metrics().clone(), &state).await?;
-    let result = run_loop(&controller, &cluster, &state).await;
+    let result = run_loop(&controller, &cluster, &state, shutdown).await;
     metrics_server.abort();
     let _ = std::fs::remove_file(state.metrics_port_file());
     println!("{} stopping cluster {name}", super::chrono_now());
@@ -357,8 +359,8 @@ async fn run_loop(
     controller: &Controller<LocalPlatform>,
     started_with: &OpenGaussCluster,
     state: &StateDir,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shutdown = crate::signals::shutdown_requested();
     tokio::pin!(shutdown);
     let platform = &controller.platform;
     let name = started_with.metadata.name.clone().unwrap_or_default();
@@ -554,9 +556,22 @@ pub async fn down(target: Target, purge: bool) -> anyhow::Result<()> {
             }
         }
     }
+    // A server stopping takes a moment to exit after its manager; one still running after that
+    // has no manager left to stop it.
     let configs = recorded_instances(&state)?;
-    if let Some((name, _)) = configs.iter().find(|(_, c)| crate::instance::server_is_running(&c.data_dir())) {
-        bail!("{name}'s database server is still running; not purging");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some((name, pid)) =
+        configs.iter().find_map(|(n, c)| crate::instance::server_pid(&c.data_dir()).map(|pid| (n, pid)))
+    {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{name}'s database server (pid {pid}) is still running without its instance manager; \
+                 `{} local up` takes it back, or stop it with `kill -TERM {pid}`{}",
+                self_command(),
+                if purge { "; nothing was purged" } else { "" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if purge {
         std::fs::remove_dir_all(&state.root)
