@@ -414,13 +414,20 @@ impl LocalCluster {
         read_pid(&self.instance_dir(instance).join("data/postmaster.pid"))
     }
 
-    /// Sends `signal` to an instance's manager and to its server's whole process group.
-    pub fn signal_instance(&self, instance: &str, signal: Signal) -> anyhow::Result<()> {
+    /// `instance`'s manager and server PIDs, each checked to belong to this cluster (a guard
+    /// against signalling a reused PID).
+    fn instance_pids(&self, instance: &str) -> anyhow::Result<(i32, i32)> {
         let manager = self.manager_pid(instance).context("no manager pid")?;
         let server = self.server_pid(instance).context("no server pid")?;
         let dir = self.state_dir.display().to_string();
         anyhow::ensure!(cmdline_mentions(manager, &dir), "pid {manager} is not this cluster's manager");
         anyhow::ensure!(cmdline_mentions(server, &dir), "pid {server} is not this cluster's server");
+        Ok((manager, server))
+    }
+
+    /// Sends `signal` to an instance's manager and to its server's whole process group.
+    pub fn signal_instance(&self, instance: &str, signal: Signal) -> anyhow::Result<()> {
+        let (manager, server) = self.instance_pids(instance)?;
         kill(Pid::from_raw(manager), signal)?;
         killpg(Pid::from_raw(server), signal)?;
         Ok(())
@@ -431,11 +438,7 @@ impl LocalCluster {
     /// waited for, the data directory and the bootstrap marker are removed, and only then is the
     /// held manager killed, so the manager that comes back finds no data.
     pub async fn destroy_data(&self, instance: &str) -> anyhow::Result<()> {
-        let manager = self.manager_pid(instance).context("no manager pid")?;
-        let server = self.server_pid(instance).context("no server pid")?;
-        let dir = self.state_dir.display().to_string();
-        anyhow::ensure!(cmdline_mentions(manager, &dir), "pid {manager} is not this cluster's manager");
-        anyhow::ensure!(cmdline_mentions(server, &dir), "pid {server} is not this cluster's server");
+        let (manager, server) = self.instance_pids(instance)?;
         kill(Pid::from_raw(manager), Signal::SIGSTOP)?;
         killpg(Pid::from_raw(server), Signal::SIGKILL)?;
         until(

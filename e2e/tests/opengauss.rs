@@ -28,8 +28,7 @@ async fn started(test: &str, instances: u32, extra: &str) -> LocalCluster {
 }
 
 async fn show(c: &LocalCluster, instance: &str, setting: &str) -> String {
-    let rows = c.query(instance, &format!("SHOW {setting}")).await.expect(setting);
-    rows.first().and_then(|r| r[0].clone()).unwrap_or_default()
+    scalar(c, instance, &format!("SHOW {setting}")).await
 }
 
 async fn scalar(c: &LocalCluster, instance: &str, sql: &str) -> String {

@@ -442,7 +442,8 @@ async fn transition_rules_refuse_changes(driver: &Driver, namespace: &str) -> an
         (json!({ "spec": { "port": 5433 } }), "port cannot change"),
         (json!({ "spec": { "storage": { "size": "20Gi" } } }), "storage.size cannot change"),
     ];
-    for (patch, needle) in changes {
+    // A merge patch the API server checks without storing it.
+    let dry_run = async |patch: &Value| {
         let body = patch.to_string();
         let args = [
             "-n",
@@ -455,27 +456,17 @@ async fn transition_rules_refuse_changes(driver: &Driver, namespace: &str) -> an
             "-p",
             &body,
         ];
-        match driver.kubectl(&args).await {
-            Ok(out) => bail!("the change {body} was accepted: {out}"),
+        driver.kubectl(&args).await
+    };
+    for (patch, needle) in changes {
+        match dry_run(&patch).await {
+            Ok(out) => bail!("the change {patch} was accepted: {out}"),
             Err(e) if format!("{e:#}").contains(needle) => {}
-            Err(e) => bail!("the change {body} was refused without saying {needle:?}: {e:#}"),
+            Err(e) => bail!("the change {patch} was refused without saying {needle:?}: {e:#}"),
         }
     }
     // What may change, changes.
-    let body = json!({ "spec": { "parameters": { "work_mem": "8MB" } } }).to_string();
-    driver
-        .kubectl(&[
-            "-n",
-            namespace,
-            "patch",
-            "opengaussclusters",
-            "immutable",
-            "--type=merge",
-            "--dry-run=server",
-            "-p",
-            &body,
-        ])
-        .await?;
+    dry_run(&json!({ "spec": { "parameters": { "work_mem": "8MB" } } })).await?;
     Ok(())
 }
 

@@ -393,6 +393,20 @@ struct Inst {
 }
 
 impl Inst {
+    /// The manager and its server are gone (a crash, a pod deleted): nothing runs, nothing is
+    /// in flight, the platform sees a dead instance. The data stays as it is.
+    fn processes_gone(&mut self) {
+        self.running = false;
+        self.accepting = false;
+        self.crashed = false;
+        self.pending.clear();
+        self.streaming_from = None;
+        self.work = None;
+        self.operation = None;
+        self.last_failure = None;
+        self.platform = PlatformState::Dead;
+    }
+
     fn new(name: String) -> Self {
         Inst {
             endpoint: Endpoint { host: name.clone(), port: PORT },
@@ -1571,16 +1585,8 @@ impl Model {
         {
             d.clean = false;
         }
-        x.running = false;
-        x.accepting = false;
-        x.crashed = false;
-        x.pending.clear();
-        x.streaming_from = None;
-        x.work = None;
-        x.operation = None;
-        x.last_failure = None;
+        x.processes_gone();
         x.freeze = Freeze::No;
-        x.platform = PlatformState::Dead;
         if lose_data {
             x.data = None;
             x.applied = None;
@@ -1774,15 +1780,7 @@ impl Model {
                 // restarted) from the new definition with its data.
                 if self.insts[i].platform == PlatformState::Running && self.insts[i].freeze == Freeze::No {
                     let x = &mut self.insts[i];
-                    x.running = false;
-                    x.accepting = false;
-                    x.crashed = false;
-                    x.pending.clear();
-                    x.streaming_from = None;
-                    x.work = None;
-                    x.operation = None;
-                    x.last_failure = None;
-                    x.platform = PlatformState::Dead;
+                    x.processes_gone();
                     x.outdated = false;
                     *self.stats.changes.entry("instance recreated").or_default() += 1;
                 }

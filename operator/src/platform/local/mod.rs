@@ -76,7 +76,14 @@ impl LocalPlatform {
         if fresh {
             return Ok(());
         }
-        let Some(mut status) = self.state.read_status()? else { return Ok(()) };
+        match self.state.read_status()? {
+            Some(status) => self.write_status_with_heartbeat(status),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `status` with this controller's presence, which counts as a heartbeat.
+    fn write_status_with_heartbeat(&self, mut status: OpenGaussClusterStatus) -> anyhow::Result<()> {
         status.controller = Some(presence());
         self.state.write_status(&status)?;
         *self.last_heartbeat.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
@@ -264,11 +271,7 @@ impl Platform for LocalPlatform {
     }
 
     async fn save_status(&self, status: &OpenGaussClusterStatus) -> anyhow::Result<()> {
-        let mut status = status.clone();
-        status.controller = Some(presence());
-        self.state.write_status(&status)?;
-        *self.last_heartbeat.lock().expect("heartbeat lock") = Some(std::time::Instant::now());
-        Ok(())
+        self.write_status_with_heartbeat(status.clone())
     }
 
     async fn requests(&self) -> UserRequests {
