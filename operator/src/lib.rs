@@ -8,6 +8,7 @@ pub mod engine;
 pub mod failpoint;
 pub mod fsutil;
 pub mod instance;
+pub mod lease;
 pub mod metrics;
 pub mod plan;
 pub mod platform;

@@ -327,7 +327,7 @@ fn server_config(engine: Engine, site: Site, instance: &str, role: Role<'_>) -> 
         ha_listen: host(site, instance),
         peers: others
             .iter()
-            .map(|m| Peer { instance: m.clone(), host: host(site, m), ha_port: HA_PORT })
+            .map(|m| Peer { instance: m.clone(), host: host(site, m), ha_port: HA_PORT, manager: None })
             .collect(),
         parameters,
     }

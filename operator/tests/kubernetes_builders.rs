@@ -59,6 +59,7 @@ fn replconninfo_uses_stable_per_pod_dns_names() {
             instance: p.into(),
             host: builders::instance_host(&c, p, &opts),
             ha_port: builders::ha_port(&c),
+            manager: None,
         })
         .collect();
     let desired = DesiredConfig {
@@ -70,7 +71,7 @@ fn replconninfo_uses_stable_per_pod_dns_names() {
         wal_keep_segments: 256,
         peers,
         parameters: Default::default(),
-        isolation_seconds: 0,
+        lease_milliseconds: 0,
     };
     let conf = engine::dialect(c.spec.engine).managed_conf(&cfg.server_config(&desired));
     assert!(

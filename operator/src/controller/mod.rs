@@ -28,6 +28,11 @@ pub struct Controller<P> {
     client: ManagerClient,
     watching_since: Timestamp,
     silent: Mutex<BTreeSet<String>>,
+    /// When this controller last sent each instance a lease renewal (see `lease`), on its own
+    /// monotonic clock.
+    renewed: Mutex<std::collections::BTreeMap<String, std::time::Instant>>,
+    /// When this controller started (its silence clocks start here at the earliest).
+    started: std::time::Instant,
     /// The status as last decided (and saved).
     status: Mutex<OpenGaussClusterStatus>,
     metrics: std::sync::Arc<ControllerMetrics>,
@@ -58,6 +63,8 @@ impl<P: Platform> Controller<P> {
             client: ManagerClient::new(token)?,
             watching_since: Timestamp::now(),
             silent: Default::default(),
+            renewed: Default::default(),
+            started: std::time::Instant::now(),
             status: Mutex::new(status),
             metrics: Default::default(),
         })
@@ -85,18 +92,39 @@ impl<P: Platform> Controller<P> {
         let (normal, quick) =
             (pacing::probe_timeout(&cluster.spec), pacing::silent_probe_timeout(&cluster.spec));
         let probes = inventory.iter().map(|(name, inst)| {
-            let timeout = if silent.contains(name) { quick } else { normal };
+            let quiet = silent.contains(name);
+            let timeout = if quiet { quick } else { normal };
             async move {
+                // Only an instance heard from last pass gets its lease renewed: then the last
+                // renewal that may have reached a silent primary is one this controller knows.
+                let renew = !quiet;
+                if renew && inst.manager_url.is_some() && inst.state == PlatformState::Running {
+                    self.renewed
+                        .lock()
+                        .expect("renewed lock")
+                        .insert(name.clone(), std::time::Instant::now());
+                }
                 let report = match (&inst.manager_url, inst.state) {
-                    (Some(url), PlatformState::Running) => self.client.status(url, timeout).await.ok(),
+                    (Some(url), PlatformState::Running) => self.client.status(url, timeout, renew).await.ok(),
                     _ => None,
                 };
+                let unrenewed_for = self
+                    .renewed
+                    .lock()
+                    .expect("renewed lock")
+                    .get(name)
+                    .copied()
+                    .unwrap_or(self.started)
+                    .max(self.started)
+                    .elapsed();
                 let server_answers = report.is_none() && tcp_answers(inst, timeout).await;
                 let observed = Observed {
                     platform: inst.state,
                     endpoint: inst.endpoint.clone(),
                     ha_port: inst.ha_port,
                     outdated: inst.outdated,
+                    manager_url: inst.manager_url.clone(),
+                    unrenewed_for,
                     report,
                     server_answers,
                 };

@@ -83,6 +83,10 @@ pub struct Peer {
     pub host: String,
     /// The peer's HA (replication) port.
     pub ha_port: u16,
+    /// The peer's instance manager API, which a primary cut off from the controller asks to
+    /// hold it (see `instance::lease`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<String>,
 }
 
 /// The synchronous standby policy with the standby names filled in.
@@ -143,11 +147,12 @@ pub struct DesiredConfig {
     pub peers: Vec<Peer>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
-    /// A primary that has heard nothing from the controller for this many seconds while no
-    /// standby streams from it stops itself: it is cut off, and a failover may already have
-    /// replaced it. 0 turns this off (a single-instance cluster).
+    /// The primary's lease: it accepts writes only while it heard from the controller, or
+    /// was held by every peer (failsafe), within this many milliseconds; the controller
+    /// promotes a replacement only once that has certainly run out (see `instance::lease`).
+    /// 0 turns it off (a single-instance cluster: nobody can replace it).
     #[serde(default)]
-    pub isolation_seconds: u32,
+    pub lease_milliseconds: u64,
 }
 
 /// Which clients may connect, and how they authenticate.

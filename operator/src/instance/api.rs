@@ -11,15 +11,21 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::manager::{Manager, Refusal};
-use super::report::Request;
+use super::report::{FailsafeRequest, Request};
 
 pub const STATUS_PATH: &str = "/v1/status";
 pub const REQUESTS_PATH: &str = "/v1/requests";
+/// A primary's peers answer here when it asks them to hold it (see `lease`).
+pub const FAILSAFE_PATH: &str = "/v1/failsafe";
+/// On a status request, the controller renews the primary's lease with it: only while it heard
+/// from the instance in its last pass, so it knows when its last renewal could have been sent.
+pub const RENEW_LEASE_HEADER: &str = "x-renew-lease";
 
 pub fn router(manager: Arc<Manager>) -> Router {
     let private = Router::new()
         .route(STATUS_PATH, get(status))
         .route(REQUESTS_PATH, post(submit))
+        .route(FAILSAFE_PATH, post(failsafe))
         .route_layer(middleware::from_fn_with_state(manager.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -42,7 +48,9 @@ async fn require_token(State(m): State<Arc<Manager>>, req: HttpRequest, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if same_secret(presented.as_bytes(), m.token().as_bytes()) {
-        m.contacted();
+        if req.headers().contains_key(RENEW_LEASE_HEADER) {
+            m.contacted();
+        }
         next.run(req).await
     } else {
         (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
@@ -67,6 +75,13 @@ async fn metrics(State(m): State<Arc<Manager>>) -> Response {
 
 async fn status(State(m): State<Arc<Manager>>) -> Response {
     Json(m.report().await).into_response()
+}
+
+async fn failsafe(State(m): State<Arc<Manager>>, Json(request): Json<FailsafeRequest>) -> Response {
+    match m.hold(&request) {
+        Ok(held) => Json(held.as_millis() as u64).into_response(),
+        Err(why) => (StatusCode::CONFLICT, why).into_response(),
+    }
 }
 
 async fn submit(State(m): State<Arc<Manager>>, Json(request): Json<Request>) -> Response {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::api::{REQUESTS_PATH, STATUS_PATH};
-use super::report::{InstanceReport, OperationReport, Request};
+use super::api::{FAILSAFE_PATH, RENEW_LEASE_HEADER, REQUESTS_PATH, STATUS_PATH};
+use super::report::{FailsafeRequest, InstanceReport, OperationReport, Request};
 
 #[derive(Clone, Debug)]
 pub struct ManagerClient {
@@ -34,14 +34,14 @@ impl ManagerClient {
         Ok(Self { http, token })
     }
 
-    pub async fn status(&self, base: &str, timeout: Duration) -> anyhow::Result<InstanceReport> {
-        let resp = self
-            .http
-            .get(format!("{base}{STATUS_PATH}"))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .send()
-            .await?;
+    /// The manager's report; `renew` also renews a primary's lease (see `lease`).
+    pub async fn status(&self, base: &str, timeout: Duration, renew: bool) -> anyhow::Result<InstanceReport> {
+        let mut request =
+            self.http.get(format!("{base}{STATUS_PATH}")).bearer_auth(&self.token).timeout(timeout);
+        if renew {
+            request = request.header(RENEW_LEASE_HEADER, "1");
+        }
+        let resp = request.send().await?;
         if !resp.status().is_success() {
             bail!("status request answered {}", resp.status());
         }
@@ -69,5 +69,28 @@ impl ManagerClient {
             422 => Ok(Submitted::Refused(resp.text().await.unwrap_or_default())),
             _ => bail!("request answered {status}: {}", resp.text().await.unwrap_or_default()),
         }
+    }
+
+    /// Asks a peer's manager to hold this primary (failsafe); `Ok` with how long it holds it.
+    pub async fn failsafe(
+        &self,
+        base: &str,
+        request: &FailsafeRequest,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let resp = self
+            .http
+            .post(format!("{base}{FAILSAFE_PATH}"))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .json(request)
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("{status}: {}", resp.text().await.unwrap_or_default());
+        }
+        let held: u64 = resp.json().await?;
+        Ok(Duration::from_millis(held))
     }
 }

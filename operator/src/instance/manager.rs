@@ -7,16 +7,18 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::sync::Mutex;
 
+use super::client::ManagerClient;
 use super::config::{InstanceConfig, read_secret};
 use super::datadir::{self, is_fenced, is_initialized, is_standby_configured};
 use super::probe::{self, LocalConnection};
 use super::report::{
-    ControlReport, InstanceReport, ManagerPhase, OperationKind, OperationReport, OperationState,
-    ReceiverReport, Request, ServerProcessReport,
+    ControlReport, FailsafeHold, FailsafeRequest, InstanceReport, ManagerPhase, OperationKind,
+    OperationReport, OperationState, ReceiverReport, Request, ServerProcessReport,
 };
 use super::server::{self, ServerProcess, running_postmaster};
 use crate::engine::{CloneStep, DesiredConfig, Endpoint, StopMode, wal};
 use crate::fsutil::{create_dir_mode, write_atomic};
+use crate::lease::{self, Verdict};
 use crate::process::run_checked;
 
 /// How long a started server may take to accept connections (crash recovery included).
@@ -45,8 +47,21 @@ pub struct Manager {
     /// The last failed request, when, and how many times in a row: the same request is not
     /// retried before its back-off has passed.
     last_failure: std::sync::Mutex<Option<(String, std::time::Instant, u32)>>,
-    /// When the controller last reached this manager (any authenticated request).
-    last_contact: std::sync::Mutex<std::time::Instant>,
+    /// When the controller last reached this manager (any authenticated request but a peer's
+    /// failsafe request): it renews a primary's lease.
+    last_contact: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The contact last written to the lease file (see `lease_file`).
+    persisted_contact: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the last failsafe round in which every peer held this primary began.
+    held_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Why the last failsafe round failed, for the log when the lease ends.
+    failsafe_problem: std::sync::Mutex<Option<String>>,
+    /// A failsafe round is in flight.
+    asking_peers: std::sync::atomic::AtomicBool,
+    /// The primary this instance holds (failsafe), and until when: no promotion before.
+    holding: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Talks to the peers' managers.
+    peers: ManagerClient,
     /// Set while the manager shuts down: no more restarts.
     stopping: std::sync::atomic::AtomicBool,
     /// Why this instance cannot be run (the server version is not supported), if it cannot.
@@ -83,6 +98,8 @@ impl Manager {
             tracing::info!(pid, "adopted running database server");
         }
         let applied = datadir::load_applied_config(&cfg);
+        let last_contact = read_contact(&cfg);
+        let peers = ManagerClient::new(token.clone())?;
         Ok(Arc::new(Self {
             cfg,
             token,
@@ -92,7 +109,14 @@ impl Manager {
             operation: std::sync::Mutex::new(None),
             applied: std::sync::Mutex::new(applied),
             last_failure: std::sync::Mutex::new(None),
-            last_contact: std::sync::Mutex::new(std::time::Instant::now()),
+            // A restarted manager keeps the lease its predecessor had, not a fresh one.
+            last_contact: std::sync::Mutex::new(last_contact),
+            persisted_contact: std::sync::Mutex::new(None),
+            held_since: std::sync::Mutex::new(None),
+            failsafe_problem: std::sync::Mutex::new(None),
+            asking_peers: Default::default(),
+            holding: std::sync::Mutex::new(None),
+            peers,
             stopping: Default::default(),
             readiness: std::sync::Mutex::new(None),
             unsupported: std::sync::Mutex::new(None),
@@ -106,32 +130,167 @@ impl Manager {
 
     /// Records that the controller reached this manager.
     pub fn contacted(&self) {
-        *self.last_contact.lock().expect("contact lock") = std::time::Instant::now();
+        *self.last_contact.lock().expect("contact lock") = Some(std::time::Instant::now());
     }
 
-    /// Stops a primary that is cut off from the controller and from every standby (see
-    /// `isolated`), so an isolated primary does not keep taking writes a failover will discard.
-    async fn fence_if_isolated(self: &Arc<Self>) {
-        let Some(limit) = self.applied_config().map(|c| c.isolation_seconds).filter(|s| *s > 0) else {
-            return;
-        };
-        let silent = self.last_contact.lock().expect("contact lock").elapsed();
-        if silent < Duration::from_secs(u64::from(limit)) {
+    /// Writes the last contact down (at most once per lease check), so a restarted manager
+    /// does not grant its server a lease the controller never gave.
+    fn persist_contact(&self) {
+        let Some(contact) = *self.last_contact.lock().expect("contact lock") else { return };
+        let mut persisted = self.persisted_contact.lock().expect("persisted lock");
+        if *persisted == Some(contact) {
             return;
         }
-        let Some(probe) = self.status_conn.lock().await.probe(&self.cfg, PROBE_TIMEOUT).await else {
+        let at = boot_clock().saturating_sub(contact.elapsed());
+        if std::fs::write(lease_file(&self.cfg), format!("{}\n", at.as_millis())).is_ok() {
+            *persisted = Some(contact);
+        }
+    }
+
+    /// Keeps a primary's writes inside its lease (see `crate::lease`): asks the peers to hold
+    /// it while the controller is away, and stops the server when neither renewed it in time.
+    pub async fn keep_lease(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(lease::CHECK_INTERVAL).await;
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            self.check_lease().await;
+        }
+    }
+
+    async fn check_lease(self: &Arc<Self>) {
+        let cfg = &self.cfg;
+        let config = self.applied_config();
+        let lease = Duration::from_millis(config.as_ref().map_or(0, |c| c.lease_milliseconds));
+        let serving_primary = is_initialized(cfg)
+            && !is_standby_configured(cfg)
+            && !is_fenced(cfg)
+            && running_postmaster(&cfg.data_dir()).is_some();
+        let (Some(config), true) = (config, serving_primary && !lease.is_zero()) else {
+            *self.held_since.lock().expect("held lock") = None;
             return;
         };
-        let streaming = probe.replication.iter().filter(|r| r.state == "streaming").count();
-        if isolated(silent, limit, !probe.node.in_recovery, streaming) {
-            tracing::warn!(
-                silent_seconds = silent.as_secs(),
-                "isolated primary: no word from the controller and no standby streams; fencing myself"
-            );
-            if let Err(e) = self.submit(Request::Fence) {
-                tracing::error!(error = %e, "cannot fence the isolated primary");
+        self.persist_contact();
+        let since_contact =
+            self.last_contact.lock().expect("contact lock").map_or(Duration::MAX, |t| t.elapsed());
+        let since_held = self.held_since.lock().expect("held lock").map(|t| t.elapsed());
+        match lease::verdict(lease, since_contact, since_held) {
+            Verdict::Hold => {}
+            Verdict::AskPeers => {
+                if !self.asking_peers.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move {
+                        me.ask_peers(&config, lease).await;
+                        me.asking_peers.store(false, std::sync::atomic::Ordering::SeqCst);
+                    });
+                }
+            }
+            Verdict::StopWrites => self.stop_for_lease(since_contact).await,
+        }
+    }
+
+    /// One failsafe round: every peer must hold this primary for it to count.
+    async fn ask_peers(&self, config: &DesiredConfig, lease: Duration) {
+        let began = std::time::Instant::now();
+        let request = FailsafeRequest {
+            primary: self.cfg.instance.clone(),
+            endpoint: Endpoint { host: self.cfg.own_address(), port: self.cfg.port },
+            lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
+        };
+        let timeout = lease::failsafe_timeout(lease);
+        let asks = config.peers.iter().map(|peer| {
+            let request = &request;
+            async move {
+                let Some(url) = peer.manager.as_deref() else {
+                    return Err(format!("{}: its manager's address is not known", peer.instance));
+                };
+                self.peers
+                    .failsafe(url, request, timeout)
+                    .await
+                    .map_err(|e| format!("{}: {e:#}", peer.instance))
+            }
+        });
+        let refused: Vec<String> =
+            futures::future::join_all(asks).await.into_iter().filter_map(Result::err).collect();
+        let problem = if config.peers.is_empty() {
+            Some("no peer is known".to_string())
+        } else if refused.is_empty() {
+            None
+        } else {
+            Some(refused.join("; "))
+        };
+        match problem {
+            None => {
+                let first = self.held_since.lock().expect("held lock").replace(began).is_none();
+                if first {
+                    tracing::warn!(
+                        "no word from the controller; every peer holds this primary (failsafe): still serving"
+                    );
+                }
+                *self.failsafe_problem.lock().expect("problem lock") = None;
+            }
+            Some(p) => *self.failsafe_problem.lock().expect("problem lock") = Some(p),
+        }
+    }
+
+    /// The lease ran out: stop accepting writes before anyone may replace this primary. The
+    /// controller starts it again if nobody did.
+    async fn stop_for_lease(&self, since_contact: Duration) {
+        let cfg = &self.cfg;
+        let problem = self.failsafe_problem.lock().expect("problem lock").clone();
+        tracing::error!(
+            silent_ms = since_contact.as_millis() as u64,
+            failsafe = problem.as_deref().unwrap_or("not asked yet"),
+            "lease ended: no word from the controller and not every peer holds this primary; stopping writes"
+        );
+        if let Err(e) = datadir::set_fenced(cfg, Some(None)) {
+            tracing::error!(error = format!("{e:#}"), "cannot record the fence");
+        }
+        *self.held_since.lock().expect("held lock") = None;
+        if let Err(e) = self.server.lock().await.stop(cfg, StopMode::Fast).await {
+            tracing::error!(error = format!("{e:#}"), "cannot stop the server at the end of its lease");
+        }
+    }
+
+    /// A primary asks this instance to hold it (failsafe): granted when this instance cannot
+    /// replace it (no data yet) or streams from it; while held, it refuses to be promoted.
+    pub fn hold(&self, request: &FailsafeRequest) -> Result<Duration, String> {
+        let cfg = &self.cfg;
+        if is_initialized(cfg) && !is_standby_configured(cfg) {
+            return Err(format!("{} is a primary itself", cfg.instance));
+        }
+        if is_initialized(cfg) {
+            let upstream = self.applied_config().and_then(|c| c.upstream);
+            if upstream.as_ref() != Some(&request.endpoint) {
+                return Err(match upstream {
+                    Some(up) => format!("{} streams from {up}, not from {}", cfg.instance, request.primary),
+                    None => format!("{} is detached (a failover is under way)", cfg.instance),
+                });
             }
         }
+        let own = Duration::from_millis(self.applied_config().map_or(0, |c| c.lease_milliseconds));
+        let length = Duration::from_millis(request.lease_ms).max(own);
+        let mut holding = self.holding.lock().expect("holding lock");
+        if let Some((other, until)) = holding.as_ref()
+            && *other != request.primary
+            && *until > std::time::Instant::now()
+        {
+            return Err(format!("{} holds {other} already", cfg.instance));
+        }
+        *holding = Some((request.primary.clone(), std::time::Instant::now() + length));
+        Ok(length)
+    }
+
+    /// The primary this instance holds right now, if any.
+    fn held(&self) -> Option<FailsafeHold> {
+        let holding = self.holding.lock().expect("holding lock");
+        let (primary, until) = holding.as_ref()?;
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        (!left.is_zero()).then(|| FailsafeHold {
+            primary: primary.clone(),
+            remaining_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+        })
     }
 
     fn current_operation(&self) -> Option<OperationReport> {
@@ -207,6 +366,7 @@ impl Manager {
             control,
             operation,
             config: self.applied_config(),
+            failsafe: self.held(),
         }
     }
 
@@ -316,6 +476,14 @@ impl Manager {
             && !matches!(request, Request::Fence)
         {
             return Err(Refusal::Invalid(why));
+        }
+        if matches!(request, Request::Promote { .. } | Request::Bootstrap { source: None, .. })
+            && let Some(h) = self.held()
+        {
+            return Err(Refusal::Invalid(format!(
+                "holding {} (failsafe) for another {} ms: it may still accept writes",
+                h.primary, h.remaining_ms
+            )));
         }
         match refusal(request, is_initialized(&self.cfg), is_standby_configured(&self.cfg)) {
             Some(why) => Err(Refusal::Invalid(why.to_string())),
@@ -651,7 +819,6 @@ impl Manager {
                 continue;
             }
             if !is_standby_configured(cfg) {
-                self.fence_if_isolated().await;
                 continue;
             }
             let mut server = self.server.lock().await;
@@ -696,14 +863,21 @@ impl Manager {
     }
 }
 
-/// Whether a primary should stop itself: it accepts writes, has heard nothing from the
-/// controller for at least `limit_seconds` (0: never), and no standby streams from it. With a
-/// standby streaming, the controller being away is no reason to stop.
-pub fn isolated(silent: Duration, limit_seconds: u32, writable: bool, streaming_standbys: usize) -> bool {
-    limit_seconds > 0
-        && writable
-        && streaming_standbys == 0
-        && silent >= Duration::from_secs(u64::from(limit_seconds))
+/// Where a manager keeps the time of its last contact with the controller, on the boot clock.
+fn lease_file(cfg: &InstanceConfig) -> std::path::PathBuf {
+    cfg.root.join("lease-contact")
+}
+
+/// Time since boot (counting suspend): one clock for every process on the machine.
+fn boot_clock() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(Duration::ZERO, Duration::from)
+}
+
+/// The last contact a previous manager of this instance wrote down, as an instant.
+fn read_contact(cfg: &InstanceConfig) -> Option<std::time::Instant> {
+    let millis: u64 = std::fs::read_to_string(lease_file(cfg)).ok()?.trim().parse().ok()?;
+    let ago = boot_clock().checked_sub(Duration::from_millis(millis))?;
+    std::time::Instant::now().checked_sub(ago)
 }
 
 /// Why `request` cannot apply to an instance whose data directory is (or is not)
@@ -757,20 +931,4 @@ fn request_id(request: &Request) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     json.hash(&mut h);
     format!("{:016x}", h.finish())
-}
-
-/// Reads the fields the controller needs from `pg_controldata` output (run with `LC_ALL=C`).
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_writable_primary_cut_off_from_everyone_fences_itself() {
-        let long = Duration::from_secs(11);
-        assert!(isolated(long, 10, true, 0));
-        assert!(!isolated(Duration::from_secs(9), 10, true, 0), "not silent long enough");
-        assert!(!isolated(long, 10, true, 1), "a streaming standby: the controller is just away");
-        assert!(!isolated(long, 10, false, 0), "a standby never fences itself");
-        assert!(!isolated(long, 0, true, 0), "turned off");
-    }
 }

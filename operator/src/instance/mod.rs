@@ -44,6 +44,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tokio::spawn(crate::reaper::run());
     let supervisor = tokio::spawn(manager.clone().supervise());
     let readiness = tokio::spawn(manager.clone().watch_readiness());
+    let lease = tokio::spawn(manager.clone().keep_lease());
     let app = api::router(manager.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(crate::signals::shutdown_requested())
@@ -52,6 +53,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping the database server");
     supervisor.abort();
     readiness.abort();
+    lease.abort();
     manager.shutdown().await?;
     Ok(())
 }

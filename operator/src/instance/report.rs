@@ -59,6 +59,30 @@ pub struct InstanceReport {
     /// The managed configuration last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<DesiredConfig>,
+    /// The primary this instance holds (failsafe, see `lease`): it refuses to be promoted
+    /// until the hold ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failsafe: Option<FailsafeHold>,
+}
+
+/// A primary held by a peer: that primary may still accept writes for `remaining_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailsafeHold {
+    pub primary: String,
+    pub remaining_ms: u64,
+}
+
+/// A primary's request to be held by a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailsafeRequest {
+    /// The asking primary's instance name.
+    pub primary: String,
+    /// Where it serves: a standby holds only the primary it streams from.
+    pub endpoint: Endpoint,
+    /// Its lease: the hold lasts this long from the answer.
+    pub lease_ms: u64,
 }
 
 impl InstanceReport {

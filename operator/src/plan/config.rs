@@ -87,6 +87,7 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
                 instance: m.clone(),
                 host: o.endpoint.host.clone(),
                 ha_port: o.ha_port,
+                manager: o.manager_url.clone(),
             })
         })
         .collect();
@@ -99,8 +100,7 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
         wal_keep_segments: spec.replication.wal_keep_segments,
         peers,
         parameters: parameters(spec),
-        // Twice the failover delay: by then a failover of an unreachable primary has begun.
-        isolation_seconds: if spec.instances > 1 { spec.failover.delay_seconds.saturating_mul(2) } else { 0 },
+        lease_milliseconds: u64::try_from(crate::lease::lease_for(spec).as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -66,6 +66,20 @@ pub fn start_transition_if_needed(input: &Input<'_>, plan: &mut Plan) -> bool {
         return false;
     };
     if let Some(reason) = primary_loss(input, plan, &primary) {
+        let holders = holders(input, &primary);
+        if !holders.is_empty() && !matches!(classify(input, &primary), InstanceHealth::Reachable(_)) {
+            // Cut off from the controller alone: the standbys still reach it and hold it, so
+            // nobody can replace it and it keeps serving. Nothing to do but say so.
+            plan.set_phase(
+                Phase::Degraded,
+                format!(
+                    "{reason}, but it keeps serving: {} still reach it and hold it (failsafe), so it cannot be replaced",
+                    holders.join(", ")
+                ),
+            );
+            upkeep(input, plan);
+            return true;
+        }
         let has_standby =
             members(input).iter().any(|m| *m != primary && report(input, m).is_some_and(|r| r.initialized));
         // With nobody to take over, a primary whose data is intact is simply started again.
@@ -221,10 +235,65 @@ fn set_step(plan: &mut Plan, step: TransitionStep, to: Option<String>) {
     }
 }
 
+/// The instances that hold `primary` (failsafe): while they do, it may accept writes.
+fn holders(input: &Input<'_>, primary: &str) -> Vec<String> {
+    input
+        .observed
+        .instances
+        .iter()
+        .filter(|(n, _)| n.as_str() != primary)
+        .filter(|(_, o)| {
+            o.report.as_ref().and_then(|r| r.failsafe.as_ref()).is_some_and(|h| h.primary == primary)
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Why the old primary may still accept writes (its lease has not certainly ended, or a peer
+/// holds it), if it may.
+fn lease_pending(input: &Input<'_>, old: &str) -> Option<String> {
+    let holders = holders(input, old);
+    if !holders.is_empty() {
+        return Some(format!("{} still hold {old} (failsafe): it may accept writes", holders.join(", ")));
+    }
+    // A process that is gone, or a manager that answers, holds no lease the controller does
+    // not know about.
+    if !matches!(classify(input, old), InstanceHealth::Unreachable { .. }) {
+        return None;
+    }
+    let wait = crate::lease::replaceable_after(input.spec);
+    let unrenewed = input.observed.instances.get(old)?.unrenewed_for;
+    (unrenewed < wait).then(|| {
+        format!(
+            "waiting {:.1}s more for {old}'s lease to end before promoting a replacement",
+            (wait - unrenewed).as_secs_f64()
+        )
+    })
+}
+
 /// Failover steps 1-3: fence the old primary, detach every reachable standby, choose.
 fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
     let old = t.from.as_str();
     let old_report = report(input, old);
+    let someone_else_writable = input
+        .observed
+        .instances
+        .iter()
+        .any(|(n, o)| n != old && o.report.as_ref().is_some_and(|r| r.is_writable_primary()));
+    if old_report.is_some_and(|r| r.is_writable_primary()) && !someone_else_writable {
+        // Seen again, still serving, never replaced (nothing was promoted yet): it stays
+        // primary; fencing it now would be an outage for nothing.
+        plan.event(Event::normal(
+            "FailoverCancelled",
+            format!(
+                "{old} answers again and still accepts writes; nothing was promoted, so it stays primary"
+            ),
+        ));
+        plan.status.transition = None;
+        plan.status.target_primary = Some(old.to_string());
+        reconcile(input, plan);
+        return false;
+    }
     if let Some(r) = old_report
         && r.server.running
         && !r
@@ -267,15 +336,10 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
     }
     // Someone else accepting writes (a target of an earlier attempt that finished its
     // promotion late) is fenced first; choosing now could make two primaries.
-    let other_writable = input
-        .observed
-        .instances
-        .iter()
-        .any(|(n, o)| n != old && o.report.as_ref().is_some_and(|r| r.is_writable_primary()));
-    if !old_quiet || !all_detached || other_writable {
+    if !old_quiet || !all_detached || someone_else_writable {
         return false;
     }
-    if let Some(why) = cloning_from_old(input, old) {
+    if let Some(why) = cloning_from_old(input, old).or_else(|| lease_pending(input, old)) {
         plan.set_phase(Phase::FailingOver, why);
         return false;
     }

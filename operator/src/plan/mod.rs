@@ -57,6 +57,12 @@ pub struct Observed {
     /// The instance runs from an older definition than the cluster's (see
     /// `controller::PlatformInstance::outdated`); a rolling replacement renews it.
     pub outdated: bool,
+    /// Where its manager's API answers, when the platform knows.
+    pub manager_url: Option<String>,
+    /// How long this controller has not heard from its manager, on the controller's own
+    /// monotonic clock (since it started watching, at most): a primary's lease has certainly
+    /// ended once this exceeds `lease::replaceable_after`.
+    pub unrenewed_for: std::time::Duration,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -1715,6 +1715,7 @@ impl Model {
             control,
             operation: x.operation.clone(),
             config: x.applied.clone(),
+            failsafe: None,
         }
     }
 
@@ -1733,11 +1734,20 @@ impl Model {
                         Some(answers) => answers && x.serving(),
                         None => x.serving(),
                     };
+                let last_seen = self
+                    .status
+                    .instance(&x.name)
+                    .and_then(|r| r.last_seen.as_ref())
+                    .map_or(self.watching_since, |t| t.0)
+                    .max(self.watching_since);
+                let unrenewed_for = self.now.duration_since(last_seen).unsigned_abs();
                 let observed = Observed {
                     platform: x.platform,
                     endpoint: x.endpoint.clone(),
                     ha_port: HA_PORT,
                     outdated: x.outdated,
+                    manager_url: None,
+                    unrenewed_for,
                     report,
                     server_answers,
                 };

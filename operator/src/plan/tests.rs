@@ -63,6 +63,8 @@ impl World {
                     ha_port: 16432 + k as u16,
                     report: Some(awaiting_bootstrap(k)),
                     server_answers: false,
+                    manager_url: Some(format!("http://manager-{k}")),
+                    unrenewed_for: std::time::Duration::ZERO,
                 },
             );
         }
@@ -178,6 +180,7 @@ fn base_report(k: u32) -> InstanceReport {
         control: None,
         operation: None,
         config: None,
+        failsafe: None,
     }
 }
 
