@@ -257,27 +257,25 @@ impl Manager {
     /// replace it (no data yet) or streams from it; while held, it refuses to be promoted.
     pub fn hold(&self, request: &FailsafeRequest) -> Result<Duration, String> {
         let cfg = &self.cfg;
-        if is_initialized(cfg) && !is_standby_configured(cfg) {
-            return Err(format!("{} is a primary itself", cfg.instance));
-        }
-        if is_initialized(cfg) {
-            let upstream = self.applied_config().and_then(|c| c.upstream);
-            if upstream.as_ref() != Some(&request.endpoint) {
-                return Err(match upstream {
-                    Some(up) => format!("{} streams from {up}, not from {}", cfg.instance, request.primary),
-                    None => format!("{} is detached (a failover is under way)", cfg.instance),
-                });
-            }
-        }
-        let own = Duration::from_millis(self.applied_config().map_or(0, |c| c.lease_milliseconds));
-        let length = Duration::from_millis(request.lease_ms).max(own);
+        let applied = self.applied_config();
+        let own = Duration::from_millis(applied.as_ref().map_or(0, |c| c.lease_milliseconds));
+        let upstream = applied.and_then(|c| c.upstream);
         let mut holding = self.holding.lock().expect("holding lock");
-        if let Some((other, until)) = holding.as_ref()
-            && *other != request.primary
-            && *until > std::time::Instant::now()
-        {
-            return Err(format!("{} holds {other} already", cfg.instance));
+        let held = holding
+            .as_ref()
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(primary, _)| primary.as_str());
+        let state = HolderState {
+            instance: &cfg.instance,
+            initialized: is_initialized(cfg),
+            standby: is_standby_configured(cfg),
+            upstream: upstream.as_ref(),
+            holds: held,
+        };
+        if let Some(why) = hold_refusal(&state, request) {
+            return Err(why);
         }
+        let length = Duration::from_millis(request.lease_ms).max(own);
         *holding = Some((request.primary.clone(), std::time::Instant::now() + length));
         Ok(length)
     }
@@ -863,6 +861,40 @@ impl Manager {
     }
 }
 
+/// What a peer asked to hold a primary needs to know about itself.
+#[derive(Debug)]
+pub struct HolderState<'a> {
+    pub instance: &'a str,
+    pub initialized: bool,
+    pub standby: bool,
+    /// Whom it streams from (a standby), if anyone.
+    pub upstream: Option<&'a Endpoint>,
+    /// The primary it holds right now, if any.
+    pub holds: Option<&'a str>,
+}
+
+/// Why `holder` must not hold the asking primary; `None` when it may. It may when it cannot
+/// replace the primary anyway (no data yet) or streams from it: then refusing its own
+/// promotion for a lease costs nothing a failover would not have cost.
+pub fn hold_refusal(holder: &HolderState<'_>, request: &FailsafeRequest) -> Option<String> {
+    let me = holder.instance;
+    if holder.initialized && !holder.standby {
+        return Some(format!("{me} is a primary itself"));
+    }
+    if let Some(other) = holder.holds
+        && other != request.primary
+    {
+        return Some(format!("{me} holds {other} already"));
+    }
+    if holder.initialized && holder.upstream != Some(&request.endpoint) {
+        return Some(match holder.upstream {
+            Some(up) => format!("{me} streams from {up}, not from {}", request.primary),
+            None => format!("{me} is detached (a failover is under way)"),
+        });
+    }
+    None
+}
+
 /// Where a manager keeps the time of its last contact with the controller, on the boot clock.
 fn lease_file(cfg: &InstanceConfig) -> std::path::PathBuf {
     cfg.root.join("lease-contact")
@@ -931,4 +963,32 @@ fn request_id(request: &Request) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     json.hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_holds_only_the_primary_it_streams_from_and_never_two() {
+        let primary = Endpoint { host: "10.0.0.1".into(), port: 5432 };
+        let other = Endpoint { host: "10.0.0.3".into(), port: 5432 };
+        let ask = FailsafeRequest { primary: "db-0".into(), endpoint: primary.clone(), lease_ms: 5000 };
+        let state = |initialized, standby, upstream, holds| HolderState {
+            instance: "db-1",
+            initialized,
+            standby,
+            upstream,
+            holds,
+        };
+        assert_eq!(hold_refusal(&state(true, true, Some(&primary), None), &ask), None);
+        assert_eq!(hold_refusal(&state(true, true, Some(&primary), Some("db-0")), &ask), None, "renewed");
+        assert_eq!(hold_refusal(&state(false, false, None, None), &ask), None, "no data: cannot replace it");
+        let refused = |s: HolderState<'_>| hold_refusal(&s, &ask).unwrap_or_default();
+        assert!(refused(state(true, false, None, None)).contains("primary itself"));
+        assert!(refused(state(true, true, None, None)).contains("detached"));
+        assert!(refused(state(true, true, Some(&other), None)).contains("streams from 10.0.0.3:5432"));
+        assert!(refused(state(true, true, Some(&primary), Some("db-2"))).contains("holds db-2 already"));
+        assert!(refused(state(false, false, None, Some("db-2"))).contains("holds db-2 already"));
+    }
 }

@@ -199,6 +199,9 @@ pub fn continue_transition(input: &Input<'_>, plan: &mut Plan) {
         let Some(t) = plan.status.transition.clone() else {
             return;
         };
+        if cancel_if_old_primary_serves(input, plan, &t) {
+            return;
+        }
         let keep = match (t.kind, t.step) {
             (_, TransitionStep::Promoting | TransitionStep::Repointing) => t.to.as_deref(),
             // A switchover stops the old primary on purpose (demote_for_switchover): it is
@@ -271,6 +274,33 @@ fn lease_pending(input: &Input<'_>, old: &str) -> Option<String> {
     })
 }
 
+/// A failover whose old primary is seen again, still accepting writes, before anything was
+/// promoted (a cut that healed): it was never replaced, so it stays primary; fencing it now
+/// would be an outage for nothing. True when the failover was cancelled.
+fn cancel_if_old_primary_serves(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
+    let old = t.from.as_str();
+    let nothing_promoted = t.kind == TransitionKind::Failover
+        && matches!(t.step, TransitionStep::Fencing | TransitionStep::Detaching);
+    let writable: Vec<&String> = input
+        .observed
+        .instances
+        .iter()
+        .filter(|(_, o)| o.report.as_ref().is_some_and(|r| r.is_writable_primary()))
+        .map(|(n, _)| n)
+        .collect();
+    if !nothing_promoted || writable != [old] {
+        return false;
+    }
+    plan.event(Event::normal(
+        "FailoverCancelled",
+        format!("{old} answers again and still accepts writes; nothing was promoted, so it stays primary"),
+    ));
+    plan.status.transition = None;
+    plan.status.target_primary = Some(old.to_string());
+    reconcile(input, plan);
+    true
+}
+
 /// Failover steps 1-3: fence the old primary, detach every reachable standby, choose.
 fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
     let old = t.from.as_str();
@@ -280,20 +310,6 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         .instances
         .iter()
         .any(|(n, o)| n != old && o.report.as_ref().is_some_and(|r| r.is_writable_primary()));
-    if old_report.is_some_and(|r| r.is_writable_primary()) && !someone_else_writable {
-        // Seen again, still serving, never replaced (nothing was promoted yet): it stays
-        // primary; fencing it now would be an outage for nothing.
-        plan.event(Event::normal(
-            "FailoverCancelled",
-            format!(
-                "{old} answers again and still accepts writes; nothing was promoted, so it stays primary"
-            ),
-        ));
-        plan.status.transition = None;
-        plan.status.target_primary = Some(old.to_string());
-        reconcile(input, plan);
-        return false;
-    }
     if let Some(r) = old_report
         && r.server.running
         && !r

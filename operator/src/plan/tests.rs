@@ -1038,3 +1038,123 @@ fn a_stray_primary_is_fenced_even_while_a_failover_is_blocked() {
     assert_eq!(plan.status.phase, Some(Phase::FailoverBlocked));
     assert_eq!(kinds_to(&plan, 2), [OperationKind::Fence], "demo-2 accepts writes but is not the primary");
 }
+
+// --- partitions: the primary's lease and failsafe (see `lease`) ---
+
+/// demo-0 unreachable for `secs` seconds (manager and database port), its last lease renewal
+/// sent as long ago.
+fn cut_off_primary(secs: i64) -> World {
+    let mut w = World::healthy(3);
+    w.set(0, None);
+    w.now = at(99 + secs);
+    w.obs.instances.get_mut(&name(0)).expect("p").unrenewed_for = std::time::Duration::from_secs(secs as u64);
+    w
+}
+
+fn holding(mut r: InstanceReport, primary: u32) -> InstanceReport {
+    r.failsafe = Some(crate::instance::report::FailsafeHold { primary: name(primary), remaining_ms: 4000 });
+    r
+}
+
+#[test]
+fn a_primary_its_standbys_still_hold_is_not_failed_over_and_the_status_says_why() {
+    let mut w = cut_off_primary(60);
+    for k in [1, 2] {
+        let r = w.obs.instances[&name(k)].report.clone().expect("standby report");
+        w.set(k, Some(holding(r, 0)));
+    }
+    let plan = w.decide();
+    assert!(plan.status.transition.is_none(), "no failover while demo-0 is held");
+    assert!(plan.actions.iter().all(|a| !a.is_disruptive()), "{:?}", plan.actions);
+    assert_eq!(plan.status.phase, Some(Phase::Degraded));
+    let reason = plan.status.phase_reason.clone().unwrap_or_default();
+    assert!(reason.contains("keeps serving") && reason.contains("demo-1, demo-2"), "{reason}");
+    assert_eq!(plan.status.current_primary.as_deref(), Some("demo-0"));
+}
+
+#[test]
+fn no_replacement_is_promoted_before_the_old_primarys_lease_has_certainly_ended() {
+    // Defaults: a 5 s lease, replaceable 6.8 s after the last renewal was sent.
+    let mut w = cut_off_primary(6);
+    w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
+    for k in [1, 2] {
+        let cfg = desired(&w, k, true);
+        w.set(k, Some(standby(k, lsn(100), None, cfg)));
+    }
+    let plan = w.decide();
+    assert_eq!(transition(&plan).step, TransitionStep::Detaching, "still waiting for the lease");
+    assert!(plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("lease")), "{:?}", plan.status);
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::Send { request: Request::Promote { .. }, .. })));
+    w.obs.instances.get_mut(&name(0)).expect("p").unrenewed_for = std::time::Duration::from_millis(6800);
+    let plan = w.decide();
+    assert_eq!(transition(&plan).step, TransitionStep::Promoting, "the lease has ended: choose");
+}
+
+#[test]
+fn a_standby_holding_the_old_primary_keeps_the_choice_back() {
+    let mut w = cut_off_primary(60);
+    w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
+    for k in [1, 2] {
+        let cfg = desired(&w, k, true);
+        w.set(k, Some(standby(k, lsn(100), None, cfg)));
+    }
+    let r = w.obs.instances[&name(2)].report.clone().expect("report");
+    w.set(2, Some(holding(r, 0)));
+    let plan = w.decide();
+    assert_eq!(transition(&plan).step, TransitionStep::Detaching);
+    assert!(
+        plan.status.phase_reason.as_deref().is_some_and(|r| r.contains("demo-2 still hold")),
+        "{:?}",
+        plan
+    );
+}
+
+#[test]
+fn a_cut_that_heals_before_anything_was_promoted_cancels_the_failover_without_a_fence() {
+    for step in [TransitionStep::Fencing, TransitionStep::Detaching] {
+        let mut w = World::healthy(3);
+        w.in_transition(TransitionKind::Failover, step, None);
+        for k in [1, 2] {
+            let cfg = desired(&w, k, true);
+            w.set(k, Some(standby(k, lsn(100), None, cfg)));
+        }
+        let plan = w.decide();
+        assert!(plan.status.transition.is_none(), "{step:?}: cancelled");
+        assert!(plan.events.iter().any(|e| e.reason == "FailoverCancelled"));
+        assert!(kinds_to(&plan, 0).is_empty(), "{step:?}: no fence, no restart: {:?}", kinds_to(&plan, 0));
+        assert_eq!(plan.status.current_primary.as_deref(), Some("demo-0"));
+        // The standbys are pointed back at it.
+        for k in [1, 2] {
+            match requests_to(&plan, k).as_slice() {
+                [Request::Configure { config }] => {
+                    assert_eq!(config.upstream, Some(ep(0)), "{step:?} demo-{k}")
+                }
+                other => panic!("{step:?} demo-{k}: expected re-attach, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_writable_old_primary_is_fenced_not_kept_when_another_instance_also_accepts_writes() {
+    let mut w = World::healthy(3);
+    w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
+    let others: Vec<String> = vec![name(0), name(2)];
+    let cfg = desired(&w, 1, false);
+    w.set(1, Some(primary(1, lsn(100), &others, cfg)));
+    let plan = w.decide();
+    assert!(plan.status.transition.is_some(), "not cancelled with two writable instances");
+    assert!(!plan.events.iter().any(|e| e.reason == "FailoverCancelled"));
+}
+
+#[test]
+fn every_peer_in_a_primarys_configuration_carries_its_managers_address_and_the_lease() {
+    let w = World::healthy(3);
+    let cfg = desired(&w, 0, false);
+    assert_eq!(cfg.lease_milliseconds, 5000);
+    let managers: Vec<Option<String>> = cfg.peers.iter().map(|p| p.manager.clone()).collect();
+    assert_eq!(managers, [Some("http://manager-1".to_string()), Some("http://manager-2".to_string())]);
+    let mut single = World::healthy(1);
+    single.spec.instances = 1;
+    assert_eq!(desired(&single, 0, false).lease_milliseconds, 0, "nobody can replace a lone primary");
+}
