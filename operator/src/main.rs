@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use opengauss_operator::platform::kubernetes;
+use opengauss_operator::platform::local::Placement;
 use opengauss_operator::platform::local::commands::{self, Output, Target, UpArgs};
 
 #[derive(Parser, Debug)]
@@ -84,6 +85,13 @@ enum LocalCommand {
         /// OS user for the databases when run as root [default: postgres, else nobody].
         #[arg(long)]
         run_as: Option<String>,
+        /// Run instance ORDINAL inside the network namespace NETNS (/var/run/netns/NETNS, as
+        /// `ip netns add` makes it), listening on and advertised at ADDRESS, and let the subnet
+        /// ADDRESS/PREFIXLEN log in with a password. Repeat for each instance to place; needs
+        /// root. Placements are not recorded: give the same --netns flags at every `local up`
+        /// of the cluster. Example: --netns 0=ogp7-i0/10.213.7.10/24
+        #[arg(long, value_name = "ORDINAL=NETNS/ADDRESS/PREFIXLEN")]
+        netns: Vec<Placement>,
     },
     /// Hand the cluster a new spec (scaling, parameters, fencing); the running controller
     /// applies it.
@@ -158,8 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => kubernetes::run::run(args).await?,
         Command::Render(args) => print!("{}", kubernetes::render::render(&args)?),
         Command::Local(cmd) => match cmd {
-            LocalCommand::Up { file, state_dir, base_port, bin_dir, run_as } => {
-                commands::up(UpArgs { file, state_dir, base_port, bin_dir, run_as }).await?
+            LocalCommand::Up { file, state_dir, base_port, bin_dir, run_as, netns } => {
+                commands::up(UpArgs { file, state_dir, base_port, bin_dir, run_as, netns }).await?
             }
             LocalCommand::Down { which, purge } => commands::down(which.target(), purge).await?,
             LocalCommand::Apply { file, state_dir, wait } => {

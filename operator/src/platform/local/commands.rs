@@ -15,7 +15,7 @@ use opengauss_crd::{OpenGaussCluster, OpenGaussClusterStatus, Phase, parse_clust
 use super::binaries::find_bin_dir;
 use super::procs::{self, Kubelet, choose_user};
 use super::statedir::{Identity, StateDir, world_traversable};
-use super::{DEFAULT_BASE_PORT, LOCAL_HOST, LocalPlatform, ports};
+use super::{DEFAULT_BASE_PORT, LOCAL_HOST, LocalPlatform, Placement, check_placements, ports};
 use crate::controller::Controller;
 use crate::credentials::{REPLICATION_USER, pgpass_lines};
 use crate::fsutil::write_atomic;
@@ -64,6 +64,8 @@ pub struct UpArgs {
     pub base_port: Option<u16>,
     pub bin_dir: Option<PathBuf>,
     pub run_as: Option<String>,
+    /// Instances to run inside network namespaces (`--netns`); empty: all on 127.0.0.1.
+    pub netns: Vec<Placement>,
 }
 
 /// The lock a running `local up` holds on its state directory.
@@ -110,7 +112,13 @@ fn check_base_port(base_port: u16, first_unprivileged: u16) -> anyhow::Result<()
 }
 
 /// Fails with a clear message when a port some instance needs is taken by something else.
-fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> anyhow::Result<()> {
+/// Instances in `placed` listen in network namespaces of their own, not here: not checked.
+fn check_ports(
+    cluster: &OpenGaussCluster,
+    state: &StateDir,
+    base_port: u16,
+    placed: &std::collections::BTreeMap<u32, Placement>,
+) -> anyhow::Result<()> {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let engine = cluster.spec.engine;
     let stride = u32::from(crate::engine::dialect(engine).port_stride());
@@ -118,7 +126,7 @@ fn check_ports(cluster: &OpenGaussCluster, state: &StateDir, base_port: u16) -> 
     if last > u32::from(u16::MAX) {
         bail!("--base-port {base_port} leaves no room for {} instances", cluster.spec.instances);
     }
-    for ordinal in 0..cluster.spec.instances {
+    for ordinal in (0..cluster.spec.instances).filter(|k| !placed.contains_key(k)) {
         let instance = opengauss_crd::names::instance_name(name, ordinal);
         let data = state.instance_dir(&instance).join("data");
         // Our own server, left running by an earlier controller, may hold its ports.
@@ -148,6 +156,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let bin_dir = find_bin_dir(engine, args.bin_dir.as_deref())?;
     let run_as = choose_user(args.run_as.as_deref())?;
     // Every check that can refuse comes before anything is written.
+    let placements = check_placements(&args.netns, nix::unistd::geteuid().is_root())?;
     if let Some(user) = &run_as {
         let root = std::fs::canonicalize(&state.root).or_else(|_| std::path::absolute(&state.root))?;
         if let Err(blocked) = world_traversable(&root) {
@@ -164,7 +173,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let base_port =
         args.base_port.or_else(|| previous.as_ref().map(|id| id.base_port)).unwrap_or(DEFAULT_BASE_PORT);
     check_base_port(base_port, unprivileged_port_start())?;
-    check_ports(&cluster, &state, base_port)?;
+    check_ports(&cluster, &state, base_port, &placements)?;
     state.claim(&Identity { cluster: name.clone(), engine, base_port })?;
     let Some(_lock) = try_lock(&state)? else {
         bail!(
@@ -216,6 +225,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         base_port,
         run_as.clone(),
         secrets.clone(),
+        placements.clone(),
     )?;
     // The status a previous controller left says nothing about this one: claim it at once.
     platform.heartbeat()?;
@@ -232,6 +242,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         database_ports.join(", "),
         state.root.display()
     );
+    for p in placements.values() {
+        println!(
+            "{} instance {} runs in network namespace {} at {} (subnet {})",
+            super::chrono_now(),
+            opengauss_crd::names::instance_name(&name, p.ordinal),
+            p.netns,
+            p.address,
+            p.network()
+        );
+    }
     for instance in platform.configs().keys() {
         platform.prepare(instance)?;
         platform.kubelet.start(instance).await?;

@@ -1,6 +1,7 @@
 //! The local platform: a cluster as plain processes on this machine. Instance `k` listens on
-//! `127.0.0.1:(base port + k)`; its manager is a child process, restarted like a kubelet
-//! restarts a container; the state directory stands in for the API server.
+//! `127.0.0.1:(base port + k)`, or inside a network namespace at an address of its own when
+//! `local up --netns` places it there; its manager is a child process, restarted like a
+//! kubelet restarts a container; the state directory stands in for the API server.
 
 pub mod binaries;
 pub mod commands;
@@ -8,6 +9,7 @@ pub mod procs;
 pub mod statedir;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -25,6 +27,114 @@ use statedir::StateDir;
 
 pub const DEFAULT_BASE_PORT: u16 = 15432;
 pub const LOCAL_HOST: &str = "127.0.0.1";
+/// Where `ip netns add NAME` makes a network namespace's file.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Instance `ordinal` runs inside the network namespace `netns` and listens on `address`, on
+/// the subnet `address/prefix_len` (`local up --netns ORDINAL=NETNS/ADDRESS/PREFIXLEN`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub ordinal: u32,
+    pub netns: String,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let usage = "expected ORDINAL=NETNS/ADDRESS/PREFIXLEN, e.g. 0=ogp7-i0/10.213.7.10/24";
+        let (ordinal, rest) =
+            value.split_once('=').ok_or_else(|| format!("{value:?} has no '=': {usage}"))?;
+        let ordinal: u32 = ordinal
+            .trim()
+            .parse()
+            .map_err(|_| format!("{ordinal:?} is not an instance ordinal (0, 1, ...): {usage}"))?;
+        let mut parts = rest.rsplitn(3, '/');
+        let (Some(prefix_len), Some(address), Some(netns)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("{value:?} lacks a part: {usage}"));
+        };
+        if netns.is_empty() || netns == "." || netns == ".." || netns.contains('/') || netns.contains('\0') {
+            return Err(format!(
+                "{netns:?} is not a network namespace name (as `ip netns add` takes): {usage}"
+            ));
+        }
+        let address: IpAddr =
+            address.parse().map_err(|_| format!("{address:?} is not an IP address: {usage}"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = prefix_len
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{prefix_len:?} is not a prefix length (0 to {max}): {usage}"))?;
+        if address.is_unspecified() || address.is_multicast() {
+            return Err(format!("{address} cannot be an instance's own address: {usage}"));
+        }
+        Ok(Self { ordinal, netns: netns.to_string(), address, prefix_len })
+    }
+}
+
+impl Placement {
+    /// The namespace's file, which the instance manager enters.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(&self.netns)
+    }
+
+    /// The subnet in network-address form (`10.213.7.0/24`), for `pg_hba.conf`.
+    pub fn network(&self) -> String {
+        let network = match self.address {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        format!("{network}/{}", self.prefix_len)
+    }
+}
+
+/// Checks `--netns` placements before anything starts: each ordinal once and within what a
+/// cluster can have, each namespace present, and root to enter them.
+pub fn check_placements(placements: &[Placement], is_root: bool) -> anyhow::Result<BTreeMap<u32, Placement>> {
+    let mut by_ordinal = BTreeMap::new();
+    for p in placements {
+        if p.ordinal >= opengauss_crd::spec::MAX_INSTANCES {
+            anyhow::bail!(
+                "--netns {}=...: ordinal {} is beyond any instance of a cluster (at most {} instances, ordinals 0 to {})",
+                p.ordinal,
+                p.ordinal,
+                opengauss_crd::spec::MAX_INSTANCES,
+                opengauss_crd::spec::MAX_INSTANCES - 1
+            );
+        }
+        if by_ordinal.insert(p.ordinal, p.clone()).is_some() {
+            anyhow::bail!("--netns names instance ordinal {} twice", p.ordinal);
+        }
+    }
+    if by_ordinal.is_empty() {
+        return Ok(by_ordinal);
+    }
+    if !is_root {
+        anyhow::bail!(
+            "--netns needs root: entering a network namespace needs CAP_SYS_ADMIN (the databases still run unprivileged)"
+        );
+    }
+    for p in by_ordinal.values() {
+        if !p.netns_path().exists() {
+            anyhow::bail!(
+                "network namespace {} does not exist: create it with `ip netns add {}`",
+                p.netns,
+                p.netns
+            );
+        }
+    }
+    Ok(by_ordinal)
+}
 
 /// The ports instance `ordinal` listens on: its database port (`base + stride × ordinal`, the
 /// engine's stride: 1 for PostgreSQL, 10 for openGauss, whose server also binds `port + 1` and
@@ -52,6 +162,8 @@ pub struct LocalPlatform {
     bin_dir: PathBuf,
     base_port: u16,
     secrets: Secrets,
+    /// Instances placed in network namespaces, by ordinal (`local up --netns`).
+    placements: BTreeMap<u32, Placement>,
     /// Last line printed per topic, so repeated progress is printed once.
     printed: std::sync::Mutex<BTreeMap<String, String>>,
     /// When the status file last carried a fresh heartbeat.
@@ -97,6 +209,7 @@ impl LocalPlatform {
         base_port: u16,
         run_as: Option<procs::RunAs>,
         secrets: Secrets,
+        placements: BTreeMap<u32, Placement>,
     ) -> anyhow::Result<Self> {
         let env = crate::engine::dialect(cluster.spec.engine).install_env(&bin_dir);
         let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new()).with_env(env);
@@ -109,6 +222,7 @@ impl LocalPlatform {
             bin_dir,
             base_port,
             secrets,
+            placements,
             printed: Default::default(),
             last_heartbeat: Default::default(),
         };
@@ -146,6 +260,12 @@ impl LocalPlatform {
         let all = ports(self.engine, self.base_port, ordinal);
         let port = all[0];
         let ha_port = crate::engine::dialect(self.engine).ha_ports(port).map_or(port, |h| h.replication);
+        let placement = self.placements.get(&ordinal);
+        // Placed in a network namespace: its own address there, and its subnet may log in.
+        let host = placement.map_or_else(|| LOCAL_HOST.to_string(), |p| p.address.to_string());
+        let api_ip = placement.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |p| p.address);
+        let mut hba_networks = vec!["127.0.0.1/32".to_string(), "::1/128".to_string()];
+        hba_networks.extend(placement.map(Placement::network));
         let cfg = InstanceConfig {
             cluster: self.cluster.clone(),
             instance: instance.clone(),
@@ -154,10 +274,10 @@ impl LocalPlatform {
             root: root.clone(),
             socket_dir: root.join("run"),
             port,
-            listen_addresses: LOCAL_HOST.into(),
-            advertise_host: LOCAL_HOST.into(),
+            listen_addresses: host.clone(),
+            advertise_host: host,
             advertise_host_env: None,
-            api_listen: "127.0.0.1:0".parse().expect("valid address"),
+            api_listen: SocketAddr::new(api_ip, 0),
             api_port_file: Some(procs::port_file(&root)),
             superuser: crate::engine::dialect(self.engine).superuser().into(),
             replication_user: REPLICATION_USER.into(),
@@ -165,10 +285,13 @@ impl LocalPlatform {
             superuser_password_file: root.join("superuser-password"),
             replication_password_file: root.join("replication-password"),
             passfile: root.join("pgpass"),
-            hba_networks: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            hba_networks,
             ha_port,
         };
         self.kubelet.add(&instance, root);
+        if let Some(p) = placement {
+            self.kubelet.place(&instance, p.netns_path(), p.address);
+        }
         configs.insert(instance, cfg);
     }
 
@@ -300,5 +423,77 @@ impl Platform for LocalPlatform {
             };
             self.say(&format!("event/{}", e.reason), format!("{mark}{}: {}", e.reason, e.message));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &str) -> Result<Placement, String> {
+        v.parse()
+    }
+
+    #[test]
+    fn a_placement_names_ordinal_namespace_address_and_subnet() {
+        let p = parse("0=ogp7-i0/10.213.7.10/24").expect("valid");
+        assert_eq!(
+            p,
+            Placement {
+                ordinal: 0,
+                netns: "ogp7-i0".into(),
+                address: IpAddr::V4(Ipv4Addr::new(10, 213, 7, 10)),
+                prefix_len: 24
+            }
+        );
+        assert_eq!(p.network(), "10.213.7.0/24");
+        assert_eq!(p.netns_path(), PathBuf::from("/var/run/netns/ogp7-i0"));
+        assert_eq!(parse("3=ns/10.1.2.3/32").expect("valid").network(), "10.1.2.3/32");
+        assert_eq!(parse("3=ns/10.1.2.3/0").expect("valid").network(), "0.0.0.0/0");
+        assert_eq!(parse("3=ns/10.1.130.3/17").expect("valid").network(), "10.1.128.0/17");
+        let v6 = parse("12=lab.v6/fd00:1::5/64").expect("valid");
+        assert_eq!((v6.ordinal, v6.netns.as_str(), v6.network()), (12, "lab.v6", "fd00:1::/64".to_string()));
+    }
+
+    #[test]
+    fn a_malformed_placement_is_refused_with_the_expected_form() {
+        for bad in [
+            "",
+            "ogp7-i0/10.213.7.10/24",
+            "x=ogp7-i0/10.213.7.10/24",
+            "-1=ogp7-i0/10.213.7.10/24",
+            "0=10.213.7.10/24",
+            "0=ogp7-i0/10.213.7.10",
+            "0=/10.213.7.10/24",
+            "0=../10.213.7.10/24",
+            "0=a/b/10.213.7.10/24",
+            "0=ogp7-i0/10.213.7/24",
+            "0=ogp7-i0/10.213.7.10/33",
+            "0=ogp7-i0/10.213.7.10/",
+            "0=ogp7-i0/0.0.0.0/24",
+            "0=ogp7-i0/224.0.0.1/24",
+            "0=v6/fd00::1/129",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains("ORDINAL=NETNS/ADDRESS/PREFIXLEN"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn placements_are_checked_before_anything_starts() {
+        let p = |v: &str| parse(v).expect("valid");
+        // None given: nothing to check, root or not.
+        assert!(check_placements(&[], false).expect("fine").is_empty());
+        let beyond = check_placements(&[p("9=lo/10.0.0.1/24")], true).expect_err("beyond");
+        assert!(beyond.to_string().contains("ordinal 9 is beyond"), "{beyond}");
+        let twice = check_placements(&[p("1=a/10.0.0.1/24"), p("1=b/10.0.0.2/24")], true).expect_err("twice");
+        assert!(twice.to_string().contains("ordinal 1 twice"), "{twice}");
+        let unprivileged = check_placements(&[p("0=a/10.0.0.1/24")], false).expect_err("not root");
+        assert!(unprivileged.to_string().contains("--netns needs root"), "{unprivileged}");
+        let missing = check_placements(&[p("0=ogp-no-such-ns-here/10.0.0.1/24")], true).expect_err("missing");
+        assert_eq!(
+            missing.to_string(),
+            "network namespace ogp-no-such-ns-here does not exist: create it with `ip netns add ogp-no-such-ns-here`"
+        );
     }
 }

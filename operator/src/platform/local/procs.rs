@@ -1,9 +1,11 @@
 //! The local platform's kubelet: one instance-manager process per instance, started as an
 //! unprivileged user when run as root, in its own process group, restarted with a growing
-//! back-off when it dies, found again (adopted) after a controller restart.
+//! back-off when it dies, found again (adopted) after a controller restart. A manager may be
+//! started inside a network namespace (`local up --netns`); its server and tools inherit it.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -104,6 +106,8 @@ pub struct Kubelet {
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Instance directories by name; grows and shrinks with the cluster.
     dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
+    /// Instances placed in a network namespace: its file and the instance's address there.
+    placed: std::sync::Mutex<BTreeMap<String, (PathBuf, IpAddr)>>,
 }
 
 /// How long to wait before the next restart after `restarts` quick ones: immediately the
@@ -125,6 +129,7 @@ impl Kubelet {
             env: Vec::new(),
             slots: Mutex::new(BTreeMap::new()),
             dirs: std::sync::Mutex::new(dirs),
+            placed: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -152,9 +157,20 @@ impl Kubelet {
         self.dirs.lock().expect("dirs lock").insert(name.to_string(), dir);
     }
 
+    /// Starts `name`'s manager inside the network namespace whose file is `netns`, where the
+    /// instance's manager API listens on `address`.
+    pub fn place(&self, name: &str, netns: PathBuf, address: IpAddr) {
+        self.placed.lock().expect("placed lock").insert(name.to_string(), (netns, address));
+    }
+
+    fn placement(&self, name: &str) -> Option<(PathBuf, IpAddr)> {
+        self.placed.lock().expect("placed lock").get(name).cloned()
+    }
+
     /// Stops managing an instance (after `stop`).
     pub fn forget(&self, name: &str) {
         self.dirs.lock().expect("dirs lock").remove(name);
+        self.placed.lock().expect("placed lock").remove(name);
     }
 
     /// Gives a path to the instance user.
@@ -216,7 +232,9 @@ impl Kubelet {
     /// The manager's API address, once it has written it.
     pub fn manager_url(&self, name: &str) -> Option<String> {
         let port = read_pid(&port_file(&self.dir(name).ok()?))?;
-        Some(format!("http://127.0.0.1:{port}"))
+        let port = u16::try_from(port).ok()?;
+        let host = self.placement(name).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |(_, address)| address);
+        Some(format!("http://{}", SocketAddr::new(host, port)))
     }
 
     pub fn pid(&self, name: &str) -> Option<u32> {
@@ -257,8 +275,22 @@ impl Kubelet {
             .kill_on_drop(false)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        if let Some(u) = &self.run_as {
-            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        match self.placement(name) {
+            Some((netns, _)) => {
+                let netns = File::open(&netns).with_context(|| {
+                    format!("cannot open the network namespace {} for {name}", netns.display())
+                })?;
+                enter_netns_then_drop_privileges(
+                    &mut cmd,
+                    netns,
+                    self.run_as.as_ref().map(|u| (u.uid, u.gid)),
+                );
+            }
+            None => {
+                if let Some(u) = &self.run_as {
+                    cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+                }
+            }
         }
         let child = crate::reaper::spawn(&mut cmd)
             .with_context(|| format!("cannot start the instance manager of {name}"))?;
@@ -306,6 +338,34 @@ impl Kubelet {
         let _ = std::fs::remove_file(pid_file(&dir));
         let _ = std::fs::remove_file(port_file(&dir));
         Ok(())
+    }
+}
+
+/// Makes `cmd`'s child enter the network namespace `netns` and only then become `user`: the
+/// user and group `Command` sets are applied before any `pre_exec` closure runs, and entering a
+/// namespace needs CAP_SYS_ADMIN, so the drop happens here, the same drop `Command::uid` and
+/// `gid` make: no supplementary groups, the group, then the user.
+#[expect(unsafe_code, reason = "pre_exec is the only way to act between fork and exec")]
+fn enter_netns_then_drop_privileges(
+    cmd: &mut tokio::process::Command,
+    netns: File,
+    user: Option<(Uid, Gid)>,
+) {
+    let enter = move || -> std::io::Result<()> {
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        if let Some((uid, gid)) = user {
+            nix::unistd::setgroups(&[])?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setns, setgroups, setgid, setuid) through thin wrappers that neither allocate nor take
+    // locks; its errors are plain errno values. The namespace file was opened with O_CLOEXEC,
+    // so the manager does not inherit it.
+    unsafe {
+        cmd.pre_exec(enter);
     }
 }
 
