@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use opengauss_crd::{Engine, OpenGaussClusterStatus, Phase, Role};
 use tokio_postgres::{Client, NoTls};
 
+use crate::netlab::{LAB_INSTANCES, NetLab, Node};
 use crate::operator_binary;
 use crate::ports::{PortBlock, reserve};
 use crate::wait::{Probe, until};
@@ -74,6 +75,9 @@ pub struct LocalCluster {
     root: PathBuf,
     controller: Option<Child>,
     controller_log: PathBuf,
+    /// The network lab the cluster runs in, if any. Dropped after the cluster's processes are
+    /// stopped (`Drop` stops them before the fields go).
+    lab: Option<NetLab>,
 }
 
 /// The sample's spec with `extra` lines appended under `spec:`.
@@ -171,7 +175,23 @@ impl LocalCluster {
             controller_log: root.join("controller.log"),
             root,
             controller: None,
+            lab: None,
         }
+    }
+
+    /// A cluster of `instances` (engine postgres) run in a network lab of its own: the
+    /// controller in the lab's controller namespace, each instance (up to the lab's
+    /// `LAB_INSTANCES`, room for a scale-up) in its own namespace at its own address. Needs
+    /// root; not started.
+    pub fn in_lab(test: &str, instances: u32, extra: &str) -> anyhow::Result<Self> {
+        let mut cluster = Self::new(test, instances, extra);
+        cluster.lab = Some(NetLab::for_ports(&cluster.ports, LAB_INSTANCES)?);
+        Ok(cluster)
+    }
+
+    /// The network lab the cluster runs in, if any.
+    pub fn lab(&self) -> Option<&NetLab> {
+        self.lab.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -182,10 +202,21 @@ impl LocalCluster {
         format!("{}-{ordinal}", self.name)
     }
 
+    fn ordinal_of(instance: &str) -> u16 {
+        instance.rsplit('-').next().and_then(|o| o.parse().ok()).expect("instance ordinal")
+    }
+
     pub fn port_of(&self, instance: &str) -> u16 {
-        let ordinal: u16 =
-            instance.rsplit('-').next().and_then(|o| o.parse().ok()).expect("instance ordinal");
-        self.ports.base + ordinal * opengauss_operator::engine::dialect(self.engine).port_stride()
+        self.ports.base
+            + Self::ordinal_of(instance) * opengauss_operator::engine::dialect(self.engine).port_stride()
+    }
+
+    /// The address `instance` listens on: its lab address in a lab, else 127.0.0.1.
+    pub fn host_of(&self, instance: &str) -> String {
+        match &self.lab {
+            Some(lab) => lab.address(Node::Instance(u32::from(Self::ordinal_of(instance)))).to_string(),
+            None => "127.0.0.1".into(),
+        }
     }
 
     /// Where `instance`'s server has its socket.
@@ -221,6 +252,11 @@ impl LocalCluster {
                 og.os_user.clone(),
             ]);
         }
+        if let Some(lab) = &self.lab {
+            for k in 0..lab.instances() {
+                args.extend(["--netns".into(), lab.placement(k)]);
+            }
+        }
         args
     }
 
@@ -234,7 +270,17 @@ impl LocalCluster {
         assert!(self.controller.is_none(), "already started");
         let log =
             File::options().create(true).append(true).open(&self.controller_log).expect("controller log");
-        let child = Command::new(operator_binary())
+        // In a lab, `local up` runs inside the controller's namespace (`ip netns exec` becomes
+        // it, keeping the PID).
+        let mut cmd = match self.lab.as_ref().and_then(|lab| lab.namespace(Node::Controller)) {
+            Some(ns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", &ns]).arg(operator_binary());
+                ip
+            }
+            None => Command::new(operator_binary()),
+        };
+        let child = cmd
             .args(self.up_args())
             .current_dir(&self.root)
             .stdin(Stdio::null())
@@ -352,7 +398,7 @@ impl LocalCluster {
     /// A superuser connection to `instance` over TCP with the generated password.
     pub async fn connect(&self, instance: &str) -> anyhow::Result<Client> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
+        cfg.host(self.host_of(instance))
             .port(self.port_of(instance))
             .user("postgres")
             .password(self.try_superuser_password()?)

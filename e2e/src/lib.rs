@@ -6,6 +6,7 @@ pub mod checks;
 pub mod cluster;
 pub mod k8s;
 pub mod kube;
+pub mod netlab;
 pub mod ports;
 pub mod wait;
 pub mod writer;

@@ -21,8 +21,8 @@ use crate::{LocalCluster, OpenGaussInstall};
 /// Where the writer finds the cluster.
 #[derive(Clone, Debug)]
 struct Target {
-    /// Instance name, port and socket directory.
-    instances: Vec<(String, u16, PathBuf)>,
+    /// Instance name, address, port and socket directory.
+    instances: Vec<(String, String, u16, PathBuf)>,
     password: String,
     status_file: PathBuf,
     /// openGauss's initial user logs in over the socket only, and by SHA256, which
@@ -55,23 +55,27 @@ pub struct Written {
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Target {
-    /// The current primary's port and socket directory, when no transition is under way.
-    fn primary(&self) -> Option<(u16, PathBuf)> {
+    /// The current primary's address, port and socket directory, when no transition is under
+    /// way.
+    fn primary(&self) -> Option<(String, u16, PathBuf)> {
         let text = std::fs::read_to_string(&self.status_file).ok()?;
         let status: opengauss_crd::OpenGaussClusterStatus = serde_json::from_str(&text).ok()?;
         if status.transition.is_some() {
             return None;
         }
         let primary = status.current_primary?;
-        self.instances.iter().find(|(n, _, _)| *n == primary).map(|(_, p, s)| (*p, s.clone()))
+        self.instances
+            .iter()
+            .find(|(n, _, _, _)| *n == primary)
+            .map(|(_, h, p, s)| (h.clone(), *p, s.clone()))
     }
 
-    async fn open(&self, port: u16, socket: PathBuf) -> Option<Session> {
+    async fn open(&self, host: &str, port: u16, socket: PathBuf) -> Option<Session> {
         if self.opengauss.is_some() {
             return Some(Session::Gsql { port, socket });
         }
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
+        cfg.host(host)
             .port(port)
             .user("postgres")
             .password(self.password.clone())
@@ -125,8 +129,9 @@ impl Writer {
             instances: (0..cluster.instances)
                 .map(|k| {
                     let name = cluster.instance(k);
-                    let (port, socket) = (cluster.port_of(&name), cluster.socket_dir(&name));
-                    (name, port, socket)
+                    let (host, port, socket) =
+                        (cluster.host_of(&name), cluster.port_of(&name), cluster.socket_dir(&name));
+                    (name, host, port, socket)
                 })
                 .collect(),
             password: if cluster.opengauss.is_some() { String::new() } else { cluster.superuser_password() },
@@ -153,7 +158,7 @@ impl Writer {
             while !flag.load(Ordering::SeqCst) {
                 if session.is_none() {
                     session = match target.primary() {
-                        Some((port, socket)) => target.open(port, socket).await,
+                        Some((host, port, socket)) => target.open(&host, port, socket).await,
                         None => None,
                     };
                     if session.is_none() {
