@@ -271,9 +271,10 @@ async fn switchover_to_a_named_standby_loses_nothing() {
     assert!(!log.contains("FencingStrayPrimary"), "a planned switchover warned of a stray primary:\n{log}");
 }
 
-/// A primary cut off from the controller and from every standby stops itself, so it does not
-/// keep taking (here asynchronous) writes that a failover elsewhere would discard; once the
-/// controller is back, it resumes.
+/// A primary cut off from the controller and from every standby stops itself when its lease
+/// ends (no renewal, and no standby can hold it), so it does not keep taking (here
+/// asynchronous) writes that a failover elsewhere would discard; once the controller is back,
+/// it resumes.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_primary_fences_itself() {
     let mut c = started("isolated", 3, "  replication:\n    synchronous:\n      method: off\n").await;
@@ -285,14 +286,15 @@ async fn an_isolated_primary_fences_itself() {
             c.signal_instance(&name, Signal::SIGKILL).expect("kill standby");
         }
     }
-    // Alone and unheard of for 2 x failover.delaySeconds (10 s): it stops accepting writes.
+    // Unrenewed for its lease (failover.delaySeconds, 5 s) less a second: it stops accepting
+    // writes.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while c.connect(&primary).await.is_ok() {
         assert!(std::time::Instant::now() < deadline, "the isolated primary kept running");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let log = std::fs::read_to_string(c.instance_dir(&primary).join("manager.log")).expect("manager log");
-    assert!(log.contains("isolated primary"), "the manager says why it stopped");
+    assert!(log.contains("lease ended"), "the manager says why it stopped:\n{log}");
 
     c.signal_controller(Signal::SIGCONT);
     let s = c.wait_healthy(FAILOVER).await.expect("healthy again");
