@@ -202,7 +202,7 @@ impl LocalCluster {
         format!("{}-{ordinal}", self.name)
     }
 
-    fn ordinal_of(instance: &str) -> u16 {
+    pub fn ordinal_of(instance: &str) -> u16 {
         instance.rsplit('-').next().and_then(|o| o.parse().ok()).expect("instance ordinal")
     }
 

@@ -7,8 +7,10 @@ pub mod cluster;
 pub mod k8s;
 pub mod kube;
 pub mod netlab;
+pub mod partition;
 pub mod ports;
 pub mod wait;
+pub mod witness;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -9,7 +9,15 @@
 //! - rejoin: kill to the old primary streaming again, by database size, when it is rewound
 //!   (the normal path) and when its data is gone and it is cloned again.
 //!
-//! Usage: `bench [all|bootstrap|failover|rejoin] [--runs N] [--sizes 100,1000]` (sizes in MB).
+//! - partitions: every cut of `opengauss_e2e::partition` (real cuts in a network lab), with
+//!   synchronous (`required`) and asynchronous replication (and `preferred` for the split
+//!   with one standby on each side): when a new primary accepted writes, when the old one
+//!   acknowledged last, what it acknowledged after the cut and after the new primary's first
+//!   write (must be 0), acknowledged commits lost, and the time to converge after the heal.
+//!   Needs root (network namespaces); skipped with the reason otherwise.
+//!
+//! Usage: `bench [all|bootstrap|failover|rejoin|partitions] [--runs N] [--sizes 100,1000]`
+//! (sizes in MB).
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +42,29 @@ fn summary(name: &str, v: &mut [f64]) {
         median(v),
         v.len()
     );
+}
+
+async fn partitions() -> anyhow::Result<()> {
+    use opengauss_e2e::partition::{Measured, Mode, Split, run};
+    if let Some(why) = opengauss_e2e::netlab::unavailable() {
+        println!("partitions: skipped ({why})");
+        return Ok(());
+    }
+    println!("{}", Measured::HEADER);
+    for split in Split::ALL {
+        let mut modes = vec![Mode::SyncRequired, Mode::Async];
+        if split == Split::PrimaryAndOneStandbyFromTheRest {
+            modes.insert(1, Mode::SyncPreferred);
+        }
+        for mode in modes {
+            let m = run(split, mode, "bench-part").await?;
+            println!("{}", m.row());
+            if !m.overlapping.is_empty() {
+                println!("  TWO WRITERS AT ONCE: {:?}", m.overlapping);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn streaming_standbys(c: &LocalCluster, primary: &str) -> usize {
@@ -226,6 +257,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(which.as_str(), "all" | "failover") {
         failover(runs, "defaults", "").await?;
         failover(runs, "fastest safe settings", FASTEST).await?;
+    }
+    if matches!(which.as_str(), "all" | "partitions") {
+        partitions().await?;
     }
     if matches!(which.as_str(), "all" | "rejoin") {
         for size in sizes {
