@@ -243,6 +243,12 @@ impl NetLab {
         self.id
     }
 
+    /// The cuts in force. Every update is a single push, retain or clear, so the list stays
+    /// whole even if a holder panicked; teardown in `Drop` must not panic.
+    fn rules(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
+        self.rules.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The iptables commands whose root FORWARD chain this lab added its ACCEPT rule to
     /// (none where bridged frames skip iptables or nothing there drops them).
     pub fn forward_rules(&self) -> &[&'static str] {
@@ -332,7 +338,7 @@ impl NetLab {
         }
         matches.extend(["-j", "DROP"].map(String::from));
         let rule = Rule { from, to, namespace, matches };
-        let mut rules = self.rules.lock().expect("rules lock");
+        let mut rules = self.rules();
         if rules.contains(&rule) {
             return Ok(());
         }
@@ -345,7 +351,7 @@ impl NetLab {
 
     /// Removes every cut between `a` and `b`, both ways, the manager-API cuts included.
     pub fn heal(&self, a: Node, b: Node) -> anyhow::Result<()> {
-        let mut rules = self.rules.lock().expect("rules lock");
+        let mut rules = self.rules();
         let mut result = Ok(());
         rules.retain(|r| {
             let between = (r.from == a && r.to == b) || (r.from == b && r.to == a);
@@ -367,7 +373,7 @@ impl NetLab {
 
     /// Removes every cut.
     pub fn heal_all(&self) -> anyhow::Result<()> {
-        let mut rules = self.rules.lock().expect("rules lock");
+        let mut rules = self.rules();
         let nodes = std::iter::once(Node::Controller).chain((0..self.instances).map(Node::Instance));
         for ns in nodes.filter_map(|n| self.namespace(n)) {
             iptables_in(&ns, &["-F", CUT_CHAIN])?;
@@ -450,7 +456,7 @@ impl NetLab {
             }
         }
         self.forward_rules.clear();
-        self.rules.lock().expect("rules lock").clear();
+        self.rules().clear();
         if errors.is_empty() { Ok(()) } else { bail!("{}", errors.join("; ")) }
     }
 
