@@ -104,10 +104,21 @@ impl<P: Platform> Controller<P> {
                         .expect("renewed lock")
                         .insert(name.clone(), std::time::Instant::now());
                 }
-                let report = match (&inst.manager_url, inst.state) {
+                let mut report = match (&inst.manager_url, inst.state) {
                     (Some(url), PlatformState::Running) => self.client.status(url, timeout, renew).await.ok(),
                     _ => None,
                 };
+                // Heard again after a silence: renew at once rather than a pass later, or a
+                // primary back from a short cut could reach the end of its lease meanwhile.
+                if let (false, Some(_), Some(url)) = (renew, &report, &inst.manager_url) {
+                    self.renewed
+                        .lock()
+                        .expect("renewed lock")
+                        .insert(name.clone(), std::time::Instant::now());
+                    if let Ok(fresh) = self.client.status(url, timeout, true).await {
+                        report = Some(fresh);
+                    }
+                }
                 let unrenewed_for = self
                     .renewed
                     .lock()

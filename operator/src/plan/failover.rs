@@ -327,12 +327,23 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
         InstanceHealth::Missing => true,
     };
     let mut all_detached = true;
+    // With the old primary's server known to be down, nobody can receive from it: an instance
+    // busy with an operation (a rejoin from a primary that was lost in the middle of it) need
+    // not be waited for, and is repointed once it is done.
+    let old_down = match classify(input, old) {
+        InstanceHealth::Reachable(r) => !r.server.running,
+        InstanceHealth::Missing => true,
+        InstanceHealth::Dead { .. } | InstanceHealth::Unreachable { .. } => false,
+    };
     // Instances a scale-down has yet to remove count too: one still streaming from the old
     // primary could acknowledge its commits if it came back.
     for name in members(input).into_iter().chain(extras(input)).filter(|n| n != old) {
         let Some(r) = report(input, &name) else {
             continue;
         };
+        if old_down && operation_running(r) {
+            continue;
+        }
         // Stopped standbys are detached too: their manager restarts them, and they must not
         // come back streaming from the old primary.
         if !r.initialized || !r.standby_configured {
@@ -378,6 +389,7 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
                         "FailoverWithPossibleLoss",
                         format!("{why}; dataDurability is preferred, so promoting {candidate} anyway"),
                     ));
+                    record_promotion_floor(input, plan, t, &candidate);
                     set_step(plan, TransitionStep::Promoting, Some(candidate));
                     true
                 }
@@ -581,6 +593,11 @@ fn repoint(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
             continue;
         };
         if !r.initialized || !r.standby_configured {
+            continue;
+        }
+        // Busy (a rejoin that cannot finish while its source is gone): the steady state
+        // points it at the new primary once its operation ends.
+        if operation_running(r) && !r.server.accepting {
             continue;
         }
         let desired = desired_config(input, &name, DesiredRole::Standby(Some(primary_ep.clone())));

@@ -395,6 +395,21 @@ fn stalled(
             "{name} needs WAL from {needs} that {primary} no longer holds (its oldest segment starts at {oldest})"
         ));
     }
+    // It holds WAL past where the primary took over, on an older timeline: it diverged (it
+    // followed a primary that kept acknowledging after it was replaced, asynchronously or with
+    // `preferred`) and can never stream again as it is.
+    let timeline = |r: &InstanceReport| r.node.as_ref().and_then(|n| n.timeline);
+    let floor = plan.status.last_promotion_lsn.as_deref().and_then(|l| l.parse::<crate::engine::Lsn>().ok());
+    if let (Some(mine), Some(theirs), Some(pos), Some(floor)) =
+        (timeline(r), primary_report.and_then(timeline), r.wal_position(), floor)
+        && mine < theirs
+        && pos > floor
+        && silent_for >= WAL_GONE_STANDBY
+    {
+        return Some(format!(
+            "{name} holds WAL up to {pos} on timeline {mine}, past {floor} where {primary} took over on timeline {theirs}: it diverged"
+        ));
+    }
     (silent_for >= STALLED_STANDBY).then(|| {
         format!(
             "{name} has not streamed from {primary} for {}s although it follows it",

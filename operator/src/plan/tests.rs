@@ -1158,3 +1158,34 @@ fn every_peer_in_a_primarys_configuration_carries_its_managers_address_and_the_l
     single.spec.instances = 1;
     assert_eq!(desired(&single, 0, false).lease_milliseconds, 0, "nobody can replace a lone primary");
 }
+
+#[test]
+fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_minute() {
+    let mut w = World::healthy(3);
+    // demo-0 was promoted at lsn(100) onto timeline 2; demo-2 stayed on timeline 1 and holds
+    // WAL up to lsn(120) from the primary it followed before (a partition's minority side).
+    w.status.last_promotion_lsn = Some(lsn(100).to_string());
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance != "demo-2");
+    if let Some(n) = p.node.as_mut() {
+        n.timeline = Some(2);
+    }
+    w.set(0, Some(p));
+    let cfg = desired(&w, 2, true);
+    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg)));
+    let silent_since = |w: &mut World, secs: i64| {
+        let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+        row.not_streaming_since = Some(Time(at(100 - secs)));
+    };
+    silent_since(&mut w, 2);
+    assert!(kinds_to(&w.decide(), 2).is_empty(), "a moment: a report may be old");
+    silent_since(&mut w, 6);
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
+    let event = plan.events.iter().find(|e| e.reason == "RebuildingStandby").expect("event");
+    assert!(event.message.contains("diverged"), "{}", event.message);
+    // Behind the promotion point it has not diverged: it may still catch up.
+    let cfg = desired(&w, 2, true);
+    w.set(2, Some(standby(2, lsn(90), Some(ep(0)), cfg)));
+    assert!(kinds_to(&w.decide(), 2).is_empty());
+}
