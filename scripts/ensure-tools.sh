@@ -3,12 +3,13 @@
 # cargo-nextest, the PostgreSQL server (the local cluster and the real-database tests) and,
 # for the Kubernetes schema checks, kubernetes-validate in a project-local virtualenv.
 # for the real-cluster tier (k8s): containerd, runc, the CNI plugins, iptables, mmdebstrap,
-# busybox and the musl toolchain for the operator image.
-# Usage: ensure-tools.sh [postgres|nextest|validate|k8s ...]   (default: all but k8s)
+# busybox and the musl toolchain for the operator image; for the partition tests (netlab, as
+# root): iproute2 and iptables.
+# Usage: ensure-tools.sh [postgres|nextest|validate|netlab|k8s ...]   (default: all but k8s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-wanted="${*:-postgres nextest validate}"
+wanted="${*:-postgres nextest validate netlab}"
 want() { [[ " $wanted " == *" $1 "* ]]; }
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -37,6 +38,18 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && ! id nobody >/dev/null 2>&1; then
   echo "error: running as root needs an unprivileged user (postgres or nobody) for the databases" >&2
   exit 1
+fi
+
+if want netlab && [ "$(id -u)" -eq 0 ] && have apt-get; then
+  missing=()
+  for pkg in iproute2 iptables; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (network partition tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
 
 if want k8s; then

@@ -21,6 +21,10 @@ pub enum Split {
     PrimaryFromStandbys,
     /// `P` from the controller and the standbys; its clients still reach it.
     PrimaryFromAllButClients,
+    /// `P`'s packets to the controller dropped (one way: the controller's requests still reach
+    /// it, its answers do not) and `P` cut from its standbys: requests that arrive must not
+    /// keep renewing its lease.
+    PrimaryAnswersLostAndStandbysCut,
     /// `{P, S1}` from `{controller, S2}`; clients reach everyone.
     PrimaryAndOneStandbyFromTheRest,
     /// The controller from everything.
@@ -33,10 +37,11 @@ pub enum Split {
 }
 
 impl Split {
-    pub const ALL: [Split; 7] = [
+    pub const ALL: [Split; 8] = [
         Split::PrimaryFromController,
         Split::PrimaryFromStandbys,
         Split::PrimaryFromAllButClients,
+        Split::PrimaryAnswersLostAndStandbysCut,
         Split::PrimaryAndOneStandbyFromTheRest,
         Split::ControllerFromEverything,
         Split::StandbyFromPrimaryThenPrimaryKilled,
@@ -48,6 +53,7 @@ impl Split {
             Split::PrimaryFromController => "primary | controller",
             Split::PrimaryFromStandbys => "primary | standbys",
             Split::PrimaryFromAllButClients => "primary | controller+standbys",
+            Split::PrimaryAnswersLostAndStandbysCut => "primary -> controller (one way), primary | standbys",
             Split::PrimaryAndOneStandbyFromTheRest => "primary+standby | controller+standby",
             Split::ControllerFromEverything => "controller | everything",
             Split::StandbyFromPrimaryThenPrimaryKilled => "standby | primary, then primary killed",
@@ -73,6 +79,15 @@ impl Mode {
             Mode::SyncRequired => "sync, required",
             Mode::SyncPreferred => "sync, preferred",
             Mode::Async => "async",
+        }
+    }
+
+    /// A few letters for directory names.
+    pub fn short(self) -> &'static str {
+        match self {
+            Mode::SyncRequired => "sr",
+            Mode::SyncPreferred => "sp",
+            Mode::Async => "as",
         }
     }
 
@@ -158,6 +173,14 @@ pub async fn run(split: Split, mode: Mode, test: &str) -> anyhow::Result<Measure
             for other in [Node::Controller, s1n, s2n] {
                 lab.cut(pn, other, Way::Both)?;
             }
+            wait_elsewhere_or(&witness, &old, cut_at, Duration::from_secs(30)).await;
+            hold(Duration::from_secs(3)).await;
+            during_cut = sample(&c);
+        }
+        Split::PrimaryAnswersLostAndStandbysCut => {
+            lab.cut(pn, Node::Controller, Way::OneWay)?;
+            lab.cut(pn, s1n, Way::Both)?;
+            lab.cut(pn, s2n, Way::Both)?;
             wait_elsewhere_or(&witness, &old, cut_at, Duration::from_secs(30)).await;
             hold(Duration::from_secs(3)).await;
             during_cut = sample(&c);

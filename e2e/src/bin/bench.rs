@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use opengauss_e2e::LocalCluster;
 
-/// The fastest settings that are still safe: a pass every 100 ms, one second of silence before
-/// an unresponsive primary is declared lost.
+/// The fastest settings: a pass every 100 ms, one second of silence before an unresponsive
+/// primary is declared lost (its replacement still waits for its lease, at least 3 s, to end).
 const FASTEST: &str = "  failover:\n    delaySeconds: 1\n    probeIntervalMilliseconds: 100\n    probeTimeoutMilliseconds: 80\n";
 
 fn median(v: &mut [f64]) -> f64 {
