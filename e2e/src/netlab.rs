@@ -405,28 +405,12 @@ impl NetLab {
     /// the root FORWARD rule. Every step is tried; the errors are reported together.
     fn remove_all(&mut self) -> anyhow::Result<()> {
         let prefix = format!("ogp{}-", self.id);
-        let mut namespaces: Vec<String> = std::fs::read_dir(NETNS_DIR)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut namespaces = names_starting_with(Path::new(NETNS_DIR), &prefix);
         namespaces.sort();
         let mut errors = Vec::new();
         // A namespace a process still lives in outlives its name; deleting its veth first cuts
         // it off the bridge at once either way.
-        let veths: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&prefix))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let veths = names_starting_with(Path::new("/sys/class/net"), &prefix);
         for veth in veths {
             if let Err(e) = ip(&["link", "del", &veth]) {
                 errors.push(format!("{e:#}"));
@@ -483,6 +467,19 @@ impl Drop for NetLab {
             eprintln!("network lab {}: teardown incomplete: {e:#}", self.id);
         }
     }
+}
+
+/// The names of the entries of `dir` that start with `prefix` (none when it cannot be read).
+fn names_starting_with(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -28,7 +28,11 @@ async fn scenario(split: Split, mode: Mode) -> Option<Measured> {
     let m = run(split, mode, &test).await.expect("the scenario ran");
     println!("{}\n{}", Measured::HEADER, m.row());
     assert!(m.overlapping.is_empty(), "two instances accepted writes at once ({:?}): {m:#?}", m.overlapping);
-    assert_eq!(m.old_primary_acks_after_new, 0, "the old primary acknowledged after the new one: {m:#?}");
+    // With one handover, nothing from the old primary after the new one's first write (with
+    // flapping links the first primary may rightly be promoted again later).
+    if split != Split::Flapping {
+        assert_eq!(m.old_primary_acks_after_new, 0, "the old primary acknowledged after the new one: {m:#?}");
+    }
     if mode.durable() {
         assert_eq!(m.lost, 0, "acknowledged commits lost with synchronous replication and required: {m:#?}");
     }

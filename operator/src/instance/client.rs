@@ -54,14 +54,7 @@ impl ManagerClient {
         request: &Request,
         timeout: Duration,
     ) -> anyhow::Result<Submitted> {
-        let resp = self
-            .http
-            .post(format!("{base}{REQUESTS_PATH}"))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .json(request)
-            .send()
-            .await?;
+        let resp = self.post(base, REQUESTS_PATH, request, timeout).await?;
         let status = resp.status();
         match status.as_u16() {
             202 => Ok(Submitted::Accepted(resp.json().await?)),
@@ -71,6 +64,22 @@ impl ManagerClient {
         }
     }
 
+    async fn post(
+        &self,
+        base: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+    }
+
     /// Asks a peer's manager to hold this primary (failsafe); `Ok` with how long it holds it.
     pub async fn failsafe(
         &self,
@@ -78,14 +87,7 @@ impl ManagerClient {
         request: &FailsafeRequest,
         timeout: Duration,
     ) -> anyhow::Result<Duration> {
-        let resp = self
-            .http
-            .post(format!("{base}{FAILSAFE_PATH}"))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .json(request)
-            .send()
-            .await?;
+        let resp = self.post(base, FAILSAFE_PATH, request, timeout).await?;
         let status = resp.status();
         if !status.is_success() {
             bail!("{status}: {}", resp.text().await.unwrap_or_default());
