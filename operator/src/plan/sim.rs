@@ -1762,9 +1762,6 @@ impl Model {
                 }
                 if self.is_stray(i) {
                     let name = self.insts[i].short().to_string();
-                    if self.without_lease(i) {
-                        self.known_defect(Known::NoLease);
-                    }
                     if self.insts[i].manager_limited() {
                         // A server the status does not endorse whose manager is frozen or dead:
                         // nothing stops it (the lease's known limit). Counted and left out of
@@ -1780,6 +1777,10 @@ impl Model {
                     self.note(|| format!("old-primary-ack@{name}"));
                 }
                 if self.retired.contains(&rec.tl) {
+                    if self.without_lease(i) {
+                        // Replaced while it had no lease: nothing stopped it.
+                        self.known_defect(Known::NoLease);
+                    }
                     return Err(format!(
                         "two writers: {} acknowledged commit {:?} at {} on timeline {} after commits on timeline {:?} were acknowledged{}",
                         self.insts[i].name,
