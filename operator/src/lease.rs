@@ -42,11 +42,9 @@ pub const MARGIN: Duration = Duration::from_secs(1);
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The lease for `spec`: the failover delay, at least `MIN_LEASE`, at least three probe
-/// intervals; zero (no lease) for a single instance, which nobody can replace.
+/// intervals. A single instance has one too: instances a scale-down is removing may still be
+/// promoted; alone, it is held by nobody (a round with no peer succeeds) and keeps serving.
 pub fn lease_for(spec: &OpenGaussClusterSpec) -> Duration {
-    if spec.instances <= 1 {
-        return Duration::ZERO;
-    }
     let delay = Duration::from_secs(u64::from(spec.failover.delay_seconds));
     let probes = Duration::from_millis(u64::from(spec.failover.probe_interval_milliseconds) * 3);
     delay.max(MIN_LEASE).max(probes)
@@ -64,9 +62,11 @@ pub fn replaceable_after(spec: &OpenGaussClusterSpec) -> Duration {
     lease_for(spec) + MARGIN + Duration::from_millis(u64::from(spec.failover.probe_timeout_milliseconds))
 }
 
-/// After how long without the controller a primary starts asking its peers to hold it.
+/// After how long without the controller a primary starts asking its peers to hold it: later
+/// than a pass normally takes (renewals arrive about once a second), so standbys hold a
+/// primary only when the controller is really away (a hold delays a switchover's promotion).
 pub fn failsafe_after(lease: Duration) -> Duration {
-    lease / 4
+    lease / 3
 }
 
 /// How long one failsafe request may take.
@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(lease_for(&spec(serde_json::json!({}))), S(5));
         assert_eq!(lease_for(&spec(serde_json::json!({"failover": {"delaySeconds": 30}}))), S(30));
         assert_eq!(lease_for(&spec(serde_json::json!({"failover": {"delaySeconds": 1}}))), S(3));
-        assert_eq!(lease_for(&spec(serde_json::json!({"instances": 1}))), Duration::ZERO);
+        assert_eq!(lease_for(&spec(serde_json::json!({"instances": 1}))), S(5));
         // Defaults: a 5 s lease, replaceable 1 s plus the 800 ms probe time-out after it.
         assert_eq!(replaceable_after(&spec(serde_json::json!({}))), MS(6800));
     }

@@ -50,6 +50,9 @@ pub struct Manager {
     /// When the controller last reached this manager (any authenticated request but a peer's
     /// failsafe request): it renews a primary's lease.
     last_contact: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the lease loop last ran: a renewal that arrives long after (the process was stopped,
+    /// SIGSTOP or a paused VM, and the kernel kept the request) is not trusted.
+    last_check: std::sync::Mutex<std::time::Instant>,
     /// The contact last written to the lease file (see `lease_file`).
     persisted_contact: std::sync::Mutex<Option<std::time::Instant>>,
     /// When the last failsafe round in which every peer held this primary began.
@@ -99,6 +102,7 @@ impl Manager {
         }
         let applied = datadir::load_applied_config(&cfg);
         let last_contact = read_contact(&cfg);
+        let cfg_for_hold = cfg.clone();
         let peers = ManagerClient::new(token.clone())?;
         Ok(Arc::new(Self {
             cfg,
@@ -112,10 +116,11 @@ impl Manager {
             // A restarted manager keeps the lease its predecessor had, not a fresh one.
             last_contact: std::sync::Mutex::new(last_contact),
             persisted_contact: std::sync::Mutex::new(None),
+            last_check: std::sync::Mutex::new(std::time::Instant::now()),
             held_since: std::sync::Mutex::new(None),
             failsafe_problem: std::sync::Mutex::new(None),
             asking_peers: Default::default(),
-            holding: std::sync::Mutex::new(None),
+            holding: std::sync::Mutex::new(read_hold(&cfg_for_hold)),
             peers,
             stopping: Default::default(),
             readiness: std::sync::Mutex::new(None),
@@ -130,6 +135,11 @@ impl Manager {
 
     /// Records that the controller reached this manager.
     pub fn contacted(&self) {
+        // A request that waited while this process was stopped was sent long ago: the
+        // controller counts the lease from when it sent it, so it renews nothing now.
+        if self.last_check.lock().expect("check lock").elapsed() > lease::CHECK_INTERVAL * 3 {
+            return;
+        }
         *self.last_contact.lock().expect("contact lock") = Some(std::time::Instant::now());
     }
 
@@ -156,6 +166,7 @@ impl Manager {
                 return;
             }
             self.check_lease().await;
+            *self.last_check.lock().expect("check lock") = std::time::Instant::now();
         }
     }
 
@@ -213,13 +224,8 @@ impl Manager {
         });
         let refused: Vec<String> =
             futures::future::join_all(asks).await.into_iter().filter_map(Result::err).collect();
-        let problem = if config.peers.is_empty() {
-            Some("no peer is known".to_string())
-        } else if refused.is_empty() {
-            None
-        } else {
-            Some(refused.join("; "))
-        };
+        // No peer at all: nobody exists who could replace it.
+        let problem = if refused.is_empty() { None } else { Some(refused.join("; ")) };
         match problem {
             None => {
                 let first = self.held_since.lock().expect("held lock").replace(began).is_none();
@@ -276,6 +282,10 @@ impl Manager {
             return Err(why);
         }
         let length = Duration::from_millis(request.lease_ms).max(own);
+        // Written down first: a manager restarted while it holds must still refuse promotion.
+        let until = boot_clock() + length;
+        std::fs::write(hold_file(cfg), format!("{} {}\n", until.as_millis(), request.primary))
+            .map_err(|e| format!("{} cannot record the hold: {e}", cfg.instance))?;
         *holding = Some((request.primary.clone(), std::time::Instant::now() + length));
         Ok(length)
     }
@@ -903,6 +913,19 @@ fn lease_file(cfg: &InstanceConfig) -> std::path::PathBuf {
 /// Time since boot (counting suspend): one clock for every process on the machine.
 fn boot_clock() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(Duration::ZERO, Duration::from)
+}
+
+/// Where a peer records the primary it holds and until when (boot clock, milliseconds).
+fn hold_file(cfg: &InstanceConfig) -> std::path::PathBuf {
+    cfg.root.join("failsafe-hold")
+}
+
+/// The hold a previous manager of this instance recorded, if it has not ended.
+fn read_hold(cfg: &InstanceConfig) -> Option<(String, std::time::Instant)> {
+    let text = std::fs::read_to_string(hold_file(cfg)).ok()?;
+    let (until, primary) = text.trim().split_once(' ')?;
+    let left = Duration::from_millis(until.parse().ok()?).checked_sub(boot_clock())?;
+    Some((primary.to_string(), std::time::Instant::now() + left))
 }
 
 /// The last contact a previous manager of this instance wrote down, as an instant.

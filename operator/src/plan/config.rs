@@ -79,8 +79,11 @@ pub fn desired_config(input: &Input<'_>, instance: &str, role: DesiredRole) -> D
     // A standby carries the set it would enforce once promoted, so the first write after a
     // promotion already waits for a standby.
     let synchronous = synchronous_set(input, previous_sync, instance);
+    // Every instance a failover could promote, those a scale-down is still removing included:
+    // a primary cut off from the controller must be held by all of them to keep serving.
     let peers = members(input)
         .into_iter()
+        .chain(super::health::extras(input))
         .filter(|m| m != instance)
         .filter_map(|m| {
             input.observed.instances.get(&m).map(|o| Peer {

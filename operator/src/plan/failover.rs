@@ -539,6 +539,19 @@ fn promote(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool {
                 // Stopped since it was chosen: promoted once it runs.
                 return false;
             }
+            if input.spec.is_fenced(&target) && !r.standby_configured {
+                // Its promotion completed (it may have acknowledged commits) before the fence
+                // came: it is the primary now, fenced, so no writes until it is unfenced.
+                // Choosing again would drop what it acknowledged.
+                plan.status.current_primary = Some(target.clone());
+                plan.status.target_primary = Some(target.clone());
+                plan.event(Event::warning(
+                    "Promoted",
+                    format!("{target} is the primary, promoted before it was fenced in the spec: no writes until it is unfenced"),
+                ));
+                set_step(plan, TransitionStep::Repointing, None);
+                return true;
+            }
             if input.spec.is_fenced(&target) {
                 // Fenced before it accepted writes: stop it first (a promotion it may still
                 // have queued cannot then make a second primary), then choose again.

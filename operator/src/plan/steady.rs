@@ -439,6 +439,21 @@ fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &Inst
             plan.send(primary, Request::Configure { config: desired });
         }
         if let Some(applied) = r.config.as_ref().and_then(|c| c.synchronous.clone()) {
+            // Commits acknowledged before a synchronous set applied (alone, or asynchronous)
+            // are only on this primary: a failover must not promote a standby that has not
+            // received them, which the promotion floor checks.
+            if plan.status.synchronous.is_none()
+                && let Some(at) = r.node.as_ref().and_then(|n| n.current_lsn)
+            {
+                let floor = plan
+                    .status
+                    .last_promotion_lsn
+                    .as_deref()
+                    .and_then(|l| l.parse::<crate::engine::Lsn>().ok());
+                if floor.is_none_or(|f| f < at) {
+                    plan.status.last_promotion_lsn = Some(at.to_string());
+                }
+            }
             plan.status.synchronous = Some(opengauss_crd::SynchronousStatus {
                 method: applied.method.as_str().to_string(),
                 number: applied.number,

@@ -1156,7 +1156,13 @@ fn every_peer_in_a_primarys_configuration_carries_its_managers_address_and_the_l
     assert_eq!(managers, [Some("http://manager-1".to_string()), Some("http://manager-2".to_string())]);
     let mut single = World::healthy(1);
     single.spec.instances = 1;
-    assert_eq!(desired(&single, 0, false).lease_milliseconds, 0, "nobody can replace a lone primary");
+    assert_eq!(desired(&single, 0, false).lease_milliseconds, 5000, "extras being removed could replace it");
+    assert!(desired(&single, 0, false).peers.is_empty(), "alone: held by nobody, it keeps serving");
+    // Instances a scale-down has yet to remove are peers too.
+    let mut shrinking = World::healthy(3);
+    shrinking.spec.instances = 2;
+    let peers: Vec<String> = desired(&shrinking, 0, false).peers.iter().map(|p| p.instance.clone()).collect();
+    assert_eq!(peers, ["demo-1", "demo-2"]);
 }
 
 #[test]
