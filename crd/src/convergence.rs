@@ -102,6 +102,7 @@ mod tests {
                 method: "any".into(),
                 number: 1,
                 standbys: (1..n).map(|k| format!("demo-{k}")).collect(),
+                widened_until: None,
             }),
             instances,
             ..Default::default()

@@ -117,8 +117,14 @@ pub struct SynchronousStatus {
     /// `any` or `first`.
     pub method: String,
     pub number: u32,
-    /// The standbys named in `synchronous_standby_names`.
+    /// The standbys a failover counts on: every acknowledged commit is on `number` of them. The
+    /// set named in `synchronous_standby_names`, and while it changes, the old and new sets
+    /// together (commits acknowledged under either may be only where that set put them).
     pub standbys: Vec<String>,
+    /// While the set is wider than the one applied: it narrows once `number` members of the
+    /// applied set have received this WAL position (everything acknowledged before the change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widened_until: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

@@ -136,15 +136,12 @@
 //! 7. rolling restarts: at most one `Restart` in flight, and never one to the primary while the
 //!    spec asks for more than one instance (it hands over through a switchover).
 //!
-//! Known defects of the product that this simulation found and that are not fixed yet (`Known`:
-//! one left, `StaleSyncSet`, a loss after a change of the synchronous set, about 8 seeds in
-//! 20000) are recognised where the plan acts on them; a seed that breaks an invariant after one
-//! acted is reported under it, and the run prints how often each acted and broke something.
-//! `SIM_STRICT=1` fails those seeds too (to check a fix); every other broken invariant always
-//! fails. Fixed since they were found: a primary without a lease (single instance) replaced
-//! through an extra, a promotion outside the old primary's failsafe peers, a target fenced after
-//! its promotion chosen again, commits acknowledged alone before a synchronous set applied, and
-//! a renewal a stopped manager took when it resumed.
+//! Defects this simulation found in the product, all fixed: a primary without a lease (single
+//! instance) replaced through an extra, a promotion outside the old primary's failsafe peers, a
+//! target fenced after its promotion chosen again, commits acknowledged alone before a
+//! synchronous set applied, a renewal a stopped manager took when it resumed, and commits
+//! confirmed under a synchronous set the failover did not trust (a set applied but not yet seen,
+//! or the set before a change); every broken invariant fails the run.
 //!
 //! `SIM_SEED=1234 cargo test -p opengauss-operator --lib plan::sim -- --nocapture` replays one
 //! seed and prints its step-by-step trace; `SIM_SEEDS=n` changes how many seeds the normal run
@@ -752,29 +749,6 @@ fn sync_names(s: Option<&SyncConfig>) -> String {
 // ---------------------------------------------------------------------------------------------
 // The model
 
-/// Defects of the product this simulation found, recognised where the plan or an instance acts
-/// on them (see the module doc). A seed that breaks an invariant after one of them acted is
-/// reported under it instead of failing the run, unless `SIM_STRICT` is set; every other broken
-/// invariant fails it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Known {
-    /// A failover promotes a standby lacking a commit acknowledged under another synchronous
-    /// set than the one it trusts (the status's), or confirmed by an instance outside that set:
-    /// the primary applied a wider set the controller did not see, commits acknowledged under
-    /// the previous set are only where that set put them, or a leaving standby became a member
-    /// again. Not a partition fault (it needs a change of the set); open, see the module doc.
-    StaleSyncSet,
-}
-
-/// A seed that broke an invariant after a known defect acted.
-#[derive(Debug, Clone)]
-struct KnownFailure {
-    seed: u64,
-    step: u64,
-    known: Vec<Known>,
-    message: String,
-}
-
 #[derive(Default, Debug, Clone)]
 struct Stats {
     steps: u64,
@@ -806,9 +780,6 @@ struct Stats {
     /// frozen or dead, and what such a server acknowledged while not the endorsed writer.
     limit_steps: u64,
     limit_acks: u64,
-    /// Seeds in which each known defect acted, and those that then broke an invariant.
-    known_hits: BTreeMap<Known, u64>,
-    known_failures: Vec<KnownFailure>,
 }
 
 impl Stats {
@@ -829,10 +800,6 @@ impl Stats {
         self.failing_over_acks += o.failing_over_acks;
         self.limit_steps += o.limit_steps;
         self.limit_acks += o.limit_acks;
-        for (k, v) in &o.known_hits {
-            *self.known_hits.entry(*k).or_default() += v;
-        }
-        self.known_failures.extend(o.known_failures.iter().cloned());
         for (k, v) in &o.faults {
             *self.faults.entry(k).or_default() += v;
         }
@@ -891,17 +858,6 @@ struct Model {
     late_rounds: Vec<usize>,
     /// A failsafe hold kept the controller from replacing a primary in the last pass.
     held_off: bool,
-    /// Primaries whose manager found no lease to keep at this step's check.
-    unleased: BTreeSet<usize>,
-    /// Known defects that acted in this run, with the first step each did.
-    known: BTreeMap<Known, u64>,
-    /// Ids of the commits acknowledged without any standby where no loss is allowed (only a
-    /// primary alone does that).
-    alone: BTreeSet<u64>,
-    /// A frozen manager takes the renewal that reached it when it thaws (`Known::QueuedRenewal`).
-    /// The synchronous set (standbys, number) the latest commit a standby confirmed was
-    /// acknowledged under.
-    confirmed_under: Option<(Vec<String>, u32)>,
     requests: UserRequests,
     drop_actions: bool,
     stats: Stats,
@@ -951,10 +907,6 @@ impl Model {
             controller_started: Duration::ZERO,
             late_rounds: Vec::new(),
             held_off: false,
-            unleased: BTreeSet::new(),
-            known: BTreeMap::new(),
-            alone: BTreeSet::new(),
-            confirmed_under: None,
             requests: UserRequests::default(),
             drop_actions: false,
             stats: Stats::default(),
@@ -1432,45 +1384,6 @@ impl Model {
         self.start_server(i);
     }
 
-    // --- known defects (see `Known`) ---
-
-    fn known_defect(&mut self, k: Known) {
-        if !self.known.contains_key(&k) {
-            self.known.insert(k, self.step);
-            *self.stats.known_hits.entry(k).or_default() += 1;
-        }
-        self.note(|| format!("KNOWN-DEFECT[{k:?}]"));
-    }
-
-    /// The plan's decisions that act on a known defect.
-    fn recognise_known(&mut self, plan: &Plan) {
-        let Some(t) =
-            plan.status.transition.as_ref().filter(|t| t.kind == opengauss_crd::TransitionKind::Failover)
-        else {
-            return;
-        };
-        let Some(p) = self.by_name(&t.from) else { return };
-        for a in &plan.actions {
-            let Action::Send { instance, request: Request::Promote { .. } } = a else { continue };
-            let Some(j) = self.by_name(instance) else { continue };
-            if !self.p.no_loss() || self.holds_acked(j) {
-                continue;
-            }
-            // It was confirmed under another synchronous set than the one the failover trusts,
-            // or by an instance outside that set.
-            let trusted = t.synchronous.as_ref().map(|s| (s.standbys.clone(), s.number));
-            let outside = (0..self.insts.len()).any(|k| {
-                k != p
-                    && k != j
-                    && self.holds_acked(k)
-                    && !trusted.as_ref().is_some_and(|(names, _)| names.contains(&self.insts[k].name))
-            });
-            if outside || self.confirmed_under != trusted {
-                self.known_defect(Known::StaleSyncSet);
-            }
-        }
-    }
-
     // --- the lease (`crate::lease`, `Manager::check_lease`) ---
 
     /// A primary's manager checks its lease; true when a failsafe round is due. A frozen or
@@ -1485,9 +1398,6 @@ impl Model {
         let serving_primary = x.data.as_ref().is_some_and(|d| !d.standby) && !x.fenced && x.running;
         if !serving_primary || lease.is_zero() {
             x.held_since = None;
-            if serving_primary {
-                self.unleased.insert(i);
-            }
             return false;
         }
         x.persisted_contact = x.contact;
@@ -1697,13 +1607,6 @@ impl Model {
                 }
                 self.stats.acked += 1;
                 let rec = self.insts[i].data.as_ref().expect("writable has data").wal[pos];
-                if how == Ack::WithoutStandby && self.p.no_loss() {
-                    self.alone.insert(rec.id);
-                }
-                if how == Ack::Confirmed {
-                    let sync = self.insts[i].applied.as_ref().and_then(|c| c.synchronous.as_ref());
-                    self.confirmed_under = sync.map(|s| (s.standbys.clone(), s.number));
-                }
                 if self.is_stray(i) {
                     let name = self.insts[i].short().to_string();
                     if self.insts[i].manager_limited() {
@@ -2523,7 +2426,6 @@ impl Model {
                 }
             }
         }
-        self.unleased.clear();
         // Every lease is checked before this step's commits: a primary whose lease ran out
         // acknowledges nothing more. (The manager checks every `lease::CHECK_INTERVAL`; one check
         // a step rounds its stop up to the next second, which `GUARD` covers: it stops at the
@@ -2602,7 +2504,6 @@ impl Model {
             watching_since: self.watching_since,
         };
         let plan = decide(input);
-        self.recognise_known(&plan);
         if let Err(e) = self.check_plan(&plan, &observed) {
             self.finish_trace_line(Some(&plan));
             return Err(e);
@@ -3257,16 +3158,8 @@ struct Failure {
 fn run_seed(seed: u64, trace: bool) -> Result<Stats, (Failure, Vec<String>)> {
     let mut m = Model::new(seed, trace);
     let mut stable = 0;
-    let strict = std::env::var_os("SIM_STRICT").is_some();
     let fail = |m: &mut Model, message: String| {
         m.finish_trace_line(None);
-        if !strict && !m.known.is_empty() {
-            // A known defect of the product acted first: reported under it (see `Known`).
-            m.stats.steps = m.step;
-            let known = m.known.keys().copied().collect();
-            m.stats.known_failures.push(KnownFailure { seed, step: m.step, known, message });
-            return Ok(std::mem::take(&mut m.stats));
-        }
         let f = Failure { seed, step: m.step, message, params: m.p.describe() };
         Err((f, m.trace.take().unwrap_or_default()))
     };
@@ -3329,12 +3222,6 @@ fn randomized_fault_schedules() {
             println!("{line}");
         }
         match run_seed(seed, false) {
-            Ok(stats) if !stats.known_failures.is_empty() => {
-                println!(
-                    "seed {seed} broke an invariant after a known defect acted: {:?}",
-                    stats.known_failures
-                )
-            }
             Ok(stats) => println!("seed {seed} passed in {} steps: {stats:?}", stats.steps),
             Err((f, _)) => panic!("{}", report_failure(&f, &[])),
         }
@@ -3402,7 +3289,6 @@ fn randomized_fault_schedules() {
     println!("faults: {:?}", stats.faults);
     println!("spec changes: {:?}", stats.changes);
     println!("events: {:?}", stats.events);
-    print_known(&stats);
     if failures.is_empty() {
         return;
     }
@@ -3417,25 +3303,6 @@ fn randomized_fault_schedules() {
         }
     }
     panic!("{message}");
-}
-
-/// The known defects of the product (see `Known`): in how many seeds each acted, and the seeds
-/// that then broke an invariant (`SIM_STRICT=1` fails them).
-fn print_known(stats: &Stats) {
-    if stats.known_hits.is_empty() {
-        return;
-    }
-    println!(
-        "KNOWN DEFECTS OF THE PRODUCT (seeds where each acted; SIM_STRICT=1 fails the seeds that then broke an invariant):"
-    );
-    for (k, hits) in &stats.known_hits {
-        let failed: Vec<&KnownFailure> =
-            stats.known_failures.iter().filter(|f| f.known.contains(k)).collect();
-        println!("  {k:?}: acted in {hits} seeds, {} of them then broke an invariant", failed.len());
-        for f in failed.iter().take(3) {
-            println!("    seed {} step {} {:?}: {}", f.seed, f.step, f.known, f.message);
-        }
-    }
 }
 
 /// The trace of a seed's run, pass or fail.

@@ -418,6 +418,69 @@ fn stalled(
     })
 }
 
+fn sync_status(c: &SyncConfig) -> opengauss_crd::SynchronousStatus {
+    opengauss_crd::SynchronousStatus {
+        method: c.method.as_str().to_string(),
+        number: c.number,
+        standbys: c.standbys.clone(),
+        widened_until: None,
+    }
+}
+
+/// Both sets together: a commit acknowledged under either is on at least the smaller number
+/// of their members.
+fn union(
+    a: opengauss_crd::SynchronousStatus,
+    b: opengauss_crd::SynchronousStatus,
+) -> opengauss_crd::SynchronousStatus {
+    let mut standbys = a.standbys.clone();
+    standbys.extend(b.standbys.iter().filter(|n| !a.standbys.contains(n)).cloned());
+    opengauss_crd::SynchronousStatus {
+        method: if a.method == b.method { a.method } else { "any".into() },
+        number: a.number.min(b.number),
+        standbys,
+        widened_until: a.widened_until.or(b.widened_until),
+    }
+}
+
+/// The set a failover may trust from now on, given the one it trusted (`previous`) and the one
+/// the primary applies or is about to (`now`): `now` when it covers `previous` (no member
+/// dropped, no smaller number); otherwise both together, until `number` members of `now` have
+/// received the primary's position at the change, which holds everything acknowledged before.
+fn trusted_set(
+    previous: Option<opengauss_crd::SynchronousStatus>,
+    now: opengauss_crd::SynchronousStatus,
+    primary: &InstanceReport,
+) -> opengauss_crd::SynchronousStatus {
+    let Some(mut previous) = previous else { return now };
+    // The primary itself may have been a member under an earlier primary: what it confirmed
+    // then is below its promotion floor, which a failover checks on its own.
+    previous.standbys.retain(|n| *n != primary.instance);
+    let covers = previous.standbys.iter().all(|n| now.standbys.contains(n)) && now.number <= previous.number;
+    if covers {
+        return now;
+    }
+    let from = previous
+        .widened_until
+        .as_deref()
+        .and_then(|l| l.parse::<crate::engine::Lsn>().ok())
+        .or(primary.node.as_ref().and_then(|n| n.current_lsn));
+    let caught_up = from.is_some_and(|from| {
+        let holding = primary
+            .replication
+            .iter()
+            .filter(|row| now.standbys.contains(&row.instance) && row.flush_lsn.is_some_and(|f| f >= from))
+            .count();
+        holding as u32 >= now.number
+    });
+    if caught_up {
+        return now;
+    }
+    let mut wide = union(opengauss_crd::SynchronousStatus { widened_until: None, ..previous }, now);
+    wide.widened_until = from.map(|l| l.to_string());
+    wide
+}
+
 /// Brings the current primary up and keeps its configuration current; true when it accepts
 /// writes.
 fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &InstanceReport) -> bool {
@@ -435,10 +498,19 @@ fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &Inst
     }
     let desired = desired_config(input, primary, DesiredRole::Primary);
     if r.is_writable_primary() {
-        if r.config.as_ref() != Some(&desired) {
+        // A set about to be applied counts from now: the primary may apply it and acknowledge
+        // under it before the controller sees it again.
+        let sending = r.config.as_ref() != Some(&desired);
+        let pending = sending.then(|| desired.synchronous.clone()).flatten();
+        // About to acknowledge without any standby: from now on a commit may be on the primary
+        // alone, so no set can be trusted (with `required`, a failover then waits for it).
+        let goes_alone = sending && same_sync(desired.synchronous.as_ref(), None);
+        if sending {
             plan.send(primary, Request::Configure { config: desired });
         }
-        if let Some(applied) = r.config.as_ref().and_then(|c| c.synchronous.clone()) {
+        if goes_alone {
+            plan.status.synchronous = None;
+        } else if let Some(applied) = r.config.as_ref().and_then(|c| c.synchronous.clone()) {
             // Commits acknowledged before a synchronous set applied (alone, or asynchronous)
             // are only on this primary: a failover must not promote a standby that has not
             // received them, which the promotion floor checks.
@@ -454,11 +526,9 @@ fn reconcile_primary(input: &Input<'_>, plan: &mut Plan, primary: &str, r: &Inst
                     plan.status.last_promotion_lsn = Some(at.to_string());
                 }
             }
-            plan.status.synchronous = Some(opengauss_crd::SynchronousStatus {
-                method: applied.method.as_str().to_string(),
-                number: applied.number,
-                standbys: applied.standbys,
-            });
+            let wanted =
+                [Some(&applied), pending.as_ref()].into_iter().flatten().map(sync_status).reduce(union);
+            plan.status.synchronous = wanted.map(|now| trusted_set(plan.status.synchronous.take(), now, r));
         } else if r.config.as_ref().is_some_and(|c| same_sync(c.synchronous.as_ref(), None)) {
             plan.status.synchronous = None;
         }

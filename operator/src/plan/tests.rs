@@ -133,8 +133,12 @@ impl World {
         w.status.current_primary = Some(name(0));
         w.status.target_primary = Some(name(0));
         let others: Vec<String> = (1..instances).map(name).collect();
-        w.status.synchronous =
-            Some(SynchronousStatus { method: "any".into(), number: 1, standbys: others.clone() });
+        w.status.synchronous = Some(SynchronousStatus {
+            method: "any".into(),
+            number: 1,
+            standbys: others.clone(),
+            widened_until: None,
+        });
         for k in 0..instances {
             w.status.instances.push(opengauss_crd::InstanceStatus {
                 name: name(k),
@@ -1008,8 +1012,12 @@ fn an_instance_awaiting_removal_out_of_sight_holds_back_a_required_failover() {
     let mut w = World::healthy(4);
     w.spec.instances = 3;
     w.platform(0, PlatformState::Dead);
-    w.status.synchronous =
-        Some(SynchronousStatus { method: "any".into(), number: 1, standbys: vec![name(1), name(2)] });
+    w.status.synchronous = Some(SynchronousStatus {
+        method: "any".into(),
+        number: 1,
+        standbys: vec![name(1), name(2)],
+        widened_until: None,
+    });
     w.in_transition(TransitionKind::Failover, TransitionStep::Detaching, None);
     for k in [1, 2] {
         let cfg = desired(&w, k, true);
@@ -1194,4 +1202,46 @@ fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_
     let cfg = desired(&w, 2, true);
     w.set(2, Some(standby(2, lsn(90), Some(ep(0)), cfg)));
     assert!(kinds_to(&w.decide(), 2).is_empty());
+}
+
+/// The set a failover trusts while the primary's synchronous set changes: a set about to be
+/// applied counts at once, a dropped member only once the remaining ones hold what it may have
+/// confirmed, and a primary about to acknowledge alone leaves nothing to trust.
+#[test]
+fn the_trusted_synchronous_set_covers_the_old_and_the_new_set_while_it_changes() {
+    let trusted = |w: &World| w.decide().status.synchronous.map(|s| (s.standbys, s.number));
+    // Three instances, demo-0 applied ANY 1 (demo-1): demo-2 is about to join the set.
+    let mut w = World::healthy(3);
+    let mut cfg = desired(&w, 0, false);
+    cfg.synchronous.as_mut().expect("sync").standbys = vec![name(1)];
+    w.set(0, Some(primary(0, lsn(100), &[name(1), name(2)], cfg)));
+    w.status.synchronous.as_mut().expect("sync").standbys = vec![name(1)];
+    assert_eq!(trusted(&w), Some((vec![name(1), name(2)], 1)), "the wider set counts before it is seen");
+
+    // demo-0 applied ANY 1 (demo-1, demo-2) but the spec now has two instances: demo-2 leaves.
+    let mut w = World::healthy(3);
+    w.spec.instances = 2;
+    let cfg = desired(&w, 0, false);
+    assert_eq!(cfg.synchronous.as_ref().map(|s| s.standbys.clone()), Some(vec![name(1)]));
+    let mut applied = cfg.clone();
+    applied.synchronous.as_mut().expect("sync").standbys = vec![name(1)];
+    // Applied, but demo-1 has not yet received what the primary had when the set changed.
+    let mut p = primary(0, lsn(120), &[name(1)], applied);
+    p.replication[0].flush_lsn = Some(lsn(110));
+    w.set(0, Some(p.clone()));
+    let status = w.decide().status.synchronous.expect("trusted");
+    assert_eq!(status.standbys, [name(1), name(2)], "demo-2 may hold what it confirmed");
+    assert_eq!(status.widened_until.as_deref(), Some(lsn(120).to_string().as_str()));
+    // Once demo-1 holds everything up to the change, the set narrows.
+    w.status.synchronous = Some(status);
+    p.replication[0].flush_lsn = Some(lsn(120));
+    w.set(0, Some(p));
+    assert_eq!(trusted(&w), Some((vec![name(1)], 1)));
+
+    // Scaled to one instance: the primary is about to acknowledge alone.
+    let mut w = World::healthy(3);
+    w.spec.instances = 1;
+    let plan = w.decide();
+    assert!(kinds_to(&plan, 0).contains(&OperationKind::Configure));
+    assert_eq!(plan.status.synchronous, None, "nothing to trust once commits may be on the primary alone");
 }
