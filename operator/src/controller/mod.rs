@@ -98,11 +98,11 @@ impl<P: Platform> Controller<P> {
                 // Only an instance heard from last pass gets its lease renewed: then the last
                 // renewal that may have reached a silent primary is one this controller knows.
                 let renew = !quiet;
+                let renewing_now = || {
+                    self.renewed.lock().expect("renewed lock").insert(name.clone(), std::time::Instant::now())
+                };
                 if renew && inst.manager_url.is_some() && inst.state == PlatformState::Running {
-                    self.renewed
-                        .lock()
-                        .expect("renewed lock")
-                        .insert(name.clone(), std::time::Instant::now());
+                    renewing_now();
                 }
                 let mut report = match (&inst.manager_url, inst.state) {
                     (Some(url), PlatformState::Running) => self.client.status(url, timeout, renew).await.ok(),
@@ -111,10 +111,7 @@ impl<P: Platform> Controller<P> {
                 // Heard again after a silence: renew at once rather than a pass later, or a
                 // primary back from a short cut could reach the end of its lease meanwhile.
                 if let (false, Some(_), Some(url)) = (renew, &report, &inst.manager_url) {
-                    self.renewed
-                        .lock()
-                        .expect("renewed lock")
-                        .insert(name.clone(), std::time::Instant::now());
+                    renewing_now();
                     if let Ok(fresh) = self.client.status(url, timeout, true).await {
                         report = Some(fresh);
                     }

@@ -39,13 +39,18 @@ pub(super) fn detached(r: &InstanceReport) -> bool {
 /// done: if the old primary was only frozen, it would confirm its commits again after a
 /// promotion. The choice waits for that copy to end (it fails at once when the old primary is
 /// down), after which the instance is detached like the others.
-pub(super) fn cloning_from_old(input: &Input<'_>, old: &str) -> Option<String> {
-    let old_down = match classify(input, old) {
+/// Whether `name`'s database server is known to be down: its manager says so, or the
+/// instance is gone. Unreachable or dead-manager instances may still have a server running.
+pub(super) fn server_known_down(input: &Input<'_>, name: &str) -> bool {
+    match classify(input, name) {
         InstanceHealth::Reachable(r) => !r.server.running,
         InstanceHealth::Missing => true,
         InstanceHealth::Dead { .. } | InstanceHealth::Unreachable { .. } => false,
-    };
-    if old_down {
+    }
+}
+
+pub(super) fn cloning_from_old(input: &Input<'_>, old: &str) -> Option<String> {
+    if server_known_down(input, old) {
         return None;
     }
     let copying: Vec<String> = input

@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
 use opengauss_crd::{DataDurability, Phase, Transition, TransitionKind, TransitionStep};
 
-use super::choice::{best_candidate, candidates, choose, cloning_from_old, detached, live_position};
+use super::choice::{
+    best_candidate, candidates, choose, cloning_from_old, detached, live_position, server_known_down,
+};
 use super::config::{DesiredRole, desired_config};
 use super::health::{
     InstanceHealth, classify, endpoint, extras, members, operation_running, report, silent_for,
@@ -330,11 +332,7 @@ fn fence_and_choose(input: &Input<'_>, plan: &mut Plan, t: &Transition) -> bool 
     // With the old primary's server known to be down, nobody can receive from it: an instance
     // busy with an operation (a rejoin from a primary that was lost in the middle of it) need
     // not be waited for, and is repointed once it is done.
-    let old_down = match classify(input, old) {
-        InstanceHealth::Reachable(r) => !r.server.running,
-        InstanceHealth::Missing => true,
-        InstanceHealth::Dead { .. } | InstanceHealth::Unreachable { .. } => false,
-    };
+    let old_down = server_known_down(input, old);
     // Instances a scale-down has yet to remove count too: one still streaming from the old
     // primary could acknowledge its commits if it came back.
     for name in members(input).into_iter().chain(extras(input)).filter(|n| n != old) {
