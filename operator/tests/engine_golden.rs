@@ -981,7 +981,8 @@ fn postgres_primary_conninfo_only_for_an_attached_standby() {
     assert_line(
         &standby,
         "primary_conninfo = 'host=172.18.0.10 port=5432 user=replicator \
-         passfile=/var/lib/postgresql/.pgpass application_name=standby1 connect_timeout=2'",
+         passfile=/var/lib/postgresql/.pgpass application_name=standby1 connect_timeout=2 \
+         keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=10000'",
         "attached standby",
     );
     let conninfo = setting(&standby, "primary_conninfo").expect("primary_conninfo");
@@ -998,7 +999,8 @@ fn postgres_primary_conninfo_only_for_an_attached_standby() {
         Some(
             "host=demo-1.demo-hl.db.svc port=5432 user=replicator \
              passfile='/pgdata/demo-2/secret files/pgpass' application_name=demo-2 \
-             connect_timeout=2"
+             connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 \
+             tcp_user_timeout=10000"
         )
     );
 
@@ -1195,6 +1197,15 @@ fn postgres_commands_use_pg_tools() {
         let pg_basebackup = l.tool("pg_basebackup").display().to_string();
         assert!(clone[0].starts_with(&format!("{pg_basebackup} -D {data} ")), "{clone:?}");
         assert_eq!(clone.last().map(String::as_str), Some("<write config>"));
+        // A copy whose source vanishes fails within seconds instead of hanging on a dead
+        // connection (a cut or restarted source otherwise keeps the instance busy for minutes).
+        for copy in [&rewind, &clone[0]] {
+            for setting in
+                ["connect_timeout=5", "keepalives=1", "keepalives_idle=5", "tcp_user_timeout=10000"]
+            {
+                assert!(copy.contains(setting), "{setting} missing in {copy}");
+            }
+        }
 
         let mut all = vec![promote, rewind];
         all.extend(clone);

@@ -33,6 +33,20 @@ pub(super) fn sync_names(sync: Option<&SyncConfig>, name: impl Fn(&str) -> Strin
     format!("{method} {number}{space}({})", names.join(", "))
 }
 
+/// libpq settings that make a connection to a peer fail within seconds once the peer is gone,
+/// rather than hang: a base backup or rewind whose source is cut off or restarted otherwise
+/// waits on a dead TCP connection for as long as the kernel retries (many minutes), and the
+/// instance stays busy copying from a source that is no longer the primary. Keepalives find an
+/// idle dead peer in 5 + 3 x 2 s; `tcp_user_timeout` (libpq 12) drops a connection whose sent
+/// data goes unacknowledged for 10 s.
+const DEAD_PEER_DETECTION: [(&str, &str); 5] = [
+    ("keepalives", "1"),
+    ("keepalives_idle", "5"),
+    ("keepalives_interval", "2"),
+    ("keepalives_count", "3"),
+    ("tcp_user_timeout", "10000"),
+];
+
 impl Postgres {
     fn conninfo(&self, source: &Endpoint, user: &str, passfile: &Path, extra: &[(&str, &str)]) -> String {
         let mut parts = vec![
@@ -41,7 +55,9 @@ impl Postgres {
             format!("user={}", conninfo_value(user)),
             format!("passfile={}", conninfo_value(&passfile.display().to_string())),
         ];
-        parts.extend(extra.iter().map(|(k, v)| format!("{k}={}", conninfo_value(v))));
+        parts.extend(
+            extra.iter().chain(&DEAD_PEER_DETECTION).map(|(k, v)| format!("{k}={}", conninfo_value(v))),
+        );
         parts.join(" ")
     }
 }
@@ -113,7 +129,7 @@ impl Dialect for Postgres {
             source,
             &l.replication_user,
             &l.passfile,
-            &[("application_name", &format!("{}-clone", l.instance))],
+            &[("application_name", &format!("{}-clone", l.instance)), ("connect_timeout", "5")],
         );
         vec![
             CloneStep::Run(CommandLine::new(l.tool("pg_basebackup")).args([
@@ -130,7 +146,12 @@ impl Dialect for Postgres {
     }
 
     fn rewind(&self, l: &Layout, source: &Endpoint) -> CommandLine {
-        let conninfo = self.conninfo(source, &l.superuser, &l.passfile, &[("dbname", "postgres")]);
+        let conninfo = self.conninfo(
+            source,
+            &l.superuser,
+            &l.passfile,
+            &[("dbname", "postgres"), ("connect_timeout", "5")],
+        );
         CommandLine::new(l.tool("pg_rewind")).args([
             "-D".to_string(),
             data(l),
