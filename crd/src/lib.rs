@@ -11,7 +11,7 @@ pub mod validate;
 pub use load::{LoadError, parse_cluster};
 pub use spec::{
     DataDurability, Engine, FailoverSpec, OpenGaussCluster, OpenGaussClusterSpec, ReplicationSpec,
-    StorageSpec, SyncMethod, SynchronousSpec,
+    StorageSpec, SyncMethod, SynchronousSpec, TlsSpec,
 };
 pub use status::{
     CONTROLLER_HEARTBEAT_STALE_SECONDS, ControllerPresence, InstanceStatus, OpenGaussClusterStatus, Phase,

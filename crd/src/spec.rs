@@ -123,7 +123,44 @@ pub struct OpenGaussClusterSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 9))]
     pub fenced_instances: Vec<String>,
+
+    /// TLS for database clients, replication and the instance managers' API.
+    #[serde(default)]
+    pub tls: TlsSpec,
 }
+
+/// The operator makes a certificate authority per cluster and a server certificate per
+/// instance, and renews those when a third of their lifetime is left.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `true` (the default): database connections over TCP, replication and the instance
+    /// managers' API use TLS only. `false` serves them in clear text (development only); a
+    /// change applies as each instance restarts.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long the server certificates the operator issues are valid (default 90 days).
+    #[serde(default = "default_certificate_lifetime")]
+    #[schemars(range(min = 30, max = 315_360_000))]
+    pub certificate_lifetime_seconds: u64,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self { enabled: true, certificate_lifetime_seconds: DEFAULT_CERTIFICATE_LIFETIME_SECONDS }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_certificate_lifetime() -> u64 {
+    DEFAULT_CERTIFICATE_LIFETIME_SECONDS
+}
+
+/// 90 days.
+pub const DEFAULT_CERTIFICATE_LIFETIME_SECONDS: u64 = 90 * 24 * 3600;
 
 /// Reads parameter values the way users write them in YAML (`max_connections: 200`,
 /// `fsync: true`) as the text a configuration file holds.

@@ -209,6 +209,9 @@ pub struct InstanceStatus {
     /// Why the instance is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the server certificate the instance presents expires (it is renewed well before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use opengauss_crd::{Engine, OpenGaussClusterStatus, Phase, Role};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::netlab::{LAB_INSTANCES, NetLab, Node};
 use crate::operator_binary;
@@ -395,6 +395,25 @@ impl LocalCluster {
             .to_string())
     }
 
+    /// How the tests' connections are secured: TLS with the cluster's authority, once the
+    /// cluster has one.
+    pub fn tls(&self) -> crate::pg::Tls {
+        crate::pg::tls_of(&self.state_dir)
+    }
+
+    /// An HTTP client for the instance managers' API: trusting only the cluster's authority
+    /// (HTTPS) once the cluster has one.
+    pub fn manager_http_client(&self) -> reqwest::Client {
+        opengauss_operator::tls::config::install_default_provider();
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Ok(pem) = std::fs::read_to_string(self.state_dir.join("tls/ca.crt")) {
+            let tls =
+                opengauss_operator::tls::config::client(&pem).expect("the cluster's authority is usable");
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        builder.build().expect("an HTTP client")
+    }
+
     /// A superuser connection to `instance` over TCP with the generated password.
     pub async fn connect(&self, instance: &str) -> anyhow::Result<Client> {
         let mut cfg = tokio_postgres::Config::new();
@@ -404,11 +423,7 @@ impl LocalCluster {
             .password(self.try_superuser_password()?)
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(3));
-        let (client, conn) = cfg.connect(NoTls).await.with_context(|| format!("connecting to {instance}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        crate::pg::connect(&cfg, &self.tls()).await.with_context(|| format!("connecting to {instance}"))
     }
 
     /// Runs `sql` with `gsql` on an openGauss instance, over its socket as the installation's

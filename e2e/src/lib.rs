@@ -8,6 +8,7 @@ pub mod k8s;
 pub mod kube;
 pub mod netlab;
 pub mod partition;
+pub mod pg;
 pub mod ports;
 pub mod wait;
 pub mod witness;

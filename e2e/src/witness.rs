@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 use crate::LocalCluster;
 use crate::checks::SqlCluster;
@@ -59,8 +58,8 @@ impl Witness {
                 .password(password.clone())
                 .dbname("postgres")
                 .connect_timeout(Duration::from_secs(1));
-            let (stop, acks) = (stop.clone(), acks.clone());
-            tasks.push(tokio::spawn(write_to(name, cfg, i64::from(k + 1) * ID_STRIDE, stop, acks)));
+            let (stop, acks, tls) = (stop.clone(), acks.clone(), cluster.tls());
+            tasks.push(tokio::spawn(write_to(name, cfg, tls, i64::from(k + 1) * ID_STRIDE, stop, acks)));
         }
         Ok(Self { stop, acks, tasks })
     }
@@ -103,6 +102,7 @@ impl Witness {
 async fn write_to(
     instance: String,
     cfg: tokio_postgres::Config,
+    tls: crate::pg::Tls,
     first_id: i64,
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
@@ -111,13 +111,8 @@ async fn write_to(
     let mut client = None;
     while !stop.load(Ordering::SeqCst) {
         if client.is_none() {
-            client = match tokio::time::timeout(COMMIT_TIMEOUT, cfg.connect(NoTls)).await {
-                Ok(Ok((c, conn))) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    Some(c)
-                }
+            client = match tokio::time::timeout(COMMIT_TIMEOUT, crate::pg::connect(&cfg, &tls)).await {
+                Ok(Ok(c)) => Some(c),
                 _ => None,
             };
             if client.is_none() {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 use std::process::Stdio;
 
@@ -24,6 +23,7 @@ struct Target {
     /// Instance name, address, port and socket directory.
     instances: Vec<(String, String, u16, PathBuf)>,
     password: String,
+    tls: crate::pg::Tls,
     status_file: PathBuf,
     /// openGauss's initial user logs in over the socket only, and by SHA256, which
     /// tokio-postgres does not speak: its commits go through `gsql`, one per statement.
@@ -81,11 +81,10 @@ impl Target {
             .password(self.password.clone())
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(2));
-        let (client, conn) =
-            tokio::time::timeout(Duration::from_secs(3), cfg.connect(NoTls)).await.ok()?.ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = tokio::time::timeout(Duration::from_secs(3), crate::pg::connect(&cfg, &self.tls))
+            .await
+            .ok()?
+            .ok()?;
         Some(Session::Postgres(client))
     }
 
@@ -135,6 +134,7 @@ impl Writer {
                 })
                 .collect(),
             password: if cluster.opengauss.is_some() { String::new() } else { cluster.superuser_password() },
+            tls: cluster.tls(),
             status_file: cluster.state_dir.join("status.json"),
             opengauss: cluster.opengauss.clone(),
         };

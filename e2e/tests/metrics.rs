@@ -8,9 +8,19 @@ use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::{LocalCluster, postgres_available};
 use prometheus_parse::{Scrape, Value};
 
-async fn scrape(url: &str) -> Scrape {
-    let body =
-        reqwest::get(url).await.expect("scrape").error_for_status().expect("200").text().await.expect("body");
+/// Scrapes `url`; an instance manager's over HTTPS, trusting only the cluster's authority.
+async fn scrape(c: &LocalCluster, url: &str) -> Scrape {
+    let body = c
+        .manager_http_client()
+        .get(url)
+        .send()
+        .await
+        .expect("scrape")
+        .error_for_status()
+        .expect("200")
+        .text()
+        .await
+        .expect("body");
     Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text format")
 }
 
@@ -29,7 +39,7 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> 
 
 fn manager_url(c: &LocalCluster, instance: &str) -> String {
     let port = std::fs::read_to_string(c.instance_dir(instance).join("manager.port")).expect("manager port");
-    format!("http://127.0.0.1:{}/metrics", port.trim())
+    format!("https://127.0.0.1:{}/metrics", port.trim())
 }
 
 fn controller_url(c: &LocalCluster) -> String {
@@ -53,7 +63,7 @@ async fn instance_and_controller_metrics_match_the_database() {
     // Roles and liveness.
     for k in 0..3 {
         let name = c.instance(k);
-        let m = scrape(&manager_url(&c, &name)).await;
+        let m = scrape(&c, &manager_url(&c, &name)).await;
         let me = [("cluster", "demo"), ("instance", name.as_str())];
         assert_eq!(value(&m, "opengauss_instance_up", &me), Some(1.0), "{name} up");
         let in_recovery: bool = c
@@ -67,6 +77,20 @@ async fn instance_and_controller_metrics_match_the_database() {
         let want = if in_recovery { 0.0 } else { 1.0 };
         assert_eq!(value(&m, "opengauss_instance_is_primary", &me), Some(want), "{name} role");
         assert_eq!(value(&m, "opengauss_instance_timeline", &me), Some(1.0));
+        // The expiry of the certificate it serves: the status says the same.
+        let expiry =
+            value(&m, "opengauss_instance_certificate_expiry_timestamp_seconds", &me).expect("expiry");
+        let status = c.status().expect("status");
+        let row = status.instance(&name).expect("row");
+        let in_status = row.certificate_expires.as_ref().expect("status carries the expiry").0.as_second();
+        assert_eq!(expiry, in_status as f64, "{name}: metric and status agree");
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+        let days = (expiry - now) / 86400.0;
+        assert!(
+            (89.0..=90.1).contains(&days),
+            "{name}: a default certificate lasts 90 days, this one {days}"
+        );
     }
 
     // Lag: pause replay on one standby, write, and compare with pg_stat_replication.
@@ -81,7 +105,7 @@ async fn instance_and_controller_metrics_match_the_database() {
     };
     // The standby's replay position is frozen; only background WAL can move the primary's.
     let before = lag_of(lagging.clone()).await;
-    let m = scrape(&manager_url(&c, &primary)).await;
+    let m = scrape(&c, &manager_url(&c, &primary)).await;
     let after = lag_of(lagging.clone()).await;
     let key = [("instance", primary.as_str()), ("standby", lagging.as_str())];
     let lag = value(&m, "opengauss_replication_lag_bytes", &key).expect("lag metric");
@@ -92,7 +116,7 @@ async fn instance_and_controller_metrics_match_the_database() {
     assert_eq!(value(&m, "opengauss_replication_sync_state", &quorum), Some(1.0));
     let current_before =
         sql_i64(&c, &primary, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").await as f64;
-    let m = scrape(&manager_url(&c, &primary)).await;
+    let m = scrape(&c, &manager_url(&c, &primary)).await;
     let current_after =
         sql_i64(&c, &primary, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").await as f64;
     let current = value(
@@ -113,7 +137,7 @@ async fn instance_and_controller_metrics_match_the_database() {
         .expect("resume");
 
     // The controller counts passes, knows the phase, and counts a failover with its duration.
-    let ctl = scrape(&controller_url(&c)).await;
+    let ctl = scrape(&c, &controller_url(&c)).await;
     assert!(
         value(&ctl, "opengauss_operator_reconciles_total", &[("cluster", "demo")]).is_some_and(|v| v > 0.0)
     );
@@ -129,7 +153,7 @@ async fn instance_and_controller_metrics_match_the_database() {
     // see the same, so the counter is waited for, then must say exactly one.
     let ctl =
         until("the failover to be counted", Duration::from_secs(10), Duration::from_millis(50), || async {
-            let ctl = scrape(&controller_url(&c)).await;
+            let ctl = scrape(&c, &controller_url(&c)).await;
             match value(&ctl, "opengauss_operator_failovers_total", &[("cluster", "demo")]) {
                 Some(_) => Probe::Done(ctl),
                 None => Probe::NotYet("no opengauss_operator_failovers_total sample".into()),

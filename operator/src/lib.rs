@@ -17,3 +17,4 @@ pub mod process;
 pub mod reaper;
 pub mod signals;
 pub mod table;
+pub mod tls;

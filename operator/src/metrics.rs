@@ -206,6 +206,14 @@ pub fn render_instance(cluster: &str, report: &InstanceReport, now: Timestamp) -
         i64::from(report.is_writable_primary()),
     );
     gauge(&mut registry, "instance_fenced", "1 while the instance is fenced", i64::from(report.fenced));
+    if let Some(expires) = report.certificate_expires {
+        gauge(
+            &mut registry,
+            "instance_certificate_expiry_timestamp_seconds",
+            "When the server certificate the instance presents expires (unix seconds)",
+            expires,
+        );
+    }
     if let Some(tl) = node.and_then(|n| n.timeline) {
         gauge(&mut registry, "instance_timeline", "The server's timeline", i64::from(tl));
     }

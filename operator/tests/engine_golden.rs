@@ -21,6 +21,7 @@ use opengauss_operator::engine::{
     CloneStep, Dialect, Endpoint, Engine, HbaConfig, Layout, MANAGED_CONF, ManagedSettings, Peer,
     ServerConfig, StopMode, SyncConfig, SyncMethod, dialect, include_directive, with_managed_block,
 };
+use opengauss_operator::tls::InstanceTls;
 
 const ENGINES: [Engine; 2] = [Engine::Postgres, Engine::OpenGauss];
 
@@ -225,6 +226,8 @@ fn layout(engine: Engine, site: Site, instance: &str) -> Layout {
         superuser: superuser.to_string(),
         replication_user: "replicator".to_string(),
         instance: instance.to_string(),
+        // The demo layout serves TLS (the default), the Docker one does not, as it did.
+        tls: matches!(site, Site::Demo).then(|| InstanceTls::in_dir(&root.join("tls"))),
     }
 }
 
@@ -330,6 +333,7 @@ fn server_config(engine: Engine, site: Site, instance: &str, role: Role<'_>) -> 
             .map(|m| Peer { instance: m.clone(), host: host(site, m), ha_port: HA_PORT, manager: None })
             .collect(),
         parameters,
+        tls: l.tls.clone(),
     }
 }
 
@@ -398,6 +402,7 @@ fn hba_config(engine: Engine) -> HbaConfig {
         replication_user: "replicator".to_string(),
         networks: vec!["172.18.0.0/16".to_string(), "fd00:10::/64".to_string()],
         peers: vec![docker_host("standby1"), docker_host("standby2")],
+        tls: false,
     }
 }
 
@@ -998,7 +1003,9 @@ fn postgres_primary_conninfo_only_for_an_attached_standby() {
         setting(&demo, "primary_conninfo").as_deref(),
         Some(
             "host=demo-1.demo-hl.db.svc port=5432 user=replicator \
-             passfile='/pgdata/demo-2/secret files/pgpass' application_name=demo-2 \
+             passfile='/pgdata/demo-2/secret files/pgpass' sslmode=verify-full \
+             sslrootcert=/pgdata/demo-2/tls/ca.crt sslcert=/pgdata/demo-2/tls/server.crt \
+             sslkey=/pgdata/demo-2/tls/server.key application_name=demo-2 \
              connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3 \
              tcp_user_timeout=10000"
         )
@@ -1307,4 +1314,21 @@ fn hba_rules_per_dialect() {
     assert_eq!(trusted, expected, "{og}");
     assert!(!og.lines().any(|l| l.split_whitespace().nth(1) == Some("replication")), "{og}");
     assert!(og.lines().any(|l| words(l) == ["host", "all", "all", "172.18.0.0/16", "sha256"]), "{og}");
+}
+
+/// With TLS, every TCP line is `hostssl`: a client without TLS matches none and is refused;
+/// the Unix socket stays trusted. Both engines.
+#[test]
+fn tls_makes_every_tcp_line_hostssl() {
+    for engine in [Engine::Postgres, Engine::OpenGauss] {
+        let hba = dialect(engine).hba(&HbaConfig { tls: true, ..hba_config(engine) });
+        for net in ["172.18.0.0/16", "fd00:10::/64"] {
+            let lines: Vec<&str> = hba.lines().filter(|l| l.contains(net)).collect();
+            assert!(!lines.is_empty(), "{engine:?}: {net} has lines:\n{hba}");
+            assert!(lines.iter().all(|l| l.starts_with("hostssl ")), "{engine:?}: {lines:?}");
+        }
+        assert!(hba.lines().any(|l| l.starts_with("local ")), "{engine:?}: the socket stays open:\n{hba}");
+        let plain = dialect(engine).hba(&hba_config(engine));
+        assert!(!plain.contains("hostssl"), "{engine:?}: no TLS, no hostssl:\n{plain}");
+    }
 }

@@ -57,10 +57,16 @@ pub struct PassOutcome {
 
 impl<P: Platform> Controller<P> {
     /// A controller for one cluster, resuming from `status` (as last persisted).
-    pub fn new(platform: P, token: String, status: OpenGaussClusterStatus) -> anyhow::Result<Self> {
+    /// With `authority` (PEM), managers are reached over HTTPS and checked against it.
+    pub fn new(
+        platform: P,
+        token: String,
+        authority: Option<&str>,
+        status: OpenGaussClusterStatus,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             platform,
-            client: ManagerClient::new(token)?,
+            client: ManagerClient::new(token, authority)?,
             watching_since: Timestamp::now(),
             silent: Default::default(),
             renewed: Default::default(),

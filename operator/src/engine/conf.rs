@@ -27,6 +27,12 @@ pub fn managed_conf_head(c: &super::ServerConfig, socket_key: &str, wal_level: &
     }
     out += &conf_line("hot_standby", "on");
     out += &conf_line("max_wal_senders", &c.max_wal_senders.to_string());
+    if let Some(tls) = &c.tls {
+        out += &conf_line("ssl", "on");
+        out += &conf_line("ssl_cert_file", &tls.cert_file.display().to_string());
+        out += &conf_line("ssl_key_file", &tls.key_file.display().to_string());
+        out += &conf_line("ssl_ca_file", &tls.ca_file.display().to_string());
+    }
     out
 }
 

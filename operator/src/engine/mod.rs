@@ -41,6 +41,10 @@ pub struct Layout {
     pub replication_user: String,
     /// The instance name (`<cluster>-<ordinal>`).
     pub instance: String,
+    /// The instance's certificate files: with them, connections to peers use TLS, check the
+    /// peer's certificate against the authority and its name against the host (verify-full),
+    /// and present the instance's own certificate.
+    pub tls: Option<crate::tls::InstanceTls>,
 }
 
 impl Layout {
@@ -126,6 +130,9 @@ pub struct ServerConfig {
     pub peers: Vec<Peer>,
     /// Users' extra parameters from the cluster spec.
     pub parameters: BTreeMap<String, String>,
+    /// The server's certificate, key and the authority peers are checked against; `None`
+    /// serves without TLS.
+    pub tls: Option<crate::tls::InstanceTls>,
 }
 
 /// The cluster-level part of an instance's configuration: what the controller decides. The
@@ -165,6 +172,8 @@ pub struct HbaConfig {
     /// The replication peers' addresses (openGauss trusts its initial user's own tools from
     /// them).
     pub peers: Vec<String>,
+    /// Connections over TCP must use TLS (`hostssl`): one without is refused.
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

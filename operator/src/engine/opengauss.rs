@@ -268,8 +268,10 @@ impl Dialect for OpenGauss {
         for addr in &trusted {
             out += &format!("host    all          {:<16} {addr:<23} trust\n", h.superuser);
         }
+        // With TLS, `hostssl` only: a connection without it matches no line and is refused.
+        let host = if h.tls { "hostssl" } else { "host   " };
         for net in &h.networks {
-            out += &format!("host    all          all              {net:<23} sha256\n");
+            out += &format!("{host} all          all              {net:<23} sha256\n");
         }
         out
     }

@@ -48,13 +48,30 @@ const DEAD_PEER_DETECTION: [(&str, &str); 5] = [
 ];
 
 impl Postgres {
-    fn conninfo(&self, source: &Endpoint, user: &str, passfile: &Path, extra: &[(&str, &str)]) -> String {
+    /// A connection string to a peer: with the cluster's authority, over TLS with the peer's
+    /// certificate and name checked (`verify-full`), never in clear text.
+    fn conninfo(
+        &self,
+        source: &Endpoint,
+        user: &str,
+        passfile: &Path,
+        tls: Option<&crate::tls::InstanceTls>,
+        extra: &[(&str, &str)],
+    ) -> String {
         let mut parts = vec![
             format!("host={}", conninfo_value(&source.host)),
             format!("port={}", source.port),
             format!("user={}", conninfo_value(user)),
             format!("passfile={}", conninfo_value(&passfile.display().to_string())),
         ];
+        if let Some(files) = tls {
+            let path = |p: &Path| conninfo_value(&p.display().to_string());
+            parts.push("sslmode=verify-full".into());
+            parts.push(format!("sslrootcert={}", path(&files.ca_file)));
+            // Its own certificate, never whatever ~/.postgresql holds for the OS user.
+            parts.push(format!("sslcert={}", path(&files.cert_file)));
+            parts.push(format!("sslkey={}", path(&files.key_file)));
+        }
         parts.extend(
             extra.iter().chain(&DEAD_PEER_DETECTION).map(|(k, v)| format!("{k}={}", conninfo_value(v))),
         );
@@ -129,6 +146,7 @@ impl Dialect for Postgres {
             source,
             &l.replication_user,
             &l.passfile,
+            l.tls.as_ref(),
             &[("application_name", &format!("{}-clone", l.instance)), ("connect_timeout", "5")],
         );
         vec![
@@ -150,6 +168,7 @@ impl Dialect for Postgres {
             source,
             &l.superuser,
             &l.passfile,
+            l.tls.as_ref(),
             &[("dbname", "postgres"), ("connect_timeout", "5")],
         );
         CommandLine::new(l.tool("pg_rewind")).args([
@@ -199,6 +218,7 @@ impl Dialect for Postgres {
                 up,
                 &c.replication_user,
                 &c.passfile,
+                c.tls.as_ref(),
                 &[("application_name", &self.application_name(&c.instance)), ("connect_timeout", "2")],
             ),
             _ => String::new(),
@@ -219,9 +239,11 @@ impl Dialect for Postgres {
              # TYPE  DATABASE     USER             ADDRESS                 METHOD\n\
              local   all          all                                      trust\n",
         );
+        // With TLS, `hostssl` only: a connection without it matches no line and is refused.
+        let host = if h.tls { "hostssl" } else { "host   " };
         for net in &h.networks {
-            out += &format!("host    replication  {:<16} {net:<23} scram-sha-256\n", h.replication_user);
-            out += &format!("host    all          all              {net:<23} scram-sha-256\n");
+            out += &format!("{host} replication  {:<16} {net:<23} scram-sha-256\n", h.replication_user);
+            out += &format!("{host} all          all              {net:<23} scram-sha-256\n");
         }
         out
     }

@@ -25,12 +25,15 @@ pub enum Submitted {
 
 impl ManagerClient {
     /// A client sending `token`; each call says how long it may take (the controller's probe
-    /// time-out, which users can change at any time).
-    pub fn new(token: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .context("building HTTP client")?;
+    /// time-out, which users can change at any time). With `authority` (PEM), managers are
+    /// reached over HTTPS and must present a certificate it signed for the address asked.
+    pub fn new(token: String, authority: Option<&str>) -> anyhow::Result<Self> {
+        crate::tls::config::install_default_provider();
+        let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30));
+        if let Some(ca) = authority {
+            builder = builder.tls_backend_preconfigured(crate::tls::config::client(ca)?).https_only(true);
+        }
+        let http = builder.build().context("building HTTP client")?;
         Ok(Self { http, token })
     }
 

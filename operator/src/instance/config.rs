@@ -49,6 +49,10 @@ pub struct InstanceConfig {
     /// openGauss HA port (replication channel).
     #[serde(default)]
     pub ha_port: u16,
+    /// The instance's certificate, key and the cluster's authority: the database server and the
+    /// manager's API then serve TLS only, and connections to peers check them. Absent: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::InstanceTls>,
 }
 
 impl InstanceConfig {
@@ -106,6 +110,7 @@ impl InstanceConfig {
             ha_listen: self.own_address(),
             peers: desired.peers.clone(),
             parameters: desired.parameters.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -128,6 +133,7 @@ impl InstanceConfig {
             superuser: self.superuser.clone(),
             replication_user: self.replication_user.clone(),
             instance: self.instance.clone(),
+            tls: self.tls.clone(),
         }
     }
 }

@@ -98,6 +98,7 @@ pub fn write_server_files(cfg: &InstanceConfig, desired: &DesiredConfig) -> anyh
         replication_user: cfg.replication_user.clone(),
         networks: cfg.hba_networks.clone(),
         peers: config.peers.iter().map(|p| p.host.clone()).collect(),
+        tls: cfg.tls.is_some(),
     };
     write_atomic(&data.join("pg_hba.conf"), dialect.hba(&hba).as_bytes(), 0o600)?;
     let signal = data.join(dialect.standby_signal());

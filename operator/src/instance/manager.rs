@@ -75,6 +75,8 @@ pub struct Manager {
     /// The WAL receiver's state at the last report, so the log says when streaming starts and
     /// stops rather than assuming it from a server start.
     receiver_state: std::sync::Mutex<Option<String>>,
+    /// The server certificate in use (its text and what it says), once one was checked.
+    pub(super) certificate: std::sync::Mutex<Option<(String, crate::tls::CertificateInfo)>>,
 }
 
 /// Why a request was not accepted.
@@ -103,7 +105,8 @@ impl Manager {
         let applied = datadir::load_applied_config(&cfg);
         let last_contact = read_contact(&cfg);
         let cfg_for_hold = cfg.clone();
-        let peers = ManagerClient::new(token.clone())?;
+        let authority = cfg.tls.as_ref().map(|t| t.read_authority()).transpose()?;
+        let peers = ManagerClient::new(token.clone(), authority.as_deref())?;
         Ok(Arc::new(Self {
             cfg,
             token,
@@ -126,11 +129,21 @@ impl Manager {
             readiness: std::sync::Mutex::new(None),
             unsupported: std::sync::Mutex::new(None),
             receiver_state: std::sync::Mutex::new(None),
+            certificate: std::sync::Mutex::new(None),
         }))
     }
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Has a running server read its configuration files again (certificates included).
+    pub(super) async fn reload_server(&self) -> anyhow::Result<bool> {
+        if !self.server.lock().await.is_running() {
+            return Ok(false);
+        }
+        run_checked(&self.cfg.dialect().reload(&self.cfg.layout()), TOOL_TIMEOUT).await?;
+        Ok(true)
     }
 
     /// Records that the controller reached this manager.
@@ -375,6 +388,12 @@ impl Manager {
             operation,
             config: self.applied_config(),
             failsafe: self.held(),
+            certificate_expires: self
+                .certificate
+                .lock()
+                .expect("certificate lock")
+                .as_ref()
+                .map(|(_, i)| i.not_after),
         }
     }
 

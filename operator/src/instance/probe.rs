@@ -74,14 +74,27 @@ pub async fn checkpoint_remote(
         .application_name("opengauss-operator")
         .connect_timeout(timeout);
     let work = async {
-        let (client, connection) = pg.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client.batch_execute("CHECKPOINT").await
+        let client = match &cfg.tls {
+            // The peer must present a certificate of the cluster's authority for its address.
+            Some(files) => {
+                let tls = crate::tls::config::client(&files.read_authority()?)?;
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) =
+                    pg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+                tokio::spawn(connection);
+                client
+            }
+            None => {
+                let (client, connection) = pg.connect(NoTls).await?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        client.batch_execute("CHECKPOINT").await?;
+        anyhow::Ok(())
     };
     match tokio::time::timeout(timeout * 20, work).await {
-        Ok(result) => Ok(result?),
+        Ok(result) => result,
         Err(_) => anyhow::bail!("CHECKPOINT on {source} did not finish in time"),
     }
 }

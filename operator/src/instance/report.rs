@@ -63,6 +63,9 @@ pub struct InstanceReport {
     /// until the hold ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe: Option<FailsafeHold>,
+    /// When the server certificate in use expires (unix seconds), with TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<i64>,
 }
 
 /// A primary held by a peer: that primary may still accept writes for `remaining_ms`.

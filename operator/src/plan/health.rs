@@ -235,6 +235,10 @@ fn instance_row(input: &Input<'_>, plan: &Plan, name: &str) -> InstanceStatus {
                 }
             };
             row.message = operation_failure(r).map(|m| format!("last operation failed: {m}"));
+            row.certificate_expires = r
+                .certificate_expires
+                .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t).ok())
+                .map(Time);
             let is_primary = primary.as_deref() == Some(name);
             row.ready = if is_primary {
                 r.is_writable_primary()

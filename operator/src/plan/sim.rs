@@ -2286,6 +2286,7 @@ impl Model {
             operation: x.operation.clone(),
             config: x.applied.clone(),
             failsafe: self.held(i),
+            certificate_expires: None,
         }
     }
 

@@ -185,6 +185,7 @@ fn base_report(k: u32) -> InstanceReport {
         operation: None,
         config: None,
         failsafe: None,
+        certificate_expires: None,
     }
 }
 

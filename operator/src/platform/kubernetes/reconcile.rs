@@ -112,7 +112,7 @@ impl Context {
             self.caches.clone(),
         );
         let status = cluster.status.clone().unwrap_or_default();
-        let controller = Controller::new(platform, credentials.secrets.token.clone(), status)?
+        let controller = Controller::new(platform, credentials.secrets.token.clone(), None, status)?
             .with_metrics(self.metrics.clone());
         let state = Arc::new(ClusterState {
             controller,

@@ -218,13 +218,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let state = StateDir::new(root);
     std::fs::create_dir_all(state.instances_dir())?;
     std::fs::create_dir_all(state.requests_dir())?;
+    let authority = if cluster.spec.tls.enabled {
+        Some(super::certificates::authority(&state.tls_dir(), &name)?)
+    } else {
+        None
+    };
     let platform = LocalPlatform::new(
         state.clone(),
         &cluster,
         bin_dir.clone(),
         base_port,
         run_as.clone(),
-        secrets.clone(),
+        super::ClusterKeys { secrets: secrets.clone(), authority },
         placements.clone(),
     )?;
     // The status a previous controller left says nothing about this one: claim it at once.
@@ -256,8 +261,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         platform.prepare(instance)?;
         platform.kubelet.start(instance).await?;
     }
-    let controller =
-        Controller::new(platform, secrets.token.clone(), state.read_status()?.unwrap_or_default())?;
+    let authority = platform.authority_pem();
+    let controller = Controller::new(
+        platform,
+        secrets.token.clone(),
+        authority.as_deref(),
+        state.read_status()?.unwrap_or_default(),
+    )?;
     let metrics_server = serve_metrics(controller.metrics().clone(), &state).await?;
     let result = run_loop(&controller, &cluster, &state, shutdown).await;
     metrics_server.abort();
@@ -301,7 +311,7 @@ async fn serve_metrics(
 }
 
 /// The applied cluster as last recorded, with the generation `local apply` counts.
-fn read_applied(state: &StateDir) -> anyhow::Result<OpenGaussCluster> {
+pub(super) fn read_applied(state: &StateDir) -> anyhow::Result<OpenGaussCluster> {
     load_cluster_file(&state.cluster_file())
 }
 
@@ -375,6 +385,9 @@ pub async fn apply(file: &Path, state_dir: Option<PathBuf>, wait: Option<Duratio
     }
 }
 
+/// How often instances' certificates are looked at (renewal is due long before expiry).
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 async fn run_loop(
     controller: &Controller<LocalPlatform>,
     started_with: &OpenGaussCluster,
@@ -386,7 +399,23 @@ async fn run_loop(
     let name = started_with.metadata.name.clone().unwrap_or_default();
     let mut cluster = read_applied(state).unwrap_or_else(|_| started_with.clone());
     let mut announced = false;
+    let mut certificates_checked: Option<std::time::Instant> = None;
     loop {
+        if certificates_checked.is_none_or(|t| t.elapsed() >= CERTIFICATE_CHECK_INTERVAL) {
+            certificates_checked = Some(std::time::Instant::now());
+            let lifetime = Duration::from_secs(cluster.spec.tls.certificate_lifetime_seconds);
+            match platform.renew_certificates(lifetime) {
+                Ok(renewed) => {
+                    for (instance, why) in renewed {
+                        platform.say(
+                            &format!("certificate {instance}"),
+                            format!("issued {instance} a new server certificate: {why}"),
+                        );
+                    }
+                }
+                Err(e) => platform.say("certificates", format!("could not renew certificates: {e:#}")),
+            }
+        }
         // `local apply` writes the applied cluster; take it up on the next pass.
         match read_applied(state) {
             Ok(applied) if applied != cluster => {

@@ -4,6 +4,7 @@
 //! kubelet restarts a container; the state directory stands in for the API server.
 
 pub mod binaries;
+pub mod certificates;
 pub mod commands;
 pub mod procs;
 pub mod statedir;
@@ -150,6 +151,13 @@ pub fn ports(engine: Engine, base_port: u16, ordinal: u32) -> Vec<u16> {
     all
 }
 
+/// The cluster's secrets and, with TLS on, its certificate authority.
+#[derive(Debug)]
+pub struct ClusterKeys {
+    pub secrets: Secrets,
+    pub authority: Option<crate::tls::Authority>,
+}
+
 #[derive(Debug)]
 pub struct LocalPlatform {
     pub state: StateDir,
@@ -168,6 +176,8 @@ pub struct LocalPlatform {
     printed: std::sync::Mutex<BTreeMap<String, String>>,
     /// When the status file last carried a fresh heartbeat.
     last_heartbeat: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The cluster's certificate authority, with TLS on.
+    authority: Option<crate::tls::Authority>,
 }
 
 /// This process as the cluster's controller, now.
@@ -208,11 +218,14 @@ impl LocalPlatform {
         bin_dir: PathBuf,
         base_port: u16,
         run_as: Option<procs::RunAs>,
-        secrets: Secrets,
+        keys: ClusterKeys,
         placements: BTreeMap<u32, Placement>,
     ) -> anyhow::Result<Self> {
+        let ClusterKeys { secrets, authority } = keys;
         let env = crate::engine::dialect(cluster.spec.engine).install_env(&bin_dir);
-        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new()).with_env(env);
+        let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new())
+            .with_env(env)
+            .with_https(authority.is_some());
         let platform = Self {
             cluster: cluster.metadata.name.clone().unwrap_or_default(),
             engine: cluster.spec.engine,
@@ -225,6 +238,7 @@ impl LocalPlatform {
             placements,
             printed: Default::default(),
             last_heartbeat: Default::default(),
+            authority,
         };
         platform.follow_spec(cluster);
         // Instances left from a larger size (scaled down while stopped) are kept until the
@@ -287,6 +301,7 @@ impl LocalPlatform {
             passfile: root.join("pgpass"),
             hba_networks,
             ha_port,
+            tls: self.authority.as_ref().map(|_| crate::tls::InstanceTls::in_dir(&root)),
         };
         self.kubelet.add(&instance, root);
         if let Some(p) = placement {
@@ -300,17 +315,54 @@ impl LocalPlatform {
         self.configs.read().expect("configs lock").clone()
     }
 
-    /// Writes an instance's files (config, its copy of the secrets) so its manager can start.
+    /// Writes an instance's files (config, its copy of the secrets, its certificate) so its
+    /// manager can start.
     pub fn prepare(&self, instance: &str) -> anyhow::Result<()> {
         let cfg = self.config(instance)?;
         let s = &self.secrets;
-        let files = vec![
+        let mut files = vec![
             (cfg.token_file.clone(), s.token.clone()),
             (cfg.superuser_password_file.clone(), s.superuser_password.clone()),
             (cfg.replication_password_file.clone(), s.replication_password.clone()),
             (cfg.passfile.clone(), pgpass_lines(&cfg.superuser, &cfg.replication_user, s)),
         ];
+        if let Some(authority) = &self.authority {
+            let lifetime = self.certificate_lifetime();
+            files.extend(certificates::files_to_write(&cfg, authority, lifetime)?.files);
+        }
         self.kubelet.prepare(&cfg, &files)
+    }
+
+    /// The cluster's authority (PEM), with TLS on.
+    pub fn authority_pem(&self) -> Option<String> {
+        self.authority.as_ref().map(|a| a.cert_pem().to_string())
+    }
+
+    /// How long new certificates last, from the spec as last applied.
+    fn certificate_lifetime(&self) -> std::time::Duration {
+        let seconds = commands::read_applied(&self.state)
+            .map_or(opengauss_crd::spec::DEFAULT_CERTIFICATE_LIFETIME_SECONDS, |c| {
+                c.spec.tls.certificate_lifetime_seconds
+            });
+        std::time::Duration::from_secs(seconds)
+    }
+
+    /// Issues a new certificate to every instance whose own is missing, foreign, too narrow
+    /// or a third from its end; its manager picks it up. Returns what was renewed and why.
+    pub fn renew_certificates(&self, lifetime: std::time::Duration) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(authority) = &self.authority else { return Ok(Vec::new()) };
+        let mut renewed = Vec::new();
+        for (name, cfg) in self.configs() {
+            if !cfg.root.exists() {
+                continue;
+            }
+            let renewal = certificates::files_to_write(&cfg, authority, lifetime)?;
+            self.kubelet.write_files(&renewal.files)?;
+            if let Some(reason) = renewal.reason {
+                renewed.push((name, reason));
+            }
+        }
+        Ok(renewed)
     }
 
     fn config(&self, instance: &str) -> anyhow::Result<InstanceConfig> {

@@ -108,6 +108,8 @@ pub struct Kubelet {
     dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
     /// Instances placed in a network namespace: its file and the instance's address there.
     placed: std::sync::Mutex<BTreeMap<String, (PathBuf, IpAddr)>>,
+    /// The managers serve HTTPS.
+    https: bool,
 }
 
 /// How long to wait before the next restart after `restarts` quick ones: immediately the
@@ -130,7 +132,14 @@ impl Kubelet {
             slots: Mutex::new(BTreeMap::new()),
             dirs: std::sync::Mutex::new(dirs),
             placed: std::sync::Mutex::new(BTreeMap::new()),
+            https: false,
         }
+    }
+
+    /// Reaches the managers over HTTPS.
+    pub fn with_https(mut self, https: bool) -> Self {
+        self.https = https;
+        self
     }
 
     /// Gives every manager `env` too.
@@ -189,14 +198,20 @@ impl Kubelet {
         self.hand_over(&dir)?;
         create_dir_mode(&cfg.socket_dir, 0o700)?;
         self.hand_over(&cfg.socket_dir)?;
-        for (path, content) in files {
-            write_atomic(path, content.as_bytes(), 0o600)?;
-            self.hand_over(path)?;
-        }
+        self.write_files(files)?;
         let json = serde_json::to_vec_pretty(cfg)?;
         let path = config_file(&dir);
         write_atomic(&path, &json, 0o600)?;
         self.hand_over(&path)
+    }
+
+    /// Writes private files of instances (mode 0600, owned by the instances' user), in order.
+    pub fn write_files(&self, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+        for (path, content) in files {
+            write_atomic(path, content.as_bytes(), 0o600)?;
+            self.hand_over(path)?;
+        }
+        Ok(())
     }
 
     /// Whether an instance's manager runs, died, or was never started here.
@@ -234,7 +249,8 @@ impl Kubelet {
         let port = read_pid(&port_file(&self.dir(name).ok()?))?;
         let port = u16::try_from(port).ok()?;
         let host = self.placement(name).map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |(_, address)| address);
-        Some(format!("http://{}", SocketAddr::new(host, port)))
+        let scheme = if self.https { "https" } else { "http" };
+        Some(format!("{scheme}://{}", SocketAddr::new(host, port)))
     }
 
     pub fn pid(&self, name: &str) -> Option<u32> {

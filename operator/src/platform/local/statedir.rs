@@ -8,9 +8,11 @@
 //!   status.json       the cluster's .status (written by the controller only)
 //!   pgpass            libpq password file for users (mode 0600)
 //!   secrets/          generated passwords and the manager API token (mode 0700)
+//!   tls/              the cluster's certificate authority: ca.crt, ca.key (mode 0600)
 //!   controller.lock   held by the running `local up`; controller.pid names it
 //!   requests/         user requests not part of the spec (switchover)
-//!   instances/<name>/ one instance: data/, run/ (socket), logs, manager.json, manager.pid
+//!   instances/<name>/ one instance: data/, run/ (socket), logs, manager.json, manager.pid,
+//!                     ca.crt, server.crt, server.key (its certificate, renewed in place)
 //! ```
 
 use std::fs;
@@ -56,6 +58,10 @@ impl StateDir {
     }
     pub fn secrets_dir(&self) -> PathBuf {
         self.root.join("secrets")
+    }
+    /// The cluster's certificate authority: `ca.crt` (clients trust it) and `ca.key`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
     }
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("controller.lock")
