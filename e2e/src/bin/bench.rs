@@ -76,10 +76,13 @@ async fn streaming_standbys(c: &LocalCluster, primary: &str) -> usize {
         .unwrap_or(0)
 }
 
-async fn bootstrap(runs: usize) -> anyhow::Result<()> {
+/// The spec lines that turn TLS off, for the figures beside the default (TLS on).
+const WITHOUT_TLS: &str = "  tls:\n    enabled: false\n";
+
+async fn bootstrap(runs: usize, label: &str, extra: &str) -> anyhow::Result<()> {
     let (mut streaming, mut healthy) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let mut c = LocalCluster::new(&format!("bench-boot{run}"), 3, "");
+        let mut c = LocalCluster::new(&format!("bench-boot{run}{}", &label[..label.len().min(2)]), 3, extra);
         let started = Instant::now();
         c.start();
         let primary = c.instance(0);
@@ -93,8 +96,8 @@ async fn bootstrap(runs: usize) -> anyhow::Result<()> {
         healthy.push(started.elapsed().as_secs_f64());
         c.down();
     }
-    summary("bootstrap: local up -> both standbys streaming", &mut streaming);
-    summary("bootstrap: local up -> status Healthy", &mut healthy);
+    summary(&format!("bootstrap ({label}): local up -> both standbys streaming"), &mut streaming);
+    summary(&format!("bootstrap ({label}): local up -> status Healthy"), &mut healthy);
     Ok(())
 }
 
@@ -169,7 +172,7 @@ async fn kill_and_measure(c: &LocalCluster, forget_data: bool) -> anyhow::Result
 }
 
 async fn failover(runs: usize, label: &str, extra: &str) -> anyhow::Result<()> {
-    let mut c = LocalCluster::new(&format!("bench-fo-{}", label.replace(' ', "-")), 3, extra);
+    let mut c = LocalCluster::new(&format!("bench-fo-{}", label.replace([' ', ','], "")), 3, extra);
     c.start();
     c.wait_healthy(Duration::from_secs(90)).await?;
     let primary = c.primary().expect("primary");
@@ -252,10 +255,12 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     if matches!(which.as_str(), "all" | "bootstrap") {
-        bootstrap(runs).await?;
+        bootstrap(runs, "TLS", "").await?;
+        bootstrap(runs, "no TLS", WITHOUT_TLS).await?;
     }
     if matches!(which.as_str(), "all" | "failover") {
         failover(runs, "defaults", "").await?;
+        failover(runs, "defaults, no TLS", WITHOUT_TLS).await?;
         failover(runs, "fastest safe settings", FASTEST).await?;
     }
     if matches!(which.as_str(), "all" | "partitions") {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use command::{CommandLine, shell_quote};
-pub use conf::{conf_line, parse_settings, quote_conf_value, with_managed_block};
+pub use conf::{conf_line, conninfo_value, parse_settings, quote_conf_value, with_managed_block};
 pub use image::ImageLayout;
 pub use lsn::Lsn;
 pub use opengauss::OpenGauss;

@@ -34,6 +34,14 @@ pub fn authority(tls_dir: &Path, cluster: &str) -> anyhow::Result<Authority> {
             if !info.is_ca {
                 bail!("{} is not a certificate authority (no CA basic constraint)", cert_file.display());
             }
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            if now >= info.not_after {
+                bail!(
+                    "{} expired (at unix time {}): replace it, or remove both files for a new one",
+                    cert_file.display(),
+                    info.not_after
+                );
+            }
             // Proves the key signs for the certificate before anything is issued with it.
             let probe = authority
                 .issue("probe", &["probe".into()], OffsetDateTime::now_utc(), Duration::from_secs(60))
@@ -152,6 +160,27 @@ mod tests {
         let err = authority(&dir, "demo").expect_err("refused").to_string();
         assert!(err.contains("ca.crt is not a usable certificate"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.join("ca.crt")).expect("kept"), "garbage", "not overwritten");
+
+        // A user's own authority is used as given; one whose key is not its own is refused.
+        let mine = tmp.path().join("mine");
+        std::fs::create_dir_all(&mine).expect("dir");
+        let users = Authority::generate("users", OffsetDateTime::now_utc()).expect("authority");
+        std::fs::write(mine.join("ca.crt"), users.cert_pem()).expect("cert");
+        std::fs::write(mine.join("ca.key"), &users.0.key_pem).expect("key");
+        assert_eq!(authority(&mine, "demo").expect("used as given"), users);
+        let other = Authority::generate("other", OffsetDateTime::now_utc()).expect("other");
+        std::fs::write(mine.join("ca.key"), &other.0.key_pem).expect("wrong key");
+        let err = authority(&mine, "demo").expect_err("refused").to_string();
+        assert!(err.contains("ca.key does not belong to"), "{err}");
+        let expired = Authority::generate(
+            "old",
+            OffsetDateTime::now_utc() - crate::tls::authority::AUTHORITY_LIFETIME * 2,
+        )
+        .expect("an old authority");
+        std::fs::write(mine.join("ca.crt"), expired.cert_pem()).expect("cert");
+        std::fs::write(mine.join("ca.key"), &expired.0.key_pem).expect("key");
+        let err = authority(&mine, "demo").expect_err("refused").to_string();
+        assert!(err.contains("ca.crt expired"), "{err}");
 
         std::fs::remove_file(dir.join("ca.key")).expect("remove key");
         let err = authority(&dir, "demo").expect_err("refused").to_string();

@@ -495,10 +495,24 @@ fn print_connect_help(
                 socket = cfg.socket_dir.display(),
             )
         }
-        _ => format!(
-            "PGPASSFILE={pgpass} psql \"host={host} port={port} user=postgres dbname=postgres\"",
-            pgpass = state.pgpass().display()
-        ),
+        _ => {
+            // With TLS, the client checks the server against the cluster's authority.
+            let tls = platform
+                .authority_pem()
+                .map(|_| {
+                    format!(
+                        " sslmode=verify-full sslrootcert={}",
+                        crate::engine::conninfo_value(
+                            &super::certificates::authority_files(&state.tls_dir()).0.display().to_string()
+                        )
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "PGPASSFILE={pgpass} psql \"host={host} port={port} user=postgres dbname=postgres{tls}\"",
+                pgpass = state.pgpass().display()
+            )
+        }
     };
     println!(
         "\nCluster {name} is ready: primary {primary} on {addr}; standbys {}.\n\
