@@ -66,6 +66,11 @@ pub const MANAGED_PARAMETERS: &[&str] = &[
     "recovery_target_time",
     "recovery_target_timeline",
     "recovery_target_xid",
+    // TLS is spec.tls's.
+    "ssl",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_key_file",
     "sync_config_strategy",
     "synchronous_standby_names",
     "unix_socket_directories",

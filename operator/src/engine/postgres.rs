@@ -47,6 +47,14 @@ const DEAD_PEER_DETECTION: [(&str, &str); 5] = [
     ("tcp_user_timeout", "10000"),
 ];
 
+/// The server settings matching `DEAD_PEER_DETECTION` (a user's own values win).
+const SERVER_DEAD_PEER_DETECTION: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "5"),
+    ("tcp_keepalives_interval", "2"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "10000"),
+];
+
 impl Postgres {
     /// A connection string to a peer: with the cluster's authority, over TLS with the peer's
     /// certificate and name checked (`verify-full`), never in clear text.
@@ -213,6 +221,14 @@ impl Dialect for Postgres {
             &sync_names(c.synchronous.as_ref(), |s| self.application_name(s), " "),
         );
         out += &conf_line("recovery_target_timeline", "latest");
+        // The server's side of dead-peer detection: a WAL sender writing to a standby that is
+        // cut off or gone would otherwise block for as long as the kernel retransmits, and a
+        // fast shutdown (fencing, rejoin) waits for every WAL sender.
+        for (name, value) in SERVER_DEAD_PEER_DETECTION {
+            if !c.parameters.contains_key(name) {
+                out += &conf_line(name, value);
+            }
+        }
         let conninfo = match (&c.upstream, c.standby) {
             (Some(up), true) => self.conninfo(
                 up,

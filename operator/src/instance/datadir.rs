@@ -35,6 +35,28 @@ pub fn is_standby_configured(cfg: &InstanceConfig) -> bool {
     cfg.data_dir().join(cfg.dialect().standby_signal()).exists()
 }
 
+/// Present from the start of a rejoin until its standby accepts connections: a rejoin asked
+/// again then rewinds again rather than taking the data directory as already following.
+fn rejoin_marker(cfg: &InstanceConfig) -> std::path::PathBuf {
+    cfg.root.join("rejoin-incomplete")
+}
+
+pub fn rejoin_incomplete(cfg: &InstanceConfig) -> bool {
+    rejoin_marker(cfg).exists()
+}
+
+pub fn set_rejoin_incomplete(cfg: &InstanceConfig, incomplete: bool) -> anyhow::Result<()> {
+    let marker = rejoin_marker(cfg);
+    if incomplete {
+        return write_atomic(&marker, b"a rejoin started and has not completed\n", 0o600);
+    }
+    match fs::remove_file(&marker) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", marker.display())),
+    }
+}
+
 pub fn is_fenced(cfg: &InstanceConfig) -> bool {
     cfg.fence_marker().exists()
 }

@@ -23,6 +23,8 @@ use crate::process::run_checked;
 
 /// How long a started server may take to accept connections (crash recovery included).
 const START_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a rejoined standby has to become consistent (see `rejoin`).
+const REJOIN_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a base backup or rewind may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -572,8 +574,9 @@ impl Manager {
         self.clear_incomplete()?;
         self.run_clone_steps(source, config).await?;
         datadir::mark_bootstrapped(cfg)?;
-        // A fence left by an earlier failed rejoin does not apply to fresh data.
+        // A fence or rejoin left by an earlier failed rejoin does not apply to fresh data.
         datadir::set_fenced(cfg, None)?;
+        datadir::set_rejoin_incomplete(cfg, false)?;
         self.start_server(true).await?;
         Ok(format!("cloned from {source} and started as a standby"))
     }
@@ -603,6 +606,14 @@ impl Manager {
     }
 
     async fn start(&self, config: &DesiredConfig) -> anyhow::Result<String> {
+        // A standby whose rejoin did not complete may never become consistent as it is: it is
+        // rewound from the primary it is to follow first.
+        if datadir::rejoin_incomplete(&self.cfg)
+            && config.standby
+            && let Some(upstream) = &config.upstream
+        {
+            return self.rejoin(upstream, config).await;
+        }
         self.apply_files(config)?;
         datadir::set_fenced(&self.cfg, None)?;
         self.start_server(config.standby).await?;
@@ -650,7 +661,9 @@ impl Manager {
     async fn rejoin(&self, source: &Endpoint, config: &DesiredConfig) -> anyhow::Result<String> {
         let cfg = &self.cfg;
         self.server.lock().await.stop(cfg, StopMode::Fast).await?;
-        let rewound = if is_standby_configured(cfg) {
+        let repeated = is_standby_configured(cfg) && !datadir::rejoin_incomplete(cfg);
+        datadir::set_rejoin_incomplete(cfg, true)?;
+        let rewound = if repeated {
             // Already a standby (a repeated request): nothing diverged, just follow.
             Ok(String::new())
         } else {
@@ -688,7 +701,20 @@ impl Manager {
             }
         };
         datadir::set_fenced(cfg, None)?;
-        self.start_server(true).await?;
+        // A rewound standby replays up to where its source was when it was copied. Should the
+        // source lose its place meanwhile (a newer primary forked its history before that
+        // point), the standby can never become consistent: it is stopped, and the rejoin asked
+        // again rewinds it from the new primary.
+        server::wait_lock_released(&cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await?;
+        self.server.lock().await.start(cfg, true)?;
+        if let Err(e) = self.wait_accepting_within(None, REJOIN_READY_TIMEOUT).await {
+            let _ = self.server.lock().await.stop(cfg, StopMode::Fast).await;
+            return Err(e.context(format!(
+                "{how} from {source}, but the standby did not reach a consistent state; \
+                 the next rejoin rewinds it again"
+            )));
+        }
+        datadir::set_rejoin_incomplete(cfg, false)?;
         Ok(format!("{how} from {source} and started as a standby"))
     }
 
@@ -701,6 +727,7 @@ impl Manager {
         self.run_clone_steps(source, config).await.context("cloning again")?;
         datadir::mark_bootstrapped(cfg)?;
         datadir::set_fenced(cfg, None)?;
+        datadir::set_rejoin_incomplete(cfg, false)?;
         self.start_server(true).await?;
         Ok(format!("cloned again from {source} and started as a standby"))
     }
@@ -763,7 +790,11 @@ impl Manager {
 
     /// Waits until the server answers SQL (and, when asked, is or is not in recovery).
     async fn wait_accepting(&self, in_recovery: Option<bool>) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        self.wait_accepting_within(in_recovery, START_TIMEOUT).await
+    }
+
+    async fn wait_accepting_within(&self, in_recovery: Option<bool>, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             tracing::trace!("probing");
             if let Some(p) = self.conn.lock().await.probe(&self.cfg, PROBE_TIMEOUT).await
@@ -775,7 +806,7 @@ impl Manager {
                 bail!("the database server exited while starting; see {}", self.cfg.server_log().display());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the database server did not become ready within {}s", START_TIMEOUT.as_secs());
+                bail!("the database server did not become ready within {}s", within.as_secs());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

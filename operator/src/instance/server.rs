@@ -17,6 +17,9 @@ use crate::engine::StopMode;
 use crate::process::run_checked;
 use crate::reaper::is_zombie;
 
+/// How long a stop may take before it is made immediate.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Default)]
 pub struct ServerProcess {
     child: Option<Child>,
@@ -154,7 +157,11 @@ impl ServerProcess {
             return Ok(());
         }
         let dialect = cfg.dialect();
-        let stopped = run_checked(&dialect.stop(&cfg.layout(), mode), Duration::from_secs(90)).await;
+        // A fast stop that takes longer than this is stuck (a WAL sender blocked on a dead
+        // peer, a client that does not go): it is made immediate, which loses nothing
+        // committed (the next start replays the WAL) and keeps a failover or rejoin from
+        // waiting a minute on it.
+        let stopped = run_checked(&dialect.stop(&cfg.layout(), mode), STOP_GRACE).await;
         if let Err(e) = stopped {
             tracing::warn!(error = %e, "fast stop failed; stopping immediately");
             if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
