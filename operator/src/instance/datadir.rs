@@ -50,11 +50,7 @@ pub fn set_rejoin_incomplete(cfg: &InstanceConfig, incomplete: bool) -> anyhow::
     if incomplete {
         return write_atomic(&marker, b"a rejoin started and has not completed\n", 0o600);
     }
-    match fs::remove_file(&marker) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", marker.display())),
-    }
+    crate::fsutil::remove_if_present(&marker)
 }
 
 pub fn is_fenced(cfg: &InstanceConfig) -> bool {
@@ -71,11 +67,7 @@ pub fn set_fenced(cfg: &InstanceConfig, fenced: Option<Option<Lsn>>) -> anyhow::
         };
         write_atomic(&marker, body.as_bytes(), 0o600)
     } else {
-        match fs::remove_file(&marker) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", marker.display())),
-        }
+        crate::fsutil::remove_if_present(&marker)
     }
 }
 
