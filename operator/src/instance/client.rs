@@ -30,9 +30,10 @@ impl ManagerClient {
     pub fn new(token: String, authority: Option<&str>) -> anyhow::Result<Self> {
         crate::tls::config::install_default_provider();
         let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30));
-        if let Some(ca) = authority {
-            builder = builder.tls_backend_preconfigured(crate::tls::config::client(ca)?).https_only(true);
-        }
+        builder = match authority {
+            Some(ca) => builder.tls_backend_preconfigured(crate::tls::config::client(ca)?).https_only(true),
+            None => builder.tls_backend_preconfigured(crate::tls::config::client_trusting_nothing()?),
+        };
         let http = builder.build().context("building HTTP client")?;
         Ok(Self { http, token })
     }

@@ -37,6 +37,16 @@ pub fn client(authority_pem: &str) -> anyhow::Result<ClientConfig> {
         .with_no_client_auth())
 }
 
+/// Trusts nothing: for a client that only speaks plain HTTP. (reqwest otherwise loads the
+/// system's trust store, which a minimal container image does not have, and refuses to build.)
+pub fn client_trusting_nothing() -> anyhow::Result<ClientConfig> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// Presents `pair` to clients, over HTTP/1.1.
 pub fn server(pair: &KeyedCertificate) -> anyhow::Result<ServerConfig> {
     let chain = certificates(&pair.cert_pem).map_err(|e| anyhow::anyhow!("the server certificate: {e}"))?;
