@@ -14,9 +14,11 @@ use crate::tls::{self, InstanceTls, KeyedCertificate};
 /// How often the files are looked at: renewal happens long before expiry, so seconds do.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The pair in `files`, checked against the cluster's authority at the current time.
-pub fn checked_pair(files: &InstanceTls) -> anyhow::Result<(KeyedCertificate, tls::CertificateInfo)> {
-    let pair = files.read_pair()?;
+/// `pair` (as read from `files`), checked against the cluster's authority at the current time.
+fn checked(
+    pair: KeyedCertificate,
+    files: &InstanceTls,
+) -> anyhow::Result<(KeyedCertificate, tls::CertificateInfo)> {
     let authority = files.read_authority()?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let info = tls::inspect::check_server_pair(&pair, &authority, &[], now)
@@ -27,7 +29,7 @@ pub fn checked_pair(files: &InstanceTls) -> anyhow::Result<(KeyedCertificate, tl
 /// The HTTPS listener's configuration from the instance's current pair (refused when it
 /// fails the checks: the manager then does not start).
 pub fn listener_config(manager: &Manager, files: &InstanceTls) -> anyhow::Result<RustlsConfig> {
-    let (pair, info) = checked_pair(files)?;
+    let (pair, info) = checked(files.read_pair()?, files)?;
     let config = RustlsConfig::from_config(Arc::new(tls::config::server(&pair)?));
     *manager.certificate.lock().expect("certificate lock") = Some((pair.cert_pem, info));
     Ok(config)
@@ -50,7 +52,9 @@ pub async fn watch(manager: Arc<Manager>, files: InstanceTls, listener: RustlsCo
         if refused.as_deref() == Some(seen.as_str()) {
             continue;
         }
-        match checked_pair(&files).and_then(|(pair, info)| Ok((tls::config::server(&pair)?, pair, info))) {
+        // The pair compared above is the one checked and used: no second read in between.
+        match checked(on_disk, &files).and_then(|(pair, info)| Ok((tls::config::server(&pair)?, pair, info)))
+        {
             Ok((config, pair, info)) => {
                 listener.reload_from_config(Arc::new(config));
                 *manager.certificate.lock().expect("certificate lock") = Some((pair.cert_pem, info.clone()));
