@@ -115,7 +115,9 @@ pub struct Measured {
     pub final_primary: String,
     /// From the cut to the first commit acknowledged by another instance (a new primary).
     pub new_primary_writable_after: Option<Duration>,
-    /// From the cut to the old primary's last acknowledgement (of a commit sent after it).
+    /// From the cut to the old primary's last acknowledgement of a commit sent after the cut,
+    /// among those acknowledged before the (last) heal: how long it kept accepting writes while
+    /// cut off. (After the heal it may rightly accept writes again as the primary.)
     pub old_primary_last_ack_after: Option<Duration>,
     /// Commits the old primary acknowledged that were sent after the cut.
     pub old_primary_acks_after_cut: usize,
@@ -127,6 +129,8 @@ pub struct Measured {
     /// Acknowledged commits the final primary does not hold.
     pub lost: usize,
     pub acknowledged: usize,
+    /// From the cut to the (last) heal.
+    pub healed_after: Duration,
     /// From the (last) heal to a healthy cluster.
     pub converged_after_heal: Duration,
     /// The phase and its reason, sampled while the cut was in force (before healing).
@@ -241,7 +245,7 @@ pub async fn run(split: Split, mode: Mode, test: &str) -> anyhow::Result<Measure
         mode,
         old,
         final_primary,
-        cut_at,
+        (cut_at, healed),
         &acks,
         lost,
         converged_after_heal,
@@ -256,7 +260,7 @@ fn measure(
     mode: Mode,
     old: String,
     final_primary: String,
-    cut_at: Instant,
+    (cut_at, healed): (Instant, Instant),
     acks: &[Ack],
     lost: usize,
     converged_after_heal: Duration,
@@ -269,13 +273,19 @@ fn measure(
         split,
         mode,
         new_primary_writable_after: first_new.map(|t| t - cut_at),
-        old_primary_last_ack_after: old_after_cut.iter().map(|a| a.acked).max().map(|t| t - cut_at),
+        old_primary_last_ack_after: old_after_cut
+            .iter()
+            .map(|a| a.acked)
+            .filter(|t| *t < healed)
+            .max()
+            .map(|t| t - cut_at),
         old_primary_acks_after_cut: old_after_cut.len(),
         old_primary_acks_after_new: first_new
             .map_or(0, |t| acks.iter().filter(|a| a.instance == old && a.sent >= t).count()),
         overlapping: overlapping_writers(acks),
         lost,
         acknowledged: acks.len(),
+        healed_after: healed - cut_at,
         converged_after_heal,
         during_cut,
         controller_log,
