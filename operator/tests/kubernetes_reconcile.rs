@@ -15,6 +15,10 @@ fn position(calls: &[Call], what: &str) -> usize {
     })
 }
 
+fn jiff_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 fn shorts(calls: &[Call]) -> Vec<String> {
     calls.iter().map(Call::short).collect()
 }
@@ -59,8 +63,9 @@ async fn first_reconcile_creates_the_objects_in_order() {
         "a cluster being created is probed again soon"
     );
     let writes: Vec<Call> = api.writes().into_iter().filter(|c| c.target().resource != "events").collect();
+    // The certificates first (every pod mounts its own), then the credentials.
     let order = [
-        "POST secrets",
+        "PATCH secrets/og-tls",
         "PATCH configmaps/og-config",
         "PATCH services/og-headless",
         "PATCH services/og-rw",
@@ -91,7 +96,57 @@ async fn first_reconcile_creates_the_objects_in_order() {
         );
         assert_eq!(w.query.get("force").map(String::as_str), Some("true"), "{}", w.short());
     }
-    assert_eq!(writes.len(), order.len() + 6, "nothing else written: {:#?}", shorts(&writes));
+    let secret_posts: Vec<usize> =
+        writes.iter().enumerate().filter(|(_, c)| c.short() == "POST secrets").map(|(i, _)| i).collect();
+    assert_eq!(secret_posts.len(), 2, "the authority and the credentials: {:#?}", shorts(&writes));
+    assert!(secret_posts[0] < positions[0] && secret_posts[1] < positions[1], "{:#?}", shorts(&writes));
+    assert_eq!(writes.len(), order.len() + 2 + 6, "nothing else written: {:#?}", shorts(&writes));
+
+    // The authority is kept in its Secret, and every instance has a pair it signed, naming
+    // the instance's Services, which its pod mounts.
+    let text = |secret: &Value, key: &str| -> String {
+        let bytes: k8s_openapi::ByteString = serde_json::from_value(secret["data"][key].clone())
+            .unwrap_or_else(|e| panic!("{key} in {secret:#}: {e}"));
+        String::from_utf8(bytes.0).expect("utf-8")
+    };
+    let ca_secret = api.get("/api/v1/namespaces/apps/secrets/og-ca").expect("the authority's Secret");
+    assert!(text(&ca_secret, "ca.key").contains("PRIVATE KEY"));
+    let ca = text(&ca_secret, "ca.crt");
+    let tls = api.get("/api/v1/namespaces/apps/secrets/og-tls").expect("the certificates' Secret");
+    assert_eq!(text(&tls, "ca.crt"), ca);
+    for k in 0..3 {
+        let pair = opengauss_operator::tls::KeyedCertificate {
+            cert_pem: text(&tls, &format!("og-{k}.crt")),
+            key_pem: text(&tls, &format!("og-{k}.key")),
+        };
+        let names = [format!("og-{k}.og-headless.apps.svc.cluster.local"), "og-rw.apps.svc".into()];
+        opengauss_operator::tls::inspect::check_server_pair(&pair, &ca, &names, jiff_now())
+            .unwrap_or_else(|e| panic!("og-{k}: {e}"));
+        let pod = api.get(&pod_path(NS, &format!("og-{k}"))).expect("pod");
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+            .unwrap_or_else(|| panic!("a tls volume in {pod:#}"));
+        assert_eq!(volume["secret"]["secretName"], "og-tls");
+        let keys: Vec<&str> = volume["secret"]["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["key"].as_str())
+            .collect();
+        assert_eq!(keys, ["ca.crt".to_string(), format!("og-{k}.crt"), format!("og-{k}.key")]);
+        assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    }
+    let issued: Vec<String> = api
+        .list("events.k8s.io", "events", Some(NS))
+        .iter()
+        .filter(|e| e["reason"] == "CertificateIssued")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(issued.len(), 1, "one issuing round, one event: {issued:?}");
+    for k in 0..3 {
+        assert!(issued[0].contains(&format!("og-{k} (")), "og-{k} named in {issued:?}");
+    }
 
     // Owned by the cluster, so that deleting it deletes them.
     let uid = api.get(&cluster_path(NS, "og")).expect("cluster")["metadata"]["uid"].clone();

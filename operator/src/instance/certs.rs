@@ -3,16 +3,45 @@
 //! listener and the database server use it, without a restart. A pair that fails the checks is
 //! not used: the listener keeps the one it has, and the failure is logged once.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use axum_server::tls_rustls::RustlsConfig;
 
 use super::manager::Manager;
+use crate::fsutil::{create_dir_mode, write_atomic};
 use crate::tls::{self, InstanceTls, KeyedCertificate};
 
 /// How often the files are looked at: renewal happens long before expiry, so seconds do.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the instance's files from the platform's `source` directory (same file names as
+/// `InstanceTls::in_dir`) into `files` with mode 0600 where they differ: the authority, then the
+/// key, then the certificate, so a new certificate never meets an old key. Whether anything
+/// was copied.
+pub fn copy_from_source(source: &Path, files: &InstanceTls) -> anyhow::Result<bool> {
+    let from = InstanceTls::in_dir(source);
+    let mut copied = false;
+    for (src, dst) in [
+        (&from.ca_file, &files.ca_file),
+        (&from.key_file, &files.key_file),
+        (&from.cert_file, &files.cert_file),
+    ] {
+        let wanted = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
+        if std::fs::read(dst).ok().as_deref() == Some(wanted.as_slice()) {
+            continue;
+        }
+        if let Some(dir) = dst.parent() {
+            create_dir_mode(dir, 0o700)?;
+        }
+        write_atomic(dst, &wanted, 0o600)?;
+        copied = true;
+    }
+    Ok(copied)
+}
 
 /// `pair` (as read from `files`), checked against the cluster's authority at the current time.
 fn checked(
@@ -38,8 +67,23 @@ pub fn listener_config(manager: &Manager, files: &InstanceTls) -> anyhow::Result
 /// Runs for the manager's life: applies a changed pair once it passes the checks.
 pub async fn watch(manager: Arc<Manager>, files: InstanceTls, listener: RustlsConfig) {
     let mut refused: Option<String> = None;
+    let source: Option<PathBuf> = manager.cfg.tls_source.clone();
+    let mut copy_failed = false;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
+        if let Some(source) = &source {
+            match copy_from_source(source, &files) {
+                Ok(_) => copy_failed = false,
+                Err(e) if !copy_failed => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot take up the platform's certificate files"
+                    );
+                    copy_failed = true;
+                }
+                Err(_) => {}
+            }
+        }
         let current =
             manager.certificate.lock().expect("certificate lock").as_ref().map(|(pem, _)| pem.clone());
         let Ok(on_disk) = files.read_pair() else { continue };
@@ -76,5 +120,54 @@ pub async fn watch(manager: Arc<Manager>, files: InstanceTls, listener: RustlsCo
                 refused = Some(seen);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_platforms_files_are_copied_private_and_only_when_they_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("mounted");
+        std::fs::create_dir(&source).expect("source dir");
+        for (name, text) in [("ca.crt", "ca one"), ("server.crt", "cert one"), ("server.key", "key one")] {
+            std::fs::write(source.join(name), text).expect("write");
+            std::fs::set_permissions(source.join(name), std::fs::Permissions::from_mode(0o444))
+                .expect("chmod");
+        }
+        let files = InstanceTls::in_dir(&dir.path().join("data/tls"));
+
+        assert!(copy_from_source(&source, &files).expect("first copy"), "nothing there yet: copied");
+        for (file, text) in
+            [(&files.ca_file, "ca one"), (&files.cert_file, "cert one"), (&files.key_file, "key one")]
+        {
+            assert_eq!(std::fs::read_to_string(file).expect("copied"), text);
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        assert_eq!(mode(&dir.path().join("data/tls")), 0o700);
+        assert!(!copy_from_source(&source, &files).expect("second copy"), "unchanged: nothing copied");
+
+        // A renewal replaces the pair: both files follow, the unchanged authority is left alone.
+        std::fs::remove_file(source.join("server.crt")).expect("remove");
+        std::fs::write(source.join("server.crt"), "cert two").expect("write");
+        std::fs::remove_file(source.join("server.key")).expect("remove");
+        std::fs::write(source.join("server.key"), "key two").expect("write");
+        assert!(copy_from_source(&source, &files).expect("renewal copy"));
+        assert_eq!(std::fs::read_to_string(&files.cert_file).expect("cert"), "cert two");
+        assert_eq!(std::fs::read_to_string(&files.key_file).expect("key"), "key two");
+
+        // A source missing a file is an error naming it, and what was copied stays.
+        std::fs::remove_file(source.join("ca.crt")).expect("remove");
+        let error = format!("{:#}", copy_from_source(&source, &files).expect_err("missing ca.crt"));
+        assert!(error.contains("ca.crt"), "{error}");
+        assert_eq!(std::fs::read_to_string(&files.ca_file).expect("ca"), "ca one");
     }
 }

@@ -26,12 +26,15 @@ pub enum Submitted {
 impl ManagerClient {
     /// A client sending `token`; each call says how long it may take (the controller's probe
     /// time-out, which users can change at any time). With `authority` (PEM), managers are
-    /// reached over HTTPS and must present a certificate it signed for the address asked.
+    /// reached over HTTPS and must present a certificate it signed (for the address asked,
+    /// unless that is an IP address: see `tls::config::member_client`).
     pub fn new(token: String, authority: Option<&str>) -> anyhow::Result<Self> {
         crate::tls::config::install_default_provider();
         let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30));
         builder = match authority {
-            Some(ca) => builder.tls_backend_preconfigured(crate::tls::config::client(ca)?).https_only(true),
+            Some(ca) => {
+                builder.tls_backend_preconfigured(crate::tls::config::member_client(ca)?).https_only(true)
+            }
             None => builder.tls_backend_preconfigured(crate::tls::config::client_trusting_nothing()?),
         };
         let http = builder.build().context("building HTTP client")?;

@@ -53,6 +53,11 @@ pub struct InstanceConfig {
     /// manager's API then serve TLS only, and connections to peers check them. Absent: plain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::InstanceTls>,
+    /// Where the platform keeps those files when the database cannot use them in place (a
+    /// mounted Secret: group-readable, owned by root): the manager copies them into `tls`
+    /// with the modes the database requires, and again whenever they change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_source: Option<PathBuf>,
 }
 
 impl InstanceConfig {

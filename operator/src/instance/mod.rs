@@ -31,6 +31,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let cfg = InstanceConfig::load(config_path)?;
+    if let (Some(source), Some(files)) = (&cfg.tls_source, &cfg.tls) {
+        certs::copy_from_source(source, files)?;
+    }
     let manager = Manager::new(cfg.clone())?;
     manager.check_server_version().await;
     let listener = std::net::TcpListener::bind(cfg.api_listen)

@@ -11,6 +11,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use super::inspect;
+
 /// How long a generated authority is valid: far beyond any server certificate it signs, so
 /// renewing those never needs a new authority (which every client would have to trust anew).
 pub const AUTHORITY_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -65,6 +67,49 @@ impl Authority {
         &self.0.cert_pem
     }
 
+    /// An authority given as PEM (the operator's own, kept; or a user's), once it is shown fit
+    /// to issue with at `now`: a CA certificate, not expired, and the key signs for it. The
+    /// error says which of these fails.
+    pub fn from_pem(cert_pem: String, key_pem: String, now: OffsetDateTime) -> Result<Self, String> {
+        let authority = Self(KeyedCertificate { cert_pem, key_pem });
+        let info =
+            inspect::read(authority.cert_pem()).map_err(|e| format!("not a usable certificate: {e}"))?;
+        if !info.is_ca {
+            return Err("not a certificate authority (no CA basic constraint)".into());
+        }
+        if now.unix_timestamp() >= info.not_after {
+            return Err(format!("expired (at unix time {})", info.not_after));
+        }
+        // Proves the key signs for the certificate before anything is issued with it.
+        let probe = authority
+            .issue("probe", &["probe".into()], now, Duration::from_secs(60))
+            .map_err(|e| format!("cannot issue with it: {e:#}"))?;
+        inspect::check_server_pair(&probe, authority.cert_pem(), &[], now.unix_timestamp())
+            .map_err(|e| format!("its key does not belong to its certificate: {e}"))?;
+        Ok(authority)
+    }
+
+    /// Why a server certificate `pair` (absent: none yet) must be replaced by one this
+    /// authority issues for `names`, or `None` when it will do at `now`: foreign, broken, too
+    /// narrow, expired, or a third of its lifetime left.
+    pub fn renewal_reason(
+        &self,
+        pair: Option<&KeyedCertificate>,
+        names: &[String],
+        now: i64,
+    ) -> Option<String> {
+        let Some(pair) = pair else {
+            return Some("it has none yet".into());
+        };
+        match inspect::check_server_pair(pair, self.cert_pem(), names, now) {
+            Err(e) => Some(e),
+            Ok(info) if info.renewal_due(now) => {
+                Some(format!("renewal due (expires at unix time {})", info.not_after))
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// A certificate for `subject` that servers present and clients check: every name in
     /// `names` (host names and IP addresses) is in its subject alternative names. Valid for
     /// both server and client authentication, so the same pair can also prove the instance to
@@ -95,7 +140,6 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::inspect;
 
     #[test]
     fn issued_certificates_chain_to_the_authority_and_carry_every_name() {

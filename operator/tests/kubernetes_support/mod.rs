@@ -636,8 +636,13 @@ pub fn pod_path(ns: &str, name: &str) -> String {
     format!("/api/v1/namespaces/{ns}/pods/{name}")
 }
 
-/// An `OpenGaussCluster` object with `spec` (JSON), as the API server would hold it.
-pub fn cluster_json(name: &str, spec: Value) -> Value {
+/// An `OpenGaussCluster` object with `spec` (JSON), as the API server would hold it. Without
+/// TLS unless `spec` says otherwise: the fake managers here serve plain HTTP (the first
+/// reconcile is checked with TLS on, and the real-cluster suite runs with it).
+pub fn cluster_json(name: &str, mut spec: Value) -> Value {
+    if spec.get("tls").is_none() {
+        spec["tls"] = json!({"enabled": false});
+    }
     json!({
         "apiVersion": "ha.opengauss.dev/v1alpha1",
         "kind": "OpenGaussCluster",
@@ -844,7 +849,10 @@ pub async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() ->
 /// A fresh three-instance openGauss cluster, reconciled once.
 pub async fn scenario_first_reconcile() -> (FakeApi, Arc<Context>, Result<Action, String>) {
     let api = FakeApi::new();
-    api.insert(&cluster_path(NS, "og"), cluster_json("og", json!({"instances": 3, "engine": "openGauss"})));
+    api.insert(
+        &cluster_path(NS, "og"),
+        cluster_json("og", json!({"instances": 3, "engine": "openGauss", "tls": {"enabled": true}})),
+    );
     let ctx = context(&api, 8000);
     let result = reconcile_once(&api, &ctx, "og").await;
     (api, ctx, result)

@@ -5,6 +5,10 @@
 //! Per cluster `<name>` in namespace `<ns>`:
 //! - Secret `<name>-credentials`: superuser and replication passwords, the managers' API token,
 //!   a libpq password file;
+//! - with TLS (the default), Secrets `<name>-ca` (the cluster's certificate authority) and
+//!   `<name>-tls` (each instance's server certificate and key, and the authority's
+//!   certificate), made and renewed by the reconcile (`certificates`), not here: they hold
+//!   keys generated at run time;
 //! - ConfigMap `<name>-config`: one `<instance>.json` per instance, the instance manager's
 //!   `InstanceConfig`;
 //! - Service `<name>-headless` (every pod, not-ready ones included, so each pod has the stable
@@ -51,6 +55,11 @@ pub mod paths {
     pub const CONFIG_DIR: &str = "/etc/opengauss-operator/config";
     /// The cluster's Secret.
     pub const SECRET_DIR: &str = "/etc/opengauss-operator/secret";
+    /// This instance's items of the TLS Secret (`ca.crt`, `server.crt`, `server.key`), which
+    /// the manager copies into `TLS_DIR` with the modes the database requires.
+    pub const TLS_SOURCE_DIR: &str = "/etc/opengauss-operator/tls";
+    /// The files the database server and the manager's listener use, on the instance's volume.
+    pub const TLS_DIR: &str = "/var/lib/opengauss/tls";
     /// Where the operator image keeps its binary.
     pub const OPERATOR_BINARY: &str = "/usr/local/bin/opengauss-operator";
 }
@@ -103,6 +112,12 @@ pub fn rw_service_name(cluster: &str) -> String {
 pub fn ro_service_name(cluster: &str) -> String {
     format!("{cluster}-ro")
 }
+pub fn ca_secret_name(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+pub fn tls_secret_name(cluster: &str) -> String {
+    format!("{cluster}-tls")
+}
 pub fn pdb_name(cluster: &str) -> String {
     cluster.to_string()
 }
@@ -122,6 +137,43 @@ pub fn instance_host(c: &OpenGaussCluster, instance: &str, opts: &Options) -> St
         namespace(c),
         opts.cluster_domain
     )
+}
+
+/// Keys of the TLS Secret.
+pub mod tls_keys {
+    /// The authority's certificate (the CA Secret uses the same key, beside `CA_KEY`).
+    pub const CA: &str = "ca.crt";
+    pub const CA_KEY: &str = "ca.key";
+    pub fn certificate(instance: &str) -> String {
+        format!("{instance}.crt")
+    }
+    pub fn key(instance: &str) -> String {
+        format!("{instance}.key")
+    }
+}
+
+/// Whether the cluster's instances serve TLS.
+pub fn tls_enabled(c: &OpenGaussCluster) -> bool {
+    c.spec.tls.enabled
+}
+
+/// Every name an instance's server certificate carries: its pod's names through the headless
+/// Service, the `-rw` and `-ro` Services in every form a client in the cluster may use, and
+/// the loopback forms. (Pod IPs are not among them: a pod has none when its certificate is
+/// issued.)
+pub fn certificate_names(c: &OpenGaussCluster, instance: &str, opts: &Options) -> Vec<String> {
+    let name = cluster_name(c);
+    let ns = namespace(c);
+    let domain = &opts.cluster_domain;
+    let mut names = vec![instance.to_string(), "localhost".into(), "127.0.0.1".into()];
+    let headless = headless_service_name(name);
+    for host in [format!("{instance}.{headless}"), rw_service_name(name), ro_service_name(name)] {
+        names.push(format!("{host}.{ns}.svc.{domain}"));
+        names.push(format!("{host}.{ns}.svc"));
+        names.push(format!("{host}.{ns}"));
+        names.push(host);
+    }
+    names
 }
 
 /// openGauss's HA (replication) and heartbeat ports, from the engine.
@@ -199,7 +251,7 @@ pub fn owner_reference(c: &OpenGaussCluster) -> Option<OwnerReference> {
     })
 }
 
-fn meta(c: &OpenGaussCluster, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+pub(super) fn meta(c: &OpenGaussCluster, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace(c).to_string()),
@@ -250,9 +302,8 @@ pub fn instance_config(c: &OpenGaussCluster, instance: &str, opts: &Options) -> 
         // Pod networks differ between clusters; every TCP login needs a password.
         hba_networks: vec!["0.0.0.0/0".into(), "::/0".into()],
         ha_port: ha_port(c),
-        // TLS on Kubernetes is not built yet (issue 12): there the managers serve plain HTTP
-        // and the databases accept connections without TLS.
-        tls: None,
+        tls: tls_enabled(c).then(|| crate::tls::InstanceTls::in_dir(std::path::Path::new(paths::TLS_DIR))),
+        tls_source: tls_enabled(c).then(|| PathBuf::from(paths::TLS_SOURCE_DIR)),
     }
 }
 
@@ -390,12 +441,14 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
+/// The kubelet's probe of the manager's API (over HTTPS with TLS; the kubelet does not check
+/// the certificate, and the probe paths need no token).
+fn http_probe(path: &str, tls: bool, period: i32, timeout: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String(ports::MANAGER.into()),
-            scheme: Some("HTTP".into()),
+            scheme: Some(if tls { "HTTPS" } else { "HTTP" }.into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -451,6 +504,7 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
     let mut pod_labels = instance_labels(name, instance);
     pod_labels.insert(labels::ROLE.into(), role.as_str().into());
     let ha = ha_ports(c);
+    let tls = tls_enabled(c);
     let mut env: Vec<EnvVar> = layout
         .env
         .iter()
@@ -495,20 +549,25 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
         }),
         // The manager answers /healthz as long as it runs; /readyz only while the server
         // accepts connections, which keeps an instance out of the Services until then.
-        liveness_probe: Some(http_probe("/healthz", 10, 5, 6)),
-        readiness_probe: Some(http_probe("/readyz", 2, 3, 3)),
+        liveness_probe: Some(http_probe("/healthz", tls, 10, 5, 6)),
+        readiness_probe: Some(http_probe("/readyz", tls, 2, 3, 3)),
         resources: c.spec.resources.clone(),
         // The database image writes outside its volumes (lock files, temporary files).
         security_context: Some(restricted(false)),
-        volume_mounts: Some(vec![
-            mount("data", paths::DATA_ROOT, false),
-            mount("controller", paths::CONTROLLER_DIR, true),
-            mount("run", paths::SOCKET_DIR, false),
-            mount("config", paths::CONFIG_DIR, true),
-            mount("secret", paths::SECRET_DIR, true),
-            mount("shm", "/dev/shm", false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("data", paths::DATA_ROOT, false),
+                mount("controller", paths::CONTROLLER_DIR, true),
+                mount("run", paths::SOCKET_DIR, false),
+                mount("config", paths::CONFIG_DIR, true),
+                mount("secret", paths::SECRET_DIR, true),
+                mount("shm", "/dev/shm", false),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(tls.then(|| mount("tls", paths::TLS_SOURCE_DIR, true)))
+            .collect(),
+        ),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
@@ -536,7 +595,7 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
         medium: medium.map(Into::into),
         size_limit: size.map(|s| Quantity(s.into())),
     };
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "data".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -581,6 +640,25 @@ pub fn pod(c: &OpenGaussCluster, instance: &str, role: RoleLabel, opts: &Options
             ..Volume::default()
         },
     ];
+    if tls {
+        // This instance's own key only; the kubelet updates the files when the Secret is
+        // renewed, and the manager takes them up.
+        let item = |key: String, path: &str| KeyToPath { key, path: path.into(), ..KeyToPath::default() };
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls_secret_name(name)),
+                items: Some(vec![
+                    item(tls_keys::CA.into(), "ca.crt"),
+                    item(tls_keys::certificate(instance), "server.crt"),
+                    item(tls_keys::key(instance), "server.key"),
+                ]),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let spec = PodSpec {
         hostname: Some(instance.into()),
         subdomain: Some(headless_service_name(name)),

@@ -9,6 +9,8 @@
 //! - `render`: `opengauss-operator render`, every object for a cluster file, offline;
 //! - `platform`: the `Platform` the shared controller drives (inventory from owned Pods, create
 //!   Pod + PVC, restart, status through the status subresource, Kubernetes Events);
+//! - `certificates`: the cluster's certificate authority and each instance's server
+//!   certificate, in Secrets, issued and renewed;
 //! - `caches`: the watch caches of the pods, Services, ConfigMaps and budgets it manages;
 //! - `reconcile`: the kube-rs reconcile function around `Controller::pass`;
 //! - `lease`: leader election with a `coordination.k8s.io/v1` Lease;
@@ -16,6 +18,7 @@
 
 pub mod builders;
 pub mod caches;
+pub mod certificates;
 pub mod credentials;
 pub mod lease;
 pub mod options;

@@ -140,7 +140,25 @@ pub fn manager_url(pod: &Pod, port: u16) -> Option<String> {
         return None;
     }
     let ip = status.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
-    Some(if ip.contains(':') { format!("http://[{ip}]:{port}") } else { format!("http://{ip}:{port}") })
+    let scheme = if serves_https(pod) { "https" } else { "http" };
+    Some(if ip.contains(':') {
+        format!("{scheme}://[{ip}]:{port}")
+    } else {
+        format!("{scheme}://{ip}:{port}")
+    })
+}
+
+/// Whether the pod's manager serves HTTPS: it was made with TLS, which its probes show (a
+/// change of `spec.tls.enabled` reaches each pod as it is recreated).
+fn serves_https(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().any(|c| {
+            c.readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .is_some_and(|h| h.scheme.as_deref() == Some("HTTPS"))
+        })
+    })
 }
 
 /// The current role label of a pod, if it carries a known one.
@@ -631,6 +649,15 @@ mod tests {
         assert_eq!(manager_url(&pod, 8000).as_deref(), Some("http://10.0.0.7:8000"));
         pod.status.as_mut().expect("status").pod_ip = Some("fd00::7".into());
         assert_eq!(manager_url(&pod, 8000).as_deref(), Some("http://[fd00::7]:8000"));
+        // A pod made with TLS: its probes, like the controller, use HTTPS.
+        let mut tls_pod = pod.clone();
+        tls_pod.spec = Some(
+            serde_json::from_value(serde_json::json!({"containers": [{
+                "name": "database", "readinessProbe": {"httpGet": {"port": "manager", "scheme": "HTTPS"}}
+            }]}))
+            .expect("spec"),
+        );
+        assert_eq!(manager_url(&tls_pod, 8000).as_deref(), Some("https://[fd00::7]:8000"));
         pod.status.as_mut().expect("status").phase = Some("Pending".into());
         assert_eq!(pod_state(&pod), PlatformState::Running);
         assert_eq!(manager_url(&pod, 8000), None);

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use super::builders::{self, cluster_name, namespace};
 use super::caches::{self, Caches};
+use super::certificates;
 use super::credentials::Credentials;
 use super::options::Options;
 use super::platform::{ForeignStatus, KubePlatform, owned_by, truncate_note};
@@ -52,6 +53,8 @@ impl From<anyhow::Error> for ReconcileError {
 /// What one cluster keeps between reconciles.
 struct ClusterState {
     controller: Controller<KubePlatform>,
+    /// The authority its controller trusts the managers' certificates by (`None`: plain HTTP).
+    authority: Option<String>,
     /// Per cluster-level object (kind/name): the definition hash last applied, and when.
     applied: Mutex<BTreeMap<String, (String, Instant)>>,
     last_used: Mutex<Instant>,
@@ -66,6 +69,15 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::ControllerMetrics>,
     pub caches: Caches,
     clusters: tokio::sync::Mutex<HashMap<String, Arc<ClusterState>>>,
+    /// Per cluster (by uid): the authority's certificate, when its certificates were last
+    /// looked at, and for which spec (a change of instances or TLS settings looks again at once).
+    certificates: Mutex<HashMap<String, CertificatesSeen>>,
+}
+
+struct CertificatesSeen {
+    authority: String,
+    spec: String,
+    at: Instant,
 }
 
 impl std::fmt::Debug for Context {
@@ -77,7 +89,15 @@ impl std::fmt::Debug for Context {
 impl Context {
     pub fn new(client: Client, options: Options, reporter: Reporter, caches: Caches) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, options, recorder, metrics: Default::default(), caches, clusters: Default::default() }
+        Self {
+            client,
+            options,
+            recorder,
+            metrics: Default::default(),
+            caches,
+            clusters: Default::default(),
+            certificates: Default::default(),
+        }
     }
 
     /// The clusters this context keeps state for (by uid).
@@ -87,16 +107,64 @@ impl Context {
 
     async fn forget(&self, uid: &str) {
         self.clusters.lock().await.remove(uid);
+        self.certificates.lock().expect("lock").remove(uid);
+    }
+
+    /// With TLS, the cluster's authority (its certificate), after its certificates were
+    /// brought up to date if they were not looked at recently: every instance of the spec has
+    /// a valid pair before its pod is made. Issuing is told as an event.
+    async fn certificates(&self, cluster: &OpenGaussCluster) -> anyhow::Result<Option<String>> {
+        if !builders::tls_enabled(cluster) {
+            return Ok(None);
+        }
+        let uid = cluster.metadata.uid.clone().context("the cluster has no uid")?;
+        let spec = format!("{}/{:?}", cluster.spec.instances, cluster.spec.tls);
+        if let Some(seen) = self.certificates.lock().expect("lock").get(&uid)
+            && seen.spec == spec
+            && seen.at.elapsed() < certificates::recheck_every(cluster)
+        {
+            return Ok(Some(seen.authority.clone()));
+        }
+        let (authority, issued) = certificates::ensure(&self.client, cluster, &self.options).await?;
+        // One event per issuing round: the recorder folds repeated reasons into one series, so
+        // the note names every instance that got a new pair and why.
+        if !issued.is_empty() {
+            let list: Vec<String> =
+                issued.iter().map(|(instance, reason)| format!("{instance} ({reason})")).collect();
+            let note = format!("issued server certificates: {}", list.join(", "));
+            tracing::info!(cluster = %cluster_name(cluster), namespace = %namespace(cluster), "{note}");
+            let event = KubeEvent {
+                type_: KubeEventType::Normal,
+                reason: "CertificateIssued".into(),
+                note: Some(truncate_note(&note)),
+                action: "IssueCertificate".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference_to(&cluster.metadata)).await {
+                tracing::debug!(error = %e, "cannot publish CertificateIssued");
+            }
+        }
+        self.certificates
+            .lock()
+            .expect("lock")
+            .insert(uid, CertificatesSeen { authority: authority.clone(), spec, at: Instant::now() });
+        Ok(Some(authority))
     }
 
     /// The cluster's state, made on first use: its credentials are read from (or first written
     /// to) its Secret, and a controller is set up with its API token, resuming from the status
     /// on the object.
-    async fn state(&self, cluster: &Arc<OpenGaussCluster>) -> anyhow::Result<Arc<ClusterState>> {
+    async fn state(
+        &self,
+        cluster: &Arc<OpenGaussCluster>,
+        authority: Option<String>,
+    ) -> anyhow::Result<Arc<ClusterState>> {
         let uid = cluster.metadata.uid.clone().context("the cluster has no uid")?;
         {
             let mut clusters = self.clusters.lock().await;
             clusters.retain(|_, s| s.last_used.lock().expect("lock").elapsed() < FORGET_AFTER);
+            // TLS switched on or off, or a new authority: a controller whose client trusts it.
+            clusters.retain(|id, s| *id != uid || s.authority == authority);
             if let Some(s) = clusters.get(&uid) {
                 *s.last_used.lock().expect("lock") = Instant::now();
                 return Ok(s.clone());
@@ -112,10 +180,12 @@ impl Context {
             self.caches.clone(),
         );
         let status = cluster.status.clone().unwrap_or_default();
-        let controller = Controller::new(platform, credentials.secrets.token.clone(), None, status)?
-            .with_metrics(self.metrics.clone());
+        let controller =
+            Controller::new(platform, credentials.secrets.token.clone(), authority.as_deref(), status)?
+                .with_metrics(self.metrics.clone());
         let state = Arc::new(ClusterState {
             controller,
+            authority,
             applied: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
         });
@@ -388,7 +458,8 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
     tokio::time::timeout(CACHE_SYNC, ctx.caches.wait_until_ready())
         .await
         .context("the watch caches did not fill within a minute")??;
-    let state = ctx.state(&cluster).await?;
+    let authority = ctx.certificates(&cluster).await?;
+    let state = ctx.state(&cluster, authority).await?;
     let platform = &state.controller.platform;
     platform.set_cluster(cluster.clone());
     apply_cluster_objects(ctx, &state, &cluster).await?;

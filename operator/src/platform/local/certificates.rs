@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::fsutil::{create_dir_mode, write_atomic};
 use crate::instance::InstanceConfig;
-use crate::tls::{Authority, InstanceTls, KeyedCertificate, inspect};
+use crate::tls::{Authority, InstanceTls};
 
 /// The authority's files.
 pub fn authority_files(tls_dir: &Path) -> (PathBuf, PathBuf) {
@@ -27,37 +27,13 @@ pub fn authority(tls_dir: &Path, cluster: &str) -> anyhow::Result<Authority> {
         (true, true) => {
             let read =
                 |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
-            let authority =
-                Authority(KeyedCertificate { cert_pem: read(&cert_file)?, key_pem: read(&key_file)? });
-            let info = inspect::read(authority.cert_pem())
-                .map_err(|e| anyhow::anyhow!("{} is not a usable certificate: {e}", cert_file.display()))?;
-            if !info.is_ca {
-                bail!("{} is not a certificate authority (no CA basic constraint)", cert_file.display());
-            }
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            if now >= info.not_after {
-                bail!(
-                    "{} expired (at unix time {}): replace it, or remove both files for a new one",
+            Authority::from_pem(read(&cert_file)?, read(&key_file)?, OffsetDateTime::now_utc()).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} (with its key {}): {e}; replace them, or remove both for a new authority",
                     cert_file.display(),
-                    info.not_after
-                );
-            }
-            // Proves the key signs for the certificate before anything is issued with it.
-            let probe = authority
-                .issue("probe", &["probe".into()], OffsetDateTime::now_utc(), Duration::from_secs(60))
-                .with_context(|| {
-                    format!("cannot issue with {} and {}", cert_file.display(), key_file.display())
-                })?;
-            inspect::check_server_pair(
-                &probe,
-                authority.cert_pem(),
-                &[],
-                OffsetDateTime::now_utc().unix_timestamp(),
-            )
-            .map_err(|e| {
-                anyhow::anyhow!("{} does not belong to {}: {e}", key_file.display(), cert_file.display())
-            })?;
-            Ok(authority)
+                    key_file.display()
+                )
+            })
         }
         (false, false) => {
             create_dir_mode(tls_dir, 0o755)?;
@@ -94,16 +70,7 @@ pub fn renewal_reason(
     names: &[String],
     now: i64,
 ) -> Option<String> {
-    let Ok(pair) = files.read_pair() else {
-        return Some("it has none yet".into());
-    };
-    match inspect::check_server_pair(&pair, authority.cert_pem(), names, now) {
-        Err(e) => Some(e),
-        Ok(info) if info.renewal_due(now) => {
-            Some(format!("renewal due (expires at unix time {})", info.not_after))
-        }
-        Ok(_) => None,
-    }
+    authority.renewal_reason(files.read_pair().ok().as_ref(), names, now)
 }
 
 /// What an instance's certificate files need.
@@ -144,6 +111,7 @@ pub fn files_to_write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::KeyedCertificate;
 
     #[test]
     fn the_authority_is_made_once_and_a_broken_one_is_named_not_replaced() {
@@ -158,7 +126,7 @@ mod tests {
 
         std::fs::write(dir.join("ca.crt"), "garbage").expect("break it");
         let err = authority(&dir, "demo").expect_err("refused").to_string();
-        assert!(err.contains("ca.crt is not a usable certificate"), "{err}");
+        assert!(err.contains("ca.crt (with its key") && err.contains("not a usable certificate"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.join("ca.crt")).expect("kept"), "garbage", "not overwritten");
 
         // A user's own authority is used as given; one whose key is not its own is refused.
@@ -171,7 +139,7 @@ mod tests {
         let other = Authority::generate("other", OffsetDateTime::now_utc()).expect("other");
         std::fs::write(mine.join("ca.key"), &other.0.key_pem).expect("wrong key");
         let err = authority(&mine, "demo").expect_err("refused").to_string();
-        assert!(err.contains("ca.key does not belong to"), "{err}");
+        assert!(err.contains("its key does not belong to its certificate"), "{err}");
         let expired = Authority::generate(
             "old",
             OffsetDateTime::now_utc() - crate::tls::authority::AUTHORITY_LIFETIME * 2,
@@ -180,7 +148,7 @@ mod tests {
         std::fs::write(mine.join("ca.crt"), expired.cert_pem()).expect("cert");
         std::fs::write(mine.join("ca.key"), &expired.0.key_pem).expect("key");
         let err = authority(&mine, "demo").expect_err("refused").to_string();
-        assert!(err.contains("ca.crt expired"), "{err}");
+        assert!(err.contains("ca.crt (with its key") && err.contains("expired"), "{err}");
 
         std::fs::remove_file(dir.join("ca.key")).expect("remove key");
         let err = authority(&dir, "demo").expect_err("refused").to_string();

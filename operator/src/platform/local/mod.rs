@@ -302,6 +302,8 @@ impl LocalPlatform {
             hba_networks,
             ha_port,
             tls: self.authority.as_ref().map(|_| crate::tls::InstanceTls::in_dir(&root)),
+            // Written in place by this platform, with the modes the database requires.
+            tls_source: None,
         };
         self.kubelet.add(&instance, root);
         if let Some(p) = placement {
