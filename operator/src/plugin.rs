@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use opengauss_crd::OpenGaussCluster;
 use opengauss_crd::names::instance_ordinal;
 
 use crate::platform::kubernetes::annotations;
-use crate::platform::kubernetes::builders::{DATABASE_CONTAINER, paths};
+use crate::platform::kubernetes::builders::{DATABASE_CONTAINER, ca_secret_name, paths, tls_keys};
 
 const FIELD_MANAGER: &str = "kubectl-opengauss";
 
@@ -196,4 +197,31 @@ pub async fn psql_command(
     ];
     argv.extend(extra.iter().cloned());
     Ok(argv)
+}
+
+/// The cluster's certificate authority (PEM), for clients connecting with
+/// `sslmode=verify-full`: the certificate only, read from the CA Secret; its key never leaves it.
+pub async fn authority(client: &Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let cluster = get(client, namespace, name).await?;
+    if !cluster.spec.tls.enabled {
+        bail!("cluster {name} runs without TLS (spec.tls.enabled is false): it has no certificate authority");
+    }
+    let secret_name = ca_secret_name(name);
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(&secret_name)
+        .await
+        .with_context(|| format!("reading Secret {namespace}/{secret_name}"))?
+        .with_context(|| {
+            format!("Secret {namespace}/{secret_name} does not exist yet: the operator makes it on its first reconcile")
+        })?;
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(tls_keys::CA))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .with_context(|| format!("Secret {namespace}/{secret_name} has no {:?}", tls_keys::CA))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        bail!("Secret {namespace}/{secret_name}: {:?} is not a PEM certificate", tls_keys::CA);
+    }
+    Ok(pem)
 }

@@ -149,3 +149,37 @@ async fn psql_opens_the_engine_shell_on_the_primary_socket() {
     );
     assert!(line.ends_with("-c SELECT 1"), "the shell's arguments come last: {line}");
 }
+
+#[tokio::test]
+async fn ca_prints_the_authoritys_certificate_and_never_its_key() {
+    let api = world();
+    let mut tls_cluster = cluster_json("secure", json!({"instances": 3, "tls": {"enabled": true}}));
+    tls_cluster["metadata"]["resourceVersion"] = json!("3");
+    api.insert(&cluster_path(NS, "secure"), tls_cluster);
+    let client = api.client();
+
+    // Before the operator made the Secret: told so, not an empty answer.
+    let error = format!("{:#}", plugin::authority(&client, NS, "secure").await.expect_err("no Secret yet"));
+    assert!(error.contains("secure-ca") && error.contains("does not exist yet"), "{error}");
+
+    let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n";
+    api.insert(
+        &format!("/api/v1/namespaces/{NS}/secrets/secure-ca"),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "secure-ca", "namespace": NS},
+            "data": {"ca.crt": base64_like::encode(cert.as_bytes()), "ca.key": base64_like::encode(key.as_bytes())},
+        }),
+    );
+    let out = plugin::authority(&client, NS, "secure").await.expect("the authority");
+    assert_eq!(out, cert);
+    assert!(!out.contains("PRIVATE KEY"));
+    assert!(api.writes().is_empty(), "ca only reads");
+
+    // A cluster without TLS has no authority, and the error says why.
+    let error = format!("{:#}", plugin::authority(&client, NS, "og").await.expect_err("no TLS"));
+    assert!(error.contains("spec.tls.enabled is false"), "{error}");
+    let error = format!("{:#}", plugin::authority(&client, NS, "nope").await.expect_err("no cluster"));
+    assert!(error.contains("OpenGaussCluster apps/nope"), "{error}");
+}

@@ -40,6 +40,9 @@ enum Command {
     Fence { cluster: String, instance: String },
     /// Unfence INSTANCE.
     Unfence { cluster: String, instance: String },
+    /// Print the cluster's certificate authority (PEM) for `sslmode=verify-full` clients:
+    /// `kubectl opengauss ca og > ca.crt`, then `psql "... sslmode=verify-full sslrootcert=ca.crt"`.
+    Ca { cluster: String },
     /// Open psql (gsql for openGauss) in INSTANCE, the primary by default; arguments after
     /// `--` go to the shell (`-- -c "SELECT 1"`).
     Psql {
@@ -79,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unfence { cluster, instance } => {
             fence(&client, &namespace, &cluster, &instance, false).await?
         }
+        Command::Ca { cluster } => print!("{}", plugin::authority(&client, &namespace, &cluster).await?),
         Command::Psql { cluster, instance, args } => {
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
             let argv =
