@@ -15,7 +15,7 @@ fn position(calls: &[Call], what: &str) -> usize {
     })
 }
 
-fn jiff_now() -> i64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
@@ -120,7 +120,7 @@ async fn first_reconcile_creates_the_objects_in_order() {
             key_pem: text(&tls, &format!("og-{k}.key")),
         };
         let names = [format!("og-{k}.og-headless.apps.svc.cluster.local"), "og-rw.apps.svc".into()];
-        opengauss_operator::tls::inspect::check_server_pair(&pair, &ca, &names, jiff_now())
+        opengauss_operator::tls::inspect::check_server_pair(&pair, &ca, &names, unix_now())
             .unwrap_or_else(|e| panic!("og-{k}: {e}"));
         let pod = api.get(&pod_path(NS, &format!("og-{k}"))).expect("pod");
         let volume = pod["spec"]["volumes"]
@@ -518,4 +518,91 @@ async fn a_status_written_by_another_leader_is_never_overwritten() {
     // The next pass starts from the server's status and goes on from there.
     reconcile_once(&api, &ctx, "og").await.expect("next pass");
     assert_eq!(stored_status(&api, "og").observed_generation, Some(2));
+}
+
+/// A Secret `og-ca` the user made before the cluster, holding `ca.crt` and `ca.key`.
+fn user_authority_secret(cert_pem: &str, key_pem: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "og-ca", "namespace": NS, "resourceVersion": "1"},
+        "data": {
+            "ca.crt": base64_like::encode(cert_pem.as_bytes()),
+            "ca.key": base64_like::encode(key_pem.as_bytes()),
+        },
+    })
+}
+
+fn tls_cluster(api: &FakeApi) {
+    api.insert(
+        &cluster_path(NS, "og"),
+        cluster_json("og", serde_json::json!({"instances": 3, "tls": {"enabled": true}})),
+    );
+}
+
+#[tokio::test]
+async fn an_authority_the_user_brings_is_issued_with_and_never_written() {
+    let api = FakeApi::new();
+    tls_cluster(&api);
+    let mine = opengauss_operator::tls::Authority::generate("mine", time::OffsetDateTime::now_utc())
+        .expect("an authority");
+    let secret = user_authority_secret(mine.cert_pem(), &mine.0.key_pem);
+    api.insert("/api/v1/namespaces/apps/secrets/og-ca", secret.clone());
+    let ctx = context(&api, 8000);
+    reconcile_once(&api, &ctx, "og").await.expect("reconcile succeeds");
+
+    assert!(
+        !api.writes()
+            .iter()
+            .any(|c| c.target().resource == "secrets" && c.target().name.as_deref() == Some("og-ca")),
+        "the user's Secret is not written: {:#?}",
+        shorts(&api.writes())
+    );
+    assert_eq!(
+        api.get("/api/v1/namespaces/apps/secrets/og-ca").expect("still there")["data"],
+        secret["data"]
+    );
+    let tls = api.get("/api/v1/namespaces/apps/secrets/og-tls").expect("the certificates' Secret");
+    let text = |key: &str| -> String {
+        let bytes: k8s_openapi::ByteString =
+            serde_json::from_value(tls["data"][key].clone()).unwrap_or_else(|e| panic!("{key}: {e}"));
+        String::from_utf8(bytes.0).expect("utf-8")
+    };
+    assert_eq!(text("ca.crt"), mine.cert_pem());
+    for k in 0..3 {
+        let pair = opengauss_operator::tls::KeyedCertificate {
+            cert_pem: text(&format!("og-{k}.crt")),
+            key_pem: text(&format!("og-{k}.key")),
+        };
+        opengauss_operator::tls::inspect::check_server_pair(&pair, mine.cert_pem(), &[], unix_now())
+            .unwrap_or_else(|e| panic!("og-{k} signed by the user's authority: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn a_broken_authority_stops_the_reconcile_with_the_secret_named_and_nothing_made() {
+    let now = time::OffsetDateTime::now_utc();
+    let real = opengauss_operator::tls::Authority::generate("real", now).expect("an authority");
+    let other = opengauss_operator::tls::Authority::generate("other", now).expect("another");
+    let leaf =
+        real.issue("leaf", &["leaf".into()], now, std::time::Duration::from_secs(3600)).expect("a leaf");
+    for (what, cert, key, expected) in [
+        (
+            "a server certificate",
+            leaf.cert_pem.as_str(),
+            leaf.key_pem.as_str(),
+            "not a certificate authority",
+        ),
+        ("another authority's key", real.cert_pem(), other.0.key_pem.as_str(), "does not belong"),
+        ("not PEM", "hello", real.0.key_pem.as_str(), "not a usable certificate"),
+    ] {
+        let api = FakeApi::new();
+        tls_cluster(&api);
+        api.insert("/api/v1/namespaces/apps/secrets/og-ca", user_authority_secret(cert, key));
+        let ctx = context(&api, 8000);
+        let error = reconcile_once(&api, &ctx, "og").await.expect_err(what);
+        assert!(error.contains("og-ca") && error.contains(expected), "{what}: {error}");
+        let writes: Vec<String> =
+            api.writes().iter().filter(|c| c.target().resource != "events").map(|c| c.short()).collect();
+        assert!(writes.is_empty(), "{what}: nothing made or rewritten: {writes:#?}");
+    }
 }

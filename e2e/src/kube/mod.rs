@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod driver;
 pub mod scenarios;
+pub mod tls;
 
 pub use cluster::KubeCluster;
 pub use driver::Driver;

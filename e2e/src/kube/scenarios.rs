@@ -74,6 +74,7 @@ pub async fn bootstrap_checks_and_cleanup(
         async |c| {
             let status = healthy_and_checked(c, "checks", BOOTSTRAP).await?;
             let primary = primary_of(&status)?;
+            super::tls::database_tls_checks(c, &primary).await?;
 
             // The columns of `kubectl get ogc`, from the CRD's printer columns.
             let table = c.kubectl(&["get", "ogc", &c.name]).await?;
@@ -213,6 +214,7 @@ async fn after_losing_the_primary(c: &KubeCluster, old: &str, timeline: u32) -> 
         bail!("the row written before the failover is gone: {rows:?}");
     }
     checks::original_deployment_checks(c, &new, "checks_after").await?;
+    super::tls::database_tls_checks(c, &new).await?;
     c.wait_event("Promoted", &new, Duration::from_secs(30)).await?;
     Ok(())
 }
@@ -587,6 +589,21 @@ pub async fn kubectl_plugin(
             ])
             .await?;
             expect_eq("kubectl opengauss psql on the primary", out.trim(), "f")?;
+
+            // After the switchover, standbys stream over TLS again; the authority the plugin
+            // prints is the one every pod verifies with.
+            super::tls::database_tls_checks(c, &target).await?;
+            let authority = run(vec!["ca".into(), c.name.clone()]).await?;
+            if !authority.starts_with("-----BEGIN CERTIFICATE-----") || authority.contains("PRIVATE KEY") {
+                bail!("kubectl opengauss ca printed no certificate alone:\n{authority}");
+            }
+            for name in c.instance_names() {
+                let in_pod = c
+                    .exec(&name, &["cat".into(), super::tls::authority_in_pod()])
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading the authority in {name}: {e}"))?;
+                expect_eq(&format!("the authority in {name}"), in_pod.trim(), authority.trim())?;
+            }
             Ok(())
         },
     )
