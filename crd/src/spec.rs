@@ -143,11 +143,21 @@ pub struct TlsSpec {
     #[serde(default = "default_certificate_lifetime")]
     #[schemars(range(min = 30, max = 315_360_000))]
     pub certificate_lifetime_seconds: u64,
+    /// `true`: the replication user authenticates its replication connections (streaming and
+    /// base backups) with its instance's certificate instead of its password: a standby
+    /// without a certificate the cluster's authority issued to a member is refused, whatever
+    /// password it knows. PostgreSQL only (openGauss's `gs_ctl build` connects without TLS).
+    #[serde(default)]
+    pub replication_client_certificates: bool,
 }
 
 impl Default for TlsSpec {
     fn default() -> Self {
-        Self { enabled: true, certificate_lifetime_seconds: DEFAULT_CERTIFICATE_LIFETIME_SECONDS }
+        Self {
+            enabled: true,
+            certificate_lifetime_seconds: DEFAULT_CERTIFICATE_LIFETIME_SECONDS,
+            replication_client_certificates: false,
+        }
     }
 }
 

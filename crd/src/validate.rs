@@ -210,6 +210,21 @@ impl OpenGaussClusterSpec {
                 err(&field, "value must be a single line".into());
             }
         }
+        if self.tls.replication_client_certificates {
+            if !self.tls.enabled {
+                err(
+                    "tls.replicationClientCertificates",
+                    "needs spec.tls.enabled: client certificates are presented over TLS".into(),
+                );
+            } else if self.engine == Engine::OpenGauss {
+                err(
+                    "tls.replicationClientCertificates",
+                    "is not supported on openGauss: its standbys' base backup (gs_ctl build) connects \
+                     without TLS, so it could present no certificate"
+                        .into(),
+                );
+            }
+        }
         let f = &self.failover;
         let delay_valid = (1..=3600).contains(&f.delay_seconds);
         if !delay_valid {
@@ -363,6 +378,21 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(spec().problems(), vec![]);
+    }
+
+    #[test]
+    fn replication_client_certificates_need_tls_and_postgres() {
+        let mut s = spec();
+        s.engine = Engine::Postgres;
+        s.tls.replication_client_certificates = true;
+        assert_eq!(s.problems(), vec![]);
+        s.tls.enabled = false;
+        assert_eq!(fields(&s), ["spec.tls.replicationClientCertificates"]);
+        assert!(s.problems()[0].message.contains("spec.tls.enabled"));
+        s.tls.enabled = true;
+        s.engine = Engine::OpenGauss;
+        assert_eq!(fields(&s), ["spec.tls.replicationClientCertificates"]);
+        assert!(s.problems()[0].message.contains("gs_ctl build"));
     }
 
     #[test]

@@ -253,3 +253,103 @@ async fn short_lived_certificates_are_renewed_under_writes() {
     );
     assert!(c.down().status.success());
 }
+
+/// `IDENTIFY_SYSTEM` over a replication connection to `instance` as the replication user with
+/// its password, presenting `client` (certificate, key) when given. psql's output or error.
+fn replication_login(
+    c: &LocalCluster,
+    instance: &str,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<String, String> {
+    let bin =
+        opengauss_operator::platform::local::binaries::find_bin_dir(opengauss_crd::Engine::Postgres, None)
+            .expect("PostgreSQL binaries");
+    let password =
+        std::fs::read_to_string(c.state_dir.join("secrets/replication-password")).expect("password");
+    let mut conninfo = format!(
+        "host={} port={} user=replicator dbname=replication replication=true sslmode=verify-full \
+         sslrootcert={} connect_timeout=5",
+        c.host_of(instance),
+        c.port_of(instance),
+        c.state_dir.join("tls/ca.crt").display()
+    );
+    // Without a certificate of its own, libpq must not pick one up from ~/.postgresql.
+    let (cert, key) = client.map_or(("/nonexistent".into(), "/nonexistent".into()), |(c, k)| {
+        (c.display().to_string(), k.display().to_string())
+    });
+    conninfo += &format!(" sslcert={cert} sslkey={key}");
+    let out = std::process::Command::new(bin.join("psql"))
+        .args(["-X", "-At", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"])
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .expect("psql runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// With `replicationClientCertificates`, standbys stream and rejoin with their certificates,
+/// and the replication password alone no longer opens a replication connection; a member's
+/// certificate does, another authority's does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn replication_authenticates_with_member_certificates() {
+    require_postgres();
+    let mut c = LocalCluster::new("tlscert", 3, "  tls:\n    replicationClientCertificates: true\n");
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let primary = c.primary().expect("primary");
+    wait_replication_encrypted(&c, &primary, 2, "at start").await;
+    let client = c.connect(&primary).await.expect("connect");
+    let presented: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE s.client_dn IS NOT NULL AND r.usename = 'replicator'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert_eq!(presented, 2, "both standbys present a certificate");
+
+    let refused = replication_login(&c, &primary, None).expect_err("the password alone is refused");
+    assert!(refused.contains("certificate"), "{refused}");
+
+    // A member's pair (copied: libpq wants its key owned by the user running it).
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let member = c.instance_dir(&c.instance(if primary == c.instance(0) { 1 } else { 0 }));
+    let (cert, key) = (scratch.path().join("member.crt"), scratch.path().join("member.key"));
+    std::fs::copy(member.join("server.crt"), &cert).expect("copy cert");
+    std::fs::copy(member.join("server.key"), &key).expect("copy key");
+    let out = replication_login(&c, &primary, Some((&cert, &key))).expect("a member's certificate is let in");
+    assert!(!out.trim().is_empty(), "IDENTIFY_SYSTEM answers: {out:?}");
+
+    // A certificate from another authority, for the same name: refused.
+    let stranger = Authority::generate("stranger", time::OffsetDateTime::now_utc()).expect("authority");
+    let forged = stranger
+        .issue(
+            &c.host_of(&primary),
+            &[c.host_of(&primary)],
+            time::OffsetDateTime::now_utc(),
+            Duration::from_secs(600),
+        )
+        .expect("issue");
+    std::fs::write(&cert, &forged.cert_pem).expect("write cert");
+    std::fs::write(&key, &forged.key_pem).expect("write key");
+    let foreign =
+        replication_login(&c, &primary, Some((&cert, &key))).expect_err("another authority's is refused");
+    // The server's handshake refuses it: its authority is not the cluster's.
+    assert!(foreign.contains("unknown ca"), "{foreign}");
+
+    // A failover: the old primary is rewound and rejoins, streaming with its certificate.
+    c.signal_instance(&primary, Signal::SIGKILL).expect("kill the primary");
+    let after = c
+        .wait_for("a new primary", CONVERGE, |s| s.current_primary.as_deref().is_some_and(|p| p != primary))
+        .await
+        .expect("failed over");
+    let new_primary = after.current_primary.clone().expect("primary");
+    c.wait_healthy(CONVERGE).await.expect("healthy after the failover");
+    wait_replication_encrypted(&c, &new_primary, 2, "after a failover").await;
+    assert!(c.down().status.success());
+}

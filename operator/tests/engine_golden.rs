@@ -403,6 +403,7 @@ fn hba_config(engine: Engine) -> HbaConfig {
         networks: vec!["172.18.0.0/16".to_string(), "fd00:10::/64".to_string()],
         peers: vec![docker_host("standby1"), docker_host("standby2")],
         tls: false,
+        replication_certificates: None,
     }
 }
 
@@ -1331,4 +1332,38 @@ fn tls_makes_every_tcp_line_hostssl() {
         let plain = dialect(engine).hba(&hba_config(engine));
         assert!(!plain.contains("hostssl"), "{engine:?}: no TLS, no hostssl:\n{plain}");
     }
+}
+
+/// With member certificates, the replication user's replication lines are `cert` through the
+/// members map, which names exactly the members' certificate names; everything else keeps its
+/// password, and without TLS (or without the option) nothing changes.
+#[test]
+fn member_certificates_replace_the_replication_password() {
+    let pg = dialect(Engine::Postgres);
+    let names =
+        vec!["og-1.og-headless".to_string(), "og-0.og-headless".to_string(), "og-1.og-headless".to_string()];
+    let h = HbaConfig { tls: true, replication_certificates: Some(names), ..hba_config(Engine::Postgres) };
+    let hba = pg.hba(&h);
+    let replication: Vec<&str> = hba.lines().filter(|l| l.contains(" replication ")).collect();
+    assert_eq!(replication.len(), 2, "{hba}");
+    assert!(replication.iter().all(|l| l.starts_with("hostssl") && l.ends_with("cert map=members")), "{hba}");
+    let others: Vec<&str> = hba.lines().filter(|l| l.contains(" all ") && l.starts_with("hostssl")).collect();
+    assert!(!others.is_empty() && others.iter().all(|l| l.ends_with("scram-sha-256")), "{hba}");
+
+    let ident = pg.ident(&h).expect("a members map");
+    let rows: Vec<Vec<&str>> =
+        ident.lines().filter(|l| !l.starts_with('#')).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["members", "og-0.og-headless", "replicator"],
+            vec!["members", "og-1.og-headless", "replicator"]
+        ]
+    );
+
+    let without_tls = HbaConfig { tls: false, ..h.clone() };
+    assert!(pg.ident(&without_tls).is_none());
+    assert!(!pg.hba(&without_tls).contains("cert map"));
+    assert!(pg.ident(&hba_config(Engine::Postgres)).is_none());
+    assert!(dialect(Engine::OpenGauss).ident(&h).is_none(), "openGauss has no such option");
 }

@@ -542,7 +542,8 @@ pub async fn kubectl_plugin(
         driver,
         POSTGRES_SAMPLE,
         namespace,
-        |_| {},
+        // Replication by member certificates here: the switchover below proves it on Kubernetes.
+        |spec| spec["spec"]["tls"]["replicationClientCertificates"] = json!(true),
         async |c| {
             let status = healthy_and_checked(c, "checks", BOOTSTRAP).await?;
             let primary = primary_of(&status)?;
@@ -593,6 +594,19 @@ pub async fn kubectl_plugin(
             // After the switchover, standbys stream over TLS again; the authority the plugin
             // prints is the one every pod verifies with.
             super::tls::database_tls_checks(c, &target).await?;
+            let rows = c
+                .query(
+                    &target,
+                    "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+                     WHERE s.client_dn IS NOT NULL AND r.usename = 'replicator'",
+                )
+                .await?;
+            let presented = rows.first().and_then(|r| r[0].clone());
+            expect_eq(
+                "standbys presenting their certificate",
+                presented,
+                Some((c.instances - 1).to_string()),
+            )?;
             let authority = run(vec!["ca".into(), c.name.clone()]).await?;
             if !authority.starts_with("-----BEGIN CERTIFICATE-----") || authority.contains("PRIVATE KEY") {
                 bail!("kubectl opengauss ca printed no certificate alone:\n{authority}");

@@ -174,7 +174,15 @@ pub struct HbaConfig {
     pub peers: Vec<String>,
     /// Connections over TCP must use TLS (`hostssl`): one without is refused.
     pub tls: bool,
+    /// The replication user's replication connections authenticate with a certificate from
+    /// the cluster's authority whose common name is one of these (the members' addresses),
+    /// not with a password. `None`: with the password.
+    pub replication_certificates: Option<Vec<String>>,
 }
+
+/// The user-name map (`pg_ident.conf`) that lets members' certificates stand for the
+/// replication user.
+pub const MEMBERS_MAP: &str = "members";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
@@ -290,6 +298,10 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     /// Where the managed settings live.
     fn managed_settings(&self) -> ManagedSettings;
     fn hba(&self, h: &HbaConfig) -> String;
+    /// `pg_ident.conf` for `h`, when its rules use a user-name map.
+    fn ident(&self, _h: &HbaConfig) -> Option<String> {
+        None
+    }
     /// A file in the data directory whose presence makes the server start as a standby.
     fn standby_signal(&self) -> &'static str;
     /// The WAL directory inside the data directory.

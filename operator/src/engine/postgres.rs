@@ -257,11 +257,33 @@ impl Dialect for Postgres {
         );
         // With TLS, `hostssl` only: a connection without it matches no line and is refused.
         let host = if h.tls { "hostssl" } else { "host   " };
+        // With member certificates, the replication user's replication connections present
+        // one (`cert` verifies it against ssl_ca_file) and its name maps to the user.
+        let replication = match (&h.replication_certificates, h.tls) {
+            (Some(_), true) => format!("cert map={}", super::MEMBERS_MAP),
+            _ => "scram-sha-256".to_string(),
+        };
         for net in &h.networks {
-            out += &format!("{host} replication  {:<16} {net:<23} scram-sha-256\n", h.replication_user);
+            out += &format!("{host} replication  {:<16} {net:<23} {replication}\n", h.replication_user);
             out += &format!("{host} all          all              {net:<23} scram-sha-256\n");
         }
         out
+    }
+
+    fn ident(&self, h: &HbaConfig) -> Option<String> {
+        let names = h.replication_certificates.as_ref().filter(|_| h.tls)?;
+        let mut out = String::from(
+            "# Managed by opengauss-operator.\n\
+             # The common names of the members' certificates, each standing for the replication user.\n\
+             # MAPNAME  SYSTEM-USERNAME                          PG-USERNAME\n",
+        );
+        let mut names = names.clone();
+        names.sort();
+        names.dedup();
+        for name in names {
+            out += &format!("{:<10} {name:<40} {}\n", super::MEMBERS_MAP, h.replication_user);
+        }
+        Some(out)
     }
 
     fn wal_dir(&self) -> &'static str {

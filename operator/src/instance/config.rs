@@ -58,6 +58,10 @@ pub struct InstanceConfig {
     /// with the modes the database requires, and again whenever they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_source: Option<PathBuf>,
+    /// The replication user proves itself with a member's certificate (issued by the cluster's
+    /// authority) instead of its password, on replication connections.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replication_by_certificate: bool,
 }
 
 impl InstanceConfig {

@@ -113,8 +113,16 @@ pub fn write_server_files(cfg: &InstanceConfig, desired: &DesiredConfig) -> anyh
         networks: cfg.hba_networks.clone(),
         peers: config.peers.iter().map(|p| p.host.clone()).collect(),
         tls: cfg.tls.is_some(),
+        replication_certificates: cfg.replication_by_certificate.then(|| {
+            let mut names: Vec<String> = config.peers.iter().map(|p| p.host.clone()).collect();
+            names.push(cfg.own_address());
+            names
+        }),
     };
     write_atomic(&data.join("pg_hba.conf"), dialect.hba(&hba).as_bytes(), 0o600)?;
+    if let Some(ident) = dialect.ident(&hba) {
+        write_atomic(&data.join("pg_ident.conf"), ident.as_bytes(), 0o600)?;
+    }
     let signal = data.join(dialect.standby_signal());
     if config.standby {
         write_atomic(&signal, b"", 0o600)?;

@@ -304,6 +304,7 @@ pub fn instance_config(c: &OpenGaussCluster, instance: &str, opts: &Options) -> 
         ha_port: ha_port(c),
         tls: tls_enabled(c).then(|| crate::tls::InstanceTls::in_dir(std::path::Path::new(paths::TLS_DIR))),
         tls_source: tls_enabled(c).then(|| PathBuf::from(paths::TLS_SOURCE_DIR)),
+        replication_by_certificate: tls_enabled(c) && c.spec.tls.replication_client_certificates,
     }
 }
 

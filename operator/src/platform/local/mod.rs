@@ -178,6 +178,8 @@ pub struct LocalPlatform {
     last_heartbeat: std::sync::Mutex<Option<std::time::Instant>>,
     /// The cluster's certificate authority, with TLS on.
     authority: Option<crate::tls::Authority>,
+    /// `spec.tls.replicationClientCertificates`, fixed at `local up` like the rest of TLS.
+    replication_by_certificate: bool,
 }
 
 /// This process as the cluster's controller, now.
@@ -229,6 +231,8 @@ impl LocalPlatform {
         let platform = Self {
             cluster: cluster.metadata.name.clone().unwrap_or_default(),
             engine: cluster.spec.engine,
+            replication_by_certificate: authority.is_some()
+                && cluster.spec.tls.replication_client_certificates,
             state,
             kubelet,
             configs: Default::default(),
@@ -304,6 +308,7 @@ impl LocalPlatform {
             tls: self.authority.as_ref().map(|_| crate::tls::InstanceTls::in_dir(&root)),
             // Written in place by this platform, with the modes the database requires.
             tls_source: None,
+            replication_by_certificate: self.replication_by_certificate,
         };
         self.kubelet.add(&instance, root);
         if let Some(p) = placement {
