@@ -63,6 +63,20 @@ async fn wait_replication_encrypted(c: &LocalCluster, primary: &str, standbys: u
     .expect("replication over TLS");
 }
 
+/// Kills `primary`; returns the new primary once every standby, the old primary included,
+/// streams from it over TLS again.
+async fn kill_and_fail_over(c: &LocalCluster, primary: &str) -> String {
+    c.signal_instance(primary, Signal::SIGKILL).expect("kill the primary");
+    let after = c
+        .wait_for("a new primary", CONVERGE, |s| s.current_primary.as_deref().is_some_and(|p| p != primary))
+        .await
+        .expect("failed over");
+    let new_primary = after.current_primary.clone().expect("primary");
+    c.wait_healthy(CONVERGE).await.expect("healthy after the failover");
+    wait_replication_encrypted(c, &new_primary, 2, "after a failover").await;
+    new_primary
+}
+
 fn manager_base(c: &LocalCluster, instance: &str, scheme: &str) -> String {
     let port = std::fs::read_to_string(c.instance_dir(instance).join("manager.port")).expect("manager port");
     format!("{scheme}://127.0.0.1:{}", port.trim())
@@ -134,14 +148,7 @@ async fn clients_replication_and_the_manager_api_use_tls_only() {
     );
 
     // A failover, then a switchover: both standbys stream over TLS each time.
-    c.signal_instance(&primary, Signal::SIGKILL).expect("kill the primary");
-    let after = c
-        .wait_for("a new primary", CONVERGE, |s| s.current_primary.as_deref().is_some_and(|p| p != primary))
-        .await
-        .expect("failed over");
-    let new_primary = after.current_primary.clone().expect("primary");
-    c.wait_healthy(CONVERGE).await.expect("healthy after the failover");
-    wait_replication_encrypted(&c, &new_primary, 2, "after a failover").await;
+    let new_primary = kill_and_fail_over(&c, &primary).await;
 
     let target = (0..3).map(|k| c.instance(k)).find(|n| *n != new_primary).expect("a standby");
     let dir = c.state_dir.display().to_string();
@@ -343,13 +350,6 @@ async fn replication_authenticates_with_member_certificates() {
     assert!(foreign.contains("unknown ca"), "{foreign}");
 
     // A failover: the old primary is rewound and rejoins, streaming with its certificate.
-    c.signal_instance(&primary, Signal::SIGKILL).expect("kill the primary");
-    let after = c
-        .wait_for("a new primary", CONVERGE, |s| s.current_primary.as_deref().is_some_and(|p| p != primary))
-        .await
-        .expect("failed over");
-    let new_primary = after.current_primary.clone().expect("primary");
-    c.wait_healthy(CONVERGE).await.expect("healthy after the failover");
-    wait_replication_encrypted(&c, &new_primary, 2, "after a failover").await;
+    kill_and_fail_over(&c, &primary).await;
     assert!(c.down().status.success());
 }

@@ -133,16 +133,15 @@ impl Context {
                 issued.iter().map(|(instance, reason)| format!("{instance} ({reason})")).collect();
             let note = format!("issued server certificates: {}", list.join(", "));
             tracing::info!(cluster = %cluster_name(cluster), namespace = %namespace(cluster), "{note}");
-            let event = KubeEvent {
-                type_: KubeEventType::Normal,
-                reason: "CertificateIssued".into(),
-                note: Some(truncate_note(&note)),
-                action: "IssueCertificate".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &reference_to(&cluster.metadata)).await {
-                tracing::debug!(error = %e, "cannot publish CertificateIssued");
-            }
+            publish(
+                &self.recorder,
+                &cluster.metadata,
+                KubeEventType::Normal,
+                "CertificateIssued",
+                "IssueCertificate",
+                &note,
+            )
+            .await;
         }
         self.certificates
             .lock()
@@ -378,21 +377,32 @@ pub fn error_policy(
     let meta = kube::Resource::meta(object.as_ref()).clone();
     let name = meta.name.clone().unwrap_or_default();
     tracing::warn!(cluster = %name, namespace = meta.namespace.as_deref().unwrap_or(""), error = %error, "reconcile failed");
-    let reference = reference_to(&meta);
     let note = super::api_error_text(&error.0);
     tokio::spawn(async move {
-        let event = KubeEvent {
-            type_: KubeEventType::Warning,
-            reason: "ReconcileFailed".into(),
-            note: Some(truncate_note(&note)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "cannot publish ReconcileFailed");
-        }
+        publish(&ctx.recorder, &meta, KubeEventType::Warning, "ReconcileFailed", "Reconcile", &note).await;
     });
     Action::requeue(ERROR_REQUEUE)
+}
+
+/// Publishes an event about the cluster `meta`; a failure is logged, never fatal.
+async fn publish(
+    recorder: &Recorder,
+    meta: &kube::core::ObjectMeta,
+    type_: KubeEventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate_note(note)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference_to(meta)).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
+    }
 }
 
 fn reference_to(meta: &kube::core::ObjectMeta) -> ObjectReference {
@@ -427,16 +437,7 @@ async fn report_malformed(ctx: &Context, invalid: &InvalidObject) -> Result<(), 
     api.patch_status(&name, &params, &Patch::Merge(&body))
         .await
         .with_context(|| format!("patching the status of {ns}/{name}"))?;
-    let event = KubeEvent {
-        type_: KubeEventType::Warning,
-        reason: "InvalidObject".into(),
-        note: Some(truncate_note(&message)),
-        action: "Validate".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference_to(meta)).await {
-        tracing::warn!(error = %e, "cannot publish InvalidObject");
-    }
+    publish(&ctx.recorder, meta, KubeEventType::Warning, "InvalidObject", "Validate", &message).await;
     Ok(())
 }
 
