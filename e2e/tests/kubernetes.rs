@@ -111,3 +111,9 @@ async fn losing_the_operator_leader_mid_failover_promotes_once() {
 async fn a_new_image_or_resources_roll_the_pods_standbys_first() {
     scenarios::definition_change_rolls_the_pods(&driver(), "e2e-roll").await.expect("rolling update");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn short_lived_certificates_renew_without_downtime() {
+    scenarios::certificates_renew_without_downtime(&driver(), "e2e-renewal").await.expect("renewal");
+}

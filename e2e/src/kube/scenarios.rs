@@ -792,3 +792,17 @@ pub async fn definition_change_rolls_the_pods(driver: &Driver, namespace: &str) 
     )
     .await
 }
+
+/// Certificates that last four minutes are renewed on Kubernetes without a failover, a
+/// restart or a refused client.
+pub async fn certificates_renew_without_downtime(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
+    let lifetime = Duration::from_secs(240);
+    with_cluster(
+        driver,
+        POSTGRES_SAMPLE,
+        namespace,
+        |spec| spec["spec"]["tls"]["certificateLifetimeSeconds"] = json!(lifetime.as_secs()),
+        async |c| super::tls::renewal_without_downtime(c, lifetime).await,
+    )
+    .await
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use opengauss_crd::Engine;
 use opengauss_operator::platform::kubernetes::builders::paths;
 
@@ -78,4 +78,60 @@ pub async fn database_tls_checks(c: &KubeCluster, primary: &str) -> anyhow::Resu
         },
     )
     .await
+}
+
+/// Each instance's certificate expiry as the status reports it (unix seconds), once every
+/// instance reports one.
+fn expiries(c: &KubeCluster, s: &opengauss_crd::OpenGaussClusterStatus) -> Option<Vec<i64>> {
+    c.instance_names()
+        .iter()
+        .map(|n| s.instance(n).and_then(|i| i.certificate_expires.as_ref()).map(|t| t.0.as_second()))
+        .collect()
+}
+
+/// Short-lived certificates (`lifetime`) are renewed in the Secret, delivered by the kubelet,
+/// copied and loaded by each manager, while the cluster stays Healthy under the same primary
+/// and verify-full clients keep connecting: no failover, no restart, no refused client.
+pub async fn renewal_without_downtime(c: &KubeCluster, lifetime: Duration) -> anyhow::Result<()> {
+    let status = c.wait_healthy(Duration::from_secs(600)).await?;
+    let primary = status.current_primary.clone().context("a primary")?;
+    let first = until(
+        "every instance to report its certificate's expiry",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || async {
+            match c.status().await.as_ref().and_then(|s| expiries(c, s)) {
+                Some(e) => Probe::Done(e),
+                None => Probe::NotYet("not every instance reports one".to_string()),
+            }
+        },
+    )
+    .await?;
+    let client = c.instance_names().into_iter().find(|n| *n != primary).unwrap_or_else(|| primary.clone());
+    // Renewal starts when a third of the lifetime is left; the kubelet takes up to about a
+    // minute to deliver a changed Secret.
+    let deadline = lifetime + Duration::from_secs(30);
+    until("every certificate renewed and loaded", deadline, Duration::from_secs(5), || async {
+        let Some(s) = c.status().await else { return Probe::NotYet("no status".into()) };
+        if s.current_primary.as_deref() != Some(primary.as_str())
+            || s.phase != Some(opengauss_crd::Phase::Healthy)
+        {
+            return Probe::Done(Err(format!(
+                "the cluster was disturbed: phase {:?} ({}), primary {:?}",
+                s.phase,
+                s.phase_reason.clone().unwrap_or_default(),
+                s.current_primary
+            )));
+        }
+        if let Err(e) = psql_to_rw(c, &client, "verify-full", "SELECT 1").await {
+            return Probe::Done(Err(format!("a verify-full client was refused: {e}")));
+        }
+        match expiries(c, &s) {
+            Some(now) if now.iter().zip(&first).all(|(n, f)| n > f) => Probe::Done(Ok(())),
+            other => Probe::NotYet(format!("expiries {other:?}, first {first:?}")),
+        }
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("while certificates were renewed, {e}"))?;
+    database_tls_checks(c, &primary).await
 }
