@@ -353,3 +353,94 @@ async fn replication_authenticates_with_member_certificates() {
     kill_and_fail_over(&c, &primary).await;
     assert!(c.down().status.success());
 }
+
+/// Writes `pair` as the supplied certificate of `instance` in `tls_dir`.
+fn supply(tls_dir: &std::path::Path, instance: &str, pair: &opengauss_operator::tls::KeyedCertificate) {
+    std::fs::write(tls_dir.join(format!("{instance}.crt")), &pair.cert_pem).expect("write cert");
+    std::fs::write(tls_dir.join(format!("{instance}.key")), &pair.key_pem).expect("write key");
+}
+
+/// Server certificates the user supplies (the authority's certificate without its key, and
+/// each instance's pair in `<state-dir>/tls/`): `local up` refuses to start without a usable
+/// pair for every instance, serves exactly the supplied ones, takes up a replacement, and
+/// refuses a broken replacement with the file named while the instance keeps serving the
+/// previous pair. The operator never makes a key of its own for the authority.
+#[tokio::test(flavor = "multi_thread")]
+async fn supplied_certificates_are_used_as_given_and_broken_ones_refused() {
+    require_postgres();
+    let mut c = LocalCluster::new("tlssup", 3, "");
+    let tls_dir = c.state_dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("tls dir");
+    let now = time::OffsetDateTime::now_utc();
+    let users = Authority::generate("users", now).expect("authority");
+    std::fs::write(tls_dir.join("ca.crt"), users.cert_pem()).expect("ca");
+    let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+    let lifetime = Duration::from_secs(3600);
+    let issue = |subject: &str| {
+        users.issue(subject, &names, time::OffsetDateTime::now_utc(), lifetime).expect("issue")
+    };
+    let instances: Vec<String> = (0..3).map(|k| c.instance(k)).collect();
+
+    // One instance without a pair: refused before anything runs, the missing file named.
+    supply(&tls_dir, &instances[0], &issue("127.0.0.1"));
+    supply(&tls_dir, &instances[1], &issue("127.0.0.1"));
+    c.start();
+    let code = c.wait_controller(Duration::from_secs(60)).expect("local up exits");
+    assert_ne!(code, Some(0), "local up must refuse");
+    let missing = format!("{}.crt", instances[2]);
+    assert!(c.controller_output().contains(&missing), "{missing} named:\n{}", c.controller_output());
+    assert!(c.manager_pid(&instances[0]).is_none(), "nothing started");
+
+    let supplied: Vec<_> = instances.iter().map(|_| issue("127.0.0.1")).collect();
+    for (name, pair) in instances.iter().zip(&supplied) {
+        supply(&tls_dir, name, pair);
+    }
+    c.start();
+    c.wait_healthy(BOOT).await.expect("healthy");
+    let primary = c.primary().expect("primary");
+    wait_replication_encrypted(&c, &primary, 2, "with supplied certificates").await;
+    for (name, pair) in instances.iter().zip(&supplied) {
+        c.connect(name).await.expect("a verify-full client trusting the user's authority connects");
+        let served = std::fs::read_to_string(c.instance_dir(name).join("server.crt")).expect("served");
+        assert_eq!(served, pair.cert_pem, "{name} serves its supplied certificate as given");
+    }
+    assert!(!tls_dir.join("ca.key").exists(), "the operator made no authority key");
+
+    // A broken replacement (another name): refused, the file named, the old pair kept.
+    let target = &instances[1];
+    supply(&tls_dir, target, &users.issue("10.9.9.9", &["10.9.9.9".into()], now, lifetime).expect("issue"));
+    until("the broken pair refused", Duration::from_secs(30), Duration::from_millis(200), || async {
+        let out = c.controller_output();
+        if out.contains(&format!("{target} keeps its server certificate"))
+            && out.contains("does not name 127.0.0.1")
+        {
+            Probe::Done(())
+        } else {
+            Probe::NotYet("not refused yet".into())
+        }
+    })
+    .await
+    .expect("refused");
+    let served = std::fs::read_to_string(c.instance_dir(target).join("server.crt")).expect("served");
+    assert_eq!(served, supplied[1].cert_pem, "the previous pair stays");
+    c.connect(target).await.expect("still serving");
+
+    // A good replacement is taken up without a restart.
+    let server = c.server_pid(target);
+    let fresh = issue("127.0.0.1");
+    supply(&tls_dir, target, &fresh);
+    until("the replacement served", Duration::from_secs(30), Duration::from_millis(200), || async {
+        let served = std::fs::read_to_string(c.instance_dir(target).join("server.crt")).unwrap_or_default();
+        let loaded = c.manager_output(target).matches("now serving the new server certificate").count();
+        if served == fresh.cert_pem && loaded >= 1 {
+            Probe::Done(())
+        } else {
+            Probe::NotYet(format!("loaded {loaded}"))
+        }
+    })
+    .await
+    .expect("replacement taken up");
+    assert_eq!(c.server_pid(target), server, "no restart");
+    c.connect(target).await.expect("serving the replacement");
+    assert!(c.down().status.success());
+}

@@ -218,8 +218,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let state = StateDir::new(root);
     std::fs::create_dir_all(state.instances_dir())?;
     std::fs::create_dir_all(state.requests_dir())?;
-    let authority = if cluster.spec.tls.enabled {
-        Some(super::certificates::authority(&state.tls_dir(), &name)?)
+    let certificates = if cluster.spec.tls.enabled {
+        Some(super::certificates::source(&state.tls_dir(), &name)?)
     } else {
         None
     };
@@ -229,7 +229,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         bin_dir.clone(),
         base_port,
         run_as.clone(),
-        super::ClusterKeys { secrets: secrets.clone(), authority },
+        super::ClusterKeys { secrets: secrets.clone(), certificates },
         placements.clone(),
     )?;
     // The status a previous controller left says nothing about this one: claim it at once.
@@ -257,8 +257,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             p.network()
         );
     }
+    // Every instance's files first (a supplied certificate that fails its checks stops
+    // `local up` here, before anything runs), then the managers.
     for instance in platform.configs().keys() {
         platform.prepare(instance)?;
+    }
+    for instance in platform.configs().keys() {
         platform.kubelet.start(instance).await?;
     }
     let authority = platform.authority_pem();
@@ -404,16 +408,12 @@ async fn run_loop(
         if certificates_checked.is_none_or(|t| t.elapsed() >= CERTIFICATE_CHECK_INTERVAL) {
             certificates_checked = Some(std::time::Instant::now());
             let lifetime = Duration::from_secs(cluster.spec.tls.certificate_lifetime_seconds);
-            match platform.renew_certificates(lifetime) {
-                Ok(renewed) => {
-                    for (instance, why) in renewed {
-                        platform.say(
-                            &format!("certificate {instance}"),
-                            format!("issued {instance} a new server certificate: {why}"),
-                        );
-                    }
-                }
-                Err(e) => platform.say("certificates", format!("could not renew certificates: {e:#}")),
+            for (instance, outcome) in platform.renew_certificates(lifetime) {
+                let line = match outcome {
+                    Ok(why) => format!("gave {instance} a new server certificate: {why}"),
+                    Err(why) => format!("{instance} keeps its server certificate: {why}"),
+                };
+                platform.say(&format!("certificate {instance}"), line);
             }
         }
         // `local apply` writes the applied cluster; take it up on the next pass.

@@ -151,11 +151,11 @@ pub fn ports(engine: Engine, base_port: u16, ordinal: u32) -> Vec<u16> {
     all
 }
 
-/// The cluster's secrets and, with TLS on, its certificate authority.
+/// The cluster's secrets and, with TLS on, where its certificates come from.
 #[derive(Debug)]
 pub struct ClusterKeys {
     pub secrets: Secrets,
-    pub authority: Option<crate::tls::Authority>,
+    pub certificates: Option<certificates::CertificateSource>,
 }
 
 #[derive(Debug)]
@@ -176,8 +176,8 @@ pub struct LocalPlatform {
     printed: std::sync::Mutex<BTreeMap<String, String>>,
     /// When the status file last carried a fresh heartbeat.
     last_heartbeat: std::sync::Mutex<Option<std::time::Instant>>,
-    /// The cluster's certificate authority, with TLS on.
-    authority: Option<crate::tls::Authority>,
+    /// Where the instances' certificates come from, with TLS on.
+    certificates: Option<certificates::CertificateSource>,
     /// `spec.tls.replicationClientCertificates`, fixed at `local up` like the rest of TLS.
     replication_by_certificate: bool,
 }
@@ -223,15 +223,15 @@ impl LocalPlatform {
         keys: ClusterKeys,
         placements: BTreeMap<u32, Placement>,
     ) -> anyhow::Result<Self> {
-        let ClusterKeys { secrets, authority } = keys;
+        let ClusterKeys { secrets, certificates } = keys;
         let env = crate::engine::dialect(cluster.spec.engine).install_env(&bin_dir);
         let kubelet = Kubelet::new(std::env::current_exe()?, run_as, BTreeMap::new())
             .with_env(env)
-            .with_https(authority.is_some());
+            .with_https(certificates.is_some());
         let platform = Self {
             cluster: cluster.metadata.name.clone().unwrap_or_default(),
             engine: cluster.spec.engine,
-            replication_by_certificate: authority.is_some()
+            replication_by_certificate: certificates.is_some()
                 && cluster.spec.tls.replication_client_certificates,
             state,
             kubelet,
@@ -242,7 +242,7 @@ impl LocalPlatform {
             placements,
             printed: Default::default(),
             last_heartbeat: Default::default(),
-            authority,
+            certificates,
         };
         platform.follow_spec(cluster);
         // Instances left from a larger size (scaled down while stopped) are kept until the
@@ -305,7 +305,7 @@ impl LocalPlatform {
             passfile: root.join("pgpass"),
             hba_networks,
             ha_port,
-            tls: self.authority.as_ref().map(|_| crate::tls::InstanceTls::in_dir(&root)),
+            tls: self.certificates.as_ref().map(|_| crate::tls::InstanceTls::in_dir(&root)),
             // Written in place by this platform, with the modes the database requires.
             tls_source: None,
             replication_by_certificate: self.replication_by_certificate,
@@ -333,16 +333,16 @@ impl LocalPlatform {
             (cfg.replication_password_file.clone(), s.replication_password.clone()),
             (cfg.passfile.clone(), pgpass_lines(&cfg.superuser, &cfg.replication_user, s)),
         ];
-        if let Some(authority) = &self.authority {
+        if let Some(source) = &self.certificates {
             let lifetime = self.certificate_lifetime();
-            files.extend(certificates::files_to_write(&cfg, authority, lifetime)?.files);
+            files.extend(certificates::files_to_write(&cfg, source, lifetime)?.files);
         }
         self.kubelet.prepare(&cfg, &files)
     }
 
     /// The cluster's authority (PEM), with TLS on.
     pub fn authority_pem(&self) -> Option<String> {
-        self.authority.as_ref().map(|a| a.cert_pem().to_string())
+        self.certificates.as_ref().map(|c| c.ca_pem().to_string())
     }
 
     /// How long new certificates last, from the spec as last applied.
@@ -354,22 +354,26 @@ impl LocalPlatform {
         std::time::Duration::from_secs(seconds)
     }
 
-    /// Issues a new certificate to every instance whose own is missing, foreign, too narrow
-    /// or a third from its end; its manager picks it up. Returns what was renewed and why.
-    pub fn renew_certificates(&self, lifetime: std::time::Duration) -> anyhow::Result<Vec<(String, String)>> {
-        let Some(authority) = &self.authority else { return Ok(Vec::new()) };
-        let mut renewed = Vec::new();
+    /// Gives every instance a new pair where it needs one: issued when its own is missing,
+    /// foreign, too narrow or a third from its end; or the user's, when a supplied pair
+    /// changed and passes the checks. Its manager picks it up. Per instance that changed or
+    /// could not: `Ok(why)` it has a new pair, `Err(why not)` it keeps the one it has.
+    pub fn renew_certificates(&self, lifetime: std::time::Duration) -> Vec<(String, Result<String, String>)> {
+        let Some(source) = &self.certificates else { return Vec::new() };
+        let mut outcomes = Vec::new();
         for (name, cfg) in self.configs() {
             if !cfg.root.exists() {
                 continue;
             }
-            let renewal = certificates::files_to_write(&cfg, authority, lifetime)?;
-            self.kubelet.write_files(&renewal.files)?;
-            if let Some(reason) = renewal.reason {
-                renewed.push((name, reason));
+            let written = certificates::files_to_write(&cfg, source, lifetime)
+                .and_then(|renewal| self.kubelet.write_files(&renewal.files).map(|()| renewal.reason));
+            match written {
+                Ok(Some(reason)) => outcomes.push((name, Ok(reason))),
+                Ok(None) => {}
+                Err(e) => outcomes.push((name, Err(format!("{e:#}")))),
             }
         }
-        Ok(renewed)
+        outcomes
     }
 
     fn config(&self, instance: &str) -> anyhow::Result<InstanceConfig> {

@@ -124,9 +124,16 @@ impl StateDir {
             }
             return Ok(());
         }
-        if self.root.exists() && fs::read_dir(&self.root).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        // A new cluster's directory may already hold `tls/`: the user's own authority or
+        // certificates, put there before the first `local up`. Anything else is not ours.
+        let foreign = match fs::read_dir(&self.root) {
+            Ok(entries) => entries.map(|e| e.map(|e| e.file_name())).any(|n| n.map_or(true, |n| n != "tls")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+        };
+        if foreign {
             bail!(
-                "{} exists and is not empty, but is not a cluster state directory: refusing to use it",
+                "{} exists and holds more than tls/, but is not a cluster state directory: refusing to use it",
                 self.root.display()
             );
         }
@@ -224,8 +231,19 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         fs::write(tmp.path().join("precious"), "data").expect("write");
         let err = StateDir::new(tmp.path()).claim(&identity("one")).unwrap_err().to_string();
-        assert!(err.contains("not empty"), "{err}");
+        assert!(err.contains("holds more than tls/"), "{err}");
         assert!(tmp.path().join("precious").exists());
+    }
+
+    #[test]
+    fn claim_takes_a_new_directory_holding_only_the_users_certificates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = StateDir::new(tmp.path().join("s"));
+        fs::create_dir_all(dir.tls_dir()).expect("tls dir");
+        fs::write(dir.tls_dir().join("ca.crt"), "the user's").expect("write");
+        dir.claim(&identity("one")).expect("claimed");
+        assert!(dir.exists());
+        assert_eq!(fs::read_to_string(dir.tls_dir().join("ca.crt")).expect("kept"), "the user's");
     }
 
     #[test]
