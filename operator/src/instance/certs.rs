@@ -24,6 +24,14 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// was copied.
 pub fn copy_from_source(source: &Path, files: &InstanceTls) -> anyhow::Result<bool> {
     let from = InstanceTls::in_dir(source);
+    // The database server reads the copies on its next reload: a pair that would not serve
+    // (not the authority's, expired, key not its own) is never copied.
+    let ca = std::fs::read_to_string(&from.ca_file)
+        .with_context(|| format!("cannot read {}", from.ca_file.display()))?;
+    let pair = from.read_pair()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    tls::inspect::check_server_pair(&pair, &ca, &[], now)
+        .map_err(|e| anyhow::anyhow!("the pair in {} is refused: {e}", source.display()))?;
     let mut copied = false;
     for (src, dst) in [
         (&from.ca_file, &files.ca_file),
@@ -134,40 +142,65 @@ mod tests {
     }
 
     #[test]
-    fn the_platforms_files_are_copied_private_and_only_when_they_change() {
+    fn the_platforms_files_are_copied_private_checked_and_only_when_they_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("mounted");
         std::fs::create_dir(&source).expect("source dir");
-        for (name, text) in [("ca.crt", "ca one"), ("server.crt", "cert one"), ("server.key", "key one")] {
-            std::fs::write(source.join(name), text).expect("write");
-            std::fs::set_permissions(source.join(name), std::fs::Permissions::from_mode(0o444))
-                .expect("chmod");
-        }
+        let now = time::OffsetDateTime::now_utc();
+        let ca = tls::Authority::generate("demo", now).expect("authority");
+        let names = ["demo-0".to_string()];
+        let lifetime = Duration::from_secs(3600);
+        let mount = |pair: &KeyedCertificate| {
+            for (name, text) in
+                [("ca.crt", ca.cert_pem()), ("server.crt", &pair.cert_pem), ("server.key", &pair.key_pem)]
+            {
+                let path = source.join(name);
+                let _ = std::fs::remove_file(&path);
+                std::fs::write(&path, text).expect("write");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+            }
+        };
+        let first = ca.issue("demo-0", &names, now, lifetime).expect("issue");
+        mount(&first);
         let files = InstanceTls::in_dir(&dir.path().join("data/tls"));
 
         assert!(copy_from_source(&source, &files).expect("first copy"), "nothing there yet: copied");
-        for (file, text) in
-            [(&files.ca_file, "ca one"), (&files.cert_file, "cert one"), (&files.key_file, "key one")]
-        {
-            assert_eq!(std::fs::read_to_string(file).expect("copied"), text);
+        for (file, text) in [
+            (&files.ca_file, ca.cert_pem()),
+            (&files.cert_file, &first.cert_pem),
+            (&files.key_file, &first.key_pem),
+        ] {
+            assert_eq!(std::fs::read_to_string(file).expect("copied"), *text);
             assert_eq!(mode(file), 0o600, "{}", file.display());
         }
         assert_eq!(mode(&dir.path().join("data/tls")), 0o700);
         assert!(!copy_from_source(&source, &files).expect("second copy"), "unchanged: nothing copied");
 
-        // A renewal replaces the pair: both files follow, the unchanged authority is left alone.
-        std::fs::remove_file(source.join("server.crt")).expect("remove");
-        std::fs::write(source.join("server.crt"), "cert two").expect("write");
-        std::fs::remove_file(source.join("server.key")).expect("remove");
-        std::fs::write(source.join("server.key"), "key two").expect("write");
+        // A renewal replaces the pair: both files follow.
+        let second = ca.issue("demo-0", &names, now, lifetime).expect("issue");
+        mount(&second);
         assert!(copy_from_source(&source, &files).expect("renewal copy"));
-        assert_eq!(std::fs::read_to_string(&files.cert_file).expect("cert"), "cert two");
-        assert_eq!(std::fs::read_to_string(&files.key_file).expect("key"), "key two");
+        assert_eq!(std::fs::read_to_string(&files.cert_file).expect("cert"), second.cert_pem);
+        assert_eq!(std::fs::read_to_string(&files.key_file).expect("key"), second.key_pem);
 
-        // A source missing a file is an error naming it, and what was copied stays.
+        // A pair that would not serve is refused and nothing is copied: another authority's,
+        // or a certificate with a key not its own.
+        let other = tls::Authority::generate("other", now).expect("other");
+        let foreign = other.issue("demo-0", &names, now, lifetime).expect("issue");
+        for broken in [
+            foreign.clone(),
+            KeyedCertificate { cert_pem: first.cert_pem.clone(), key_pem: foreign.key_pem.clone() },
+        ] {
+            mount(&broken);
+            let error = format!("{:#}", copy_from_source(&source, &files).expect_err("refused"));
+            assert!(error.contains("is refused"), "{error}");
+            assert_eq!(std::fs::read_to_string(&files.cert_file).expect("cert"), second.cert_pem, "kept");
+            assert_eq!(std::fs::read_to_string(&files.key_file).expect("key"), second.key_pem, "kept");
+        }
+
+        // A source missing a file is an error naming it.
         std::fs::remove_file(source.join("ca.crt")).expect("remove");
         let error = format!("{:#}", copy_from_source(&source, &files).expect_err("missing ca.crt"));
         assert!(error.contains("ca.crt"), "{error}");
-        assert_eq!(std::fs::read_to_string(&files.ca_file).expect("ca"), "ca one");
     }
 }
