@@ -117,3 +117,11 @@ async fn a_new_image_or_resources_roll_the_pods_standbys_first() {
 async fn short_lived_certificates_renew_without_downtime() {
     scenarios::certificates_renew_without_downtime(&driver(), "e2e-renewal").await.expect("renewal");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a Kubernetes cluster: make e2e-k8s (this machine's one-node cluster) or make e2e-kind"]
+async fn server_certificates_the_user_supplies_are_served() {
+    scenarios::supplied_certificates_are_served(&driver(), "e2e-supplied")
+        .await
+        .expect("supplied certificates");
+}

@@ -606,3 +606,75 @@ async fn a_broken_authority_stops_the_reconcile_with_the_secret_named_and_nothin
         assert!(writes.is_empty(), "{what}: nothing made or rewritten: {writes:#?}");
     }
 }
+
+/// A Secret of the user's, `name`, holding `entries`.
+fn users_secret(name: &str, entries: &BTreeMap<String, String>) -> Value {
+    let data: serde_json::Map<String, Value> =
+        entries.iter().map(|(k, v)| (k.clone(), Value::String(base64_like::encode(v.as_bytes())))).collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS, "resourceVersion": "1"},
+        "data": data,
+    })
+}
+
+#[tokio::test]
+async fn supplied_server_certificates_are_checked_and_never_written() {
+    use opengauss_operator::tls::{Authority, KeyedCertificate};
+    let api = FakeApi::new();
+    tls_cluster(&api);
+    let now = time::OffsetDateTime::now_utc();
+    let users = Authority::generate("users", now).expect("an authority");
+    let cluster = stored_cluster(&api, "og");
+    let opts = options(8000);
+    let pair_for = |instance: &str, authority: &Authority| -> KeyedCertificate {
+        let host =
+            opengauss_operator::platform::kubernetes::builders::instance_host(&cluster, instance, &opts);
+        authority
+            .issue(&host, std::slice::from_ref(&host), now, std::time::Duration::from_secs(3600))
+            .expect("issue")
+    };
+    api.insert(
+        "/api/v1/namespaces/apps/secrets/og-ca",
+        users_secret("og-ca", &BTreeMap::from([("ca.crt".to_string(), users.cert_pem().to_string())])),
+    );
+    let mut entries = BTreeMap::from([("ca.crt".to_string(), users.cert_pem().to_string())]);
+    for k in 0..3 {
+        let pair = pair_for(&format!("og-{k}"), &users);
+        entries.insert(format!("og-{k}.crt"), pair.cert_pem);
+        entries.insert(format!("og-{k}.key"), pair.key_pem);
+    }
+    api.insert("/api/v1/namespaces/apps/secrets/og-tls", users_secret("og-tls", &entries));
+
+    let ctx = context(&api, 8000);
+    reconcile_once(&api, &ctx, "og").await.expect("reconcile succeeds");
+    let secret_writes: Vec<String> =
+        api.writes().iter().filter(|c| c.target().resource == "secrets").map(|c| c.short()).collect();
+    assert_eq!(secret_writes, ["POST secrets"], "only the credentials are made: {secret_writes:?}");
+    let pod = api.get(&pod_path(NS, "og-1")).expect("pods are made with the supplied pairs");
+    assert!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["secret"]["secretName"] == "og-tls"))
+    );
+    assert!(!event_reasons(&api).iter().any(|r| r == "CertificateRefused" || r == "CertificateIssued"));
+
+    // A broken replacement (another authority's pair for og-1): told as a warning naming the
+    // entry, nothing written, the reconcile goes on.
+    let foreign = pair_for("og-1", &Authority::generate("other", now).expect("other"));
+    entries.insert("og-1.crt".into(), foreign.cert_pem);
+    entries.insert("og-1.key".into(), foreign.key_pem);
+    api.insert("/api/v1/namespaces/apps/secrets/og-tls", users_secret("og-tls", &entries));
+    api.clear_journal();
+    let fresh = context(&api, 8000);
+    reconcile_once(&api, &fresh, "og").await.expect("a refused pair does not stop the reconcile");
+    assert!(!api.writes().iter().any(|c| c.target().resource == "secrets"), "{:#?}", shorts(&api.writes()));
+    let refused: Vec<String> = api
+        .list("events.k8s.io", "events", Some(NS))
+        .iter()
+        .filter(|e| e["reason"] == "CertificateRefused")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("\"og-1.crt\"") && refused[0].contains("not signed"), "{refused:?}");
+}

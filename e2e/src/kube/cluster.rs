@@ -38,6 +38,18 @@ impl KubeCluster {
         namespace: &str,
         edit: impl FnOnce(&mut Value),
     ) -> anyhow::Result<Self> {
+        Self::apply_after(driver, sample, namespace, edit, &[]).await
+    }
+
+    /// As `apply`, with `first` (objects such as the user's Secrets) applied in the fresh
+    /// namespace before the cluster.
+    pub async fn apply_after(
+        driver: &Driver,
+        sample: &str,
+        namespace: &str,
+        edit: impl FnOnce(&mut Value),
+        first: &[Value],
+    ) -> anyhow::Result<Self> {
         let mut object = read_sample(sample)?;
         driver.fit_sample(&mut object);
         edit(&mut object);
@@ -49,6 +61,11 @@ impl KubeCluster {
         let _ =
             driver.kubectl(&["delete", "namespace", namespace, "--wait=true", "--ignore-not-found"]).await;
         driver.kubectl(&["create", "namespace", namespace]).await?;
+        for object in first {
+            driver
+                .kubectl_with_input(&["-n", namespace, "apply", "-f", "-"], &serde_json::to_vec(object)?)
+                .await?;
+        }
         let c = Self {
             driver: driver.clone(),
             namespace: namespace.to_string(),

@@ -806,3 +806,21 @@ pub async fn certificates_renew_without_downtime(driver: &Driver, namespace: &st
     )
     .await
 }
+
+/// Server certificates the user brings (the authority without its key in `<name>-ca`, every
+/// pair in `<name>-tls`): the cluster bootstraps on them, clients verify it with the user's
+/// authority, and the operator writes neither Secret.
+pub async fn supplied_certificates_are_served(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
+    driver.prepare().await?;
+    let sample = super::cluster::read_sample(POSTGRES_SAMPLE)?;
+    let name = sample["metadata"]["name"].as_str().context("the sample's name")?.to_string();
+    let instances = sample["spec"]["instances"].as_u64().context("the sample's instances")? as u32;
+    let (secrets, pairs) = super::tls::supplied_secrets(&name, namespace, instances)?;
+    let c = KubeCluster::apply_after(driver, POSTGRES_SAMPLE, namespace, |_| {}, &secrets).await?;
+    c.run_then_clean_up(async |c| {
+        let status = healthy_and_checked(c, "checks", BOOTSTRAP).await?;
+        super::tls::database_tls_checks(c, &primary_of(&status)?).await?;
+        super::tls::serves_the_supplied_pairs(c, &pairs).await
+    })
+    .await
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use opengauss_crd::Engine;
 use opengauss_operator::platform::kubernetes::builders::paths;
+use opengauss_operator::tls::{Authority, KeyedCertificate};
 
 use super::cluster::{KubeCluster, expect_eq};
 use crate::checks::SqlCluster;
@@ -134,4 +135,59 @@ pub async fn renewal_without_downtime(c: &KubeCluster, lifetime: Duration) -> an
     .await?
     .map_err(|e| anyhow::anyhow!("while certificates were renewed, {e}"))?;
     database_tls_checks(c, &primary).await
+}
+
+/// Each instance's name and the pair supplied for it.
+pub type SuppliedPairs = Vec<(String, KeyedCertificate)>;
+
+/// The user's Secrets for cluster `name` in `namespace` with `instances`: the authority's
+/// certificate alone in `<name>-ca`, and in `<name>-tls` a pair per instance naming its pod
+/// and the `-rw`/`-ro` Services. Returns them and the pairs.
+pub fn supplied_secrets(
+    name: &str,
+    namespace: &str,
+    instances: u32,
+) -> anyhow::Result<(Vec<serde_json::Value>, SuppliedPairs)> {
+    let now = time::OffsetDateTime::now_utc();
+    let users = Authority::generate("the user's", now)?;
+    let mut data = serde_json::Map::new();
+    data.insert("ca.crt".into(), users.cert_pem().into());
+    let mut pairs = Vec::new();
+    for instance in opengauss_crd::names::instance_names(name, instances) {
+        let pod = format!("{instance}.{name}-headless.{namespace}.svc.cluster.local");
+        let names = [
+            pod.clone(),
+            format!("{name}-rw.{namespace}.svc.cluster.local"),
+            format!("{name}-ro.{namespace}.svc.cluster.local"),
+        ];
+        let pair = users.issue(&pod, &names, now, Duration::from_secs(24 * 3600))?;
+        data.insert(format!("{instance}.crt"), pair.cert_pem.clone().into());
+        data.insert(format!("{instance}.key"), pair.key_pem.clone().into());
+        pairs.push((instance, pair));
+    }
+    let secret = |secret: String, data: serde_json::Map<String, serde_json::Value>| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}, "stringData": data});
+    let ca = secret(
+        format!("{name}-ca"),
+        serde_json::Map::from_iter([("ca.crt".to_string(), users.cert_pem().into())]),
+    );
+    Ok((vec![ca, secret(format!("{name}-tls"), data)], pairs))
+}
+
+/// Every pod serves exactly the pair the user supplied, and the authority's key is nowhere.
+pub async fn serves_the_supplied_pairs(
+    c: &KubeCluster,
+    pairs: &[(String, KeyedCertificate)],
+) -> anyhow::Result<()> {
+    for (instance, pair) in pairs {
+        let served = c
+            .exec(instance, &["cat".into(), format!("{}/server.crt", paths::TLS_DIR)])
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the certificate in {instance}: {e}"))?;
+        expect_eq(&format!("the certificate {instance} serves"), served.trim(), pair.cert_pem.trim())?;
+    }
+    let keys = c.kubectl(&["get", "secret", &format!("{}-ca", c.name), "-o", "jsonpath={.data}"]).await?;
+    if keys.contains("ca.key") {
+        bail!("the operator wrote a key into the user's authority Secret: {keys}");
+    }
+    Ok(())
 }

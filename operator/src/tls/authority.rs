@@ -48,6 +48,19 @@ fn validity(params: &mut CertificateParams, now: OffsetDateTime, lifetime: Durat
     params.not_after = now + lifetime;
 }
 
+/// Whether `cert_pem` is fit to be trusted as the cluster's authority at `now`: a CA
+/// certificate that has not expired. The error says which fails.
+pub fn check_authority_certificate(cert_pem: &str, now: OffsetDateTime) -> Result<(), String> {
+    let info = inspect::read(cert_pem).map_err(|e| format!("not a usable certificate: {e}"))?;
+    if !info.is_ca {
+        return Err("not a certificate authority (no CA basic constraint)".into());
+    }
+    if now.unix_timestamp() >= info.not_after {
+        return Err(format!("expired (at unix time {})", info.not_after));
+    }
+    Ok(())
+}
+
 impl Authority {
     /// A new authority for `cluster`, valid from `now` for `AUTHORITY_LIFETIME`.
     pub fn generate(cluster: &str, now: OffsetDateTime) -> anyhow::Result<Self> {
@@ -72,14 +85,7 @@ impl Authority {
     /// error says which of these fails.
     pub fn from_pem(cert_pem: String, key_pem: String, now: OffsetDateTime) -> Result<Self, String> {
         let authority = Self(KeyedCertificate { cert_pem, key_pem });
-        let info =
-            inspect::read(authority.cert_pem()).map_err(|e| format!("not a usable certificate: {e}"))?;
-        if !info.is_ca {
-            return Err("not a certificate authority (no CA basic constraint)".into());
-        }
-        if now.unix_timestamp() >= info.not_after {
-            return Err(format!("expired (at unix time {})", info.not_after));
-        }
+        check_authority_certificate(authority.cert_pem(), now)?;
         // Proves the key signs for the certificate before anything is issued with it.
         let probe = authority
             .issue("probe", &["probe".into()], now, Duration::from_secs(60))

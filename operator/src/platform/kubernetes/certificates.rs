@@ -30,20 +30,63 @@ fn text(secret: &Secret, key: &str) -> Option<String> {
     from_data.or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
 }
 
-/// The authority kept in `secret` (the CA Secret), checked fit to issue with.
-pub fn authority_from(secret: &Secret, now: OffsetDateTime) -> anyhow::Result<Authority> {
+/// The authority kept in a CA Secret: with its key, the operator issues every instance's
+/// pair; without it, the user supplies them in the TLS Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeptAuthority {
+    Issuing(Authority),
+    Supplied { ca_pem: String },
+}
+
+/// The authority kept in `secret` (the CA Secret), checked: a current CA certificate, and
+/// when its key is there, a key that signs for it.
+pub fn authority_from(secret: &Secret, now: OffsetDateTime) -> anyhow::Result<KeptAuthority> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let cert =
         text(secret, tls_keys::CA).with_context(|| format!("Secret {name} has no {:?}", tls_keys::CA))?;
-    let key = text(secret, tls_keys::CA_KEY).with_context(|| {
-        format!(
-            "Secret {name} has no {:?}: the operator issues each instance's certificate with the \
-             authority's key (server certificates supplied without it are not supported yet)",
-            tls_keys::CA_KEY
-        )
-    })?;
-    Authority::from_pem(cert, key, now)
-        .map_err(|e| anyhow::anyhow!("Secret {name}: the certificate authority is {e}"))
+    let refused = |e: String| anyhow::anyhow!("Secret {name}: the certificate authority is {e}");
+    match text(secret, tls_keys::CA_KEY) {
+        Some(key) => Authority::from_pem(cert, key, now).map(KeptAuthority::Issuing).map_err(refused),
+        None => {
+            crate::tls::authority::check_authority_certificate(&cert, now).map_err(refused)?;
+            Ok(KeptAuthority::Supplied { ca_pem: cert })
+        }
+    }
+}
+
+/// What is wrong with the pairs a user supplies in the TLS Secret (`current`, named
+/// `secret`), one line per problem: the authority's certificate must be there as in the CA
+/// Secret (pods mount it), and every instance's pair must be signed by it, name the instance's
+/// pod, be current and have its own key. Empty when all is well.
+pub fn check_supplied(
+    c: &OpenGaussCluster,
+    ca_pem: &str,
+    secret: &str,
+    current: &BTreeMap<String, String>,
+    opts: &Options,
+    now: OffsetDateTime,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if current.get(tls_keys::CA).map(String::as_str) != Some(ca_pem) {
+        problems.push(format!(
+            "Secret {secret}: {:?} must hold the certificate of Secret {}",
+            tls_keys::CA,
+            ca_secret_name(cluster_name(c))
+        ));
+    }
+    for instance in instance_names(cluster_name(c), c.spec.instances) {
+        let (cert_key, key_key) = (tls_keys::certificate(&instance), tls_keys::key(&instance));
+        let (Some(cert), Some(key)) = (current.get(&cert_key), current.get(&key_key)) else {
+            problems.push(format!("Secret {secret} has no {cert_key:?} and {key_key:?} for {instance}"));
+            continue;
+        };
+        let pair = KeyedCertificate { cert_pem: cert.clone(), key_pem: key.clone() };
+        let names = [instance_host(c, &instance, opts)];
+        if let Err(e) = crate::tls::inspect::check_server_pair(&pair, ca_pem, &names, now.unix_timestamp()) {
+            problems.push(format!("Secret {secret}, {cert_key:?}: {e}"));
+        }
+    }
+    problems
 }
 
 fn secret_with(c: &OpenGaussCluster, name: String, entries: &BTreeMap<String, String>) -> Secret {
@@ -114,23 +157,31 @@ pub fn recheck_every(c: &OpenGaussCluster) -> Duration {
     Duration::from_secs((c.spec.tls.certificate_lifetime_seconds / 10).clamp(1, 60))
 }
 
-/// The cluster's authority, made and kept in its CA Secret on first use, and its TLS Secret
-/// brought up to date. Returns the authority's certificate and the certificates issued.
-pub async fn ensure(
-    client: &kube::Client,
-    c: &OpenGaussCluster,
-    opts: &Options,
-) -> anyhow::Result<(String, Vec<(String, String)>)> {
+/// What a look at a cluster's certificates found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The authority's certificate (PEM) the controller trusts.
+    pub authority: String,
+    /// Instances given a new pair, and why.
+    pub issued: Vec<(String, String)>,
+    /// With supplied pairs, what is wrong with them (pods keep the pairs they have).
+    pub refused: Vec<String>,
+}
+
+/// The cluster's authority, made and kept in its CA Secret on first use, and its TLS Secret:
+/// brought up to date when the operator issues, checked (never written) when the user
+/// supplies the pairs.
+pub async fn ensure(client: &kube::Client, c: &OpenGaussCluster, opts: &Options) -> anyhow::Result<Outcome> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace(c));
     let now = OffsetDateTime::now_utc();
     let ca_name = ca_secret_name(cluster_name(c));
-    let authority = match api.get_opt(&ca_name).await.with_context(|| format!("reading Secret {ca_name}"))? {
+    let kept = match api.get_opt(&ca_name).await.with_context(|| format!("reading Secret {ca_name}"))? {
         Some(secret) => authority_from(&secret, now)?,
         None => {
             let fresh = Authority::generate(cluster_name(c), now)?;
             let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
             match api.create(&pp, &ca_secret(c, &fresh)).await {
-                Ok(_) => fresh,
+                Ok(_) => KeptAuthority::Issuing(fresh),
                 // Made meanwhile (another replica, or the user): use that one.
                 Err(kube::Error::Api(s)) if s.code == 409 => authority_from(
                     &api.get(&ca_name).await.with_context(|| format!("reading Secret {ca_name}"))?,
@@ -153,14 +204,30 @@ pub async fn ensure(
                 .collect()
         })
         .unwrap_or_default();
-    let plan = plan_tls_secret(c, &authority, &current, opts, now)?;
-    if plan.entries != current {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(&tls_name, &params, &Patch::Apply(&secret_with(c, tls_name.clone(), &plan.entries)))
-            .await
-            .with_context(|| format!("applying Secret {tls_name}"))?;
+    match kept {
+        KeptAuthority::Issuing(authority) => {
+            let plan = plan_tls_secret(c, &authority, &current, opts, now)?;
+            if plan.entries != current {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                api.patch(
+                    &tls_name,
+                    &params,
+                    &Patch::Apply(&secret_with(c, tls_name.clone(), &plan.entries)),
+                )
+                .await
+                .with_context(|| format!("applying Secret {tls_name}"))?;
+            }
+            Ok(Outcome {
+                authority: authority.cert_pem().to_string(),
+                issued: plan.issued,
+                refused: Vec::new(),
+            })
+        }
+        KeptAuthority::Supplied { ca_pem } => {
+            let refused = check_supplied(c, &ca_pem, &tls_name, &current, opts, now);
+            Ok(Outcome { authority: ca_pem, issued: Vec::new(), refused })
+        }
     }
-    Ok((authority.cert_pem().to_string(), plan.issued))
 }
 
 #[cfg(test)]
@@ -226,12 +293,23 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let ca = Authority::generate("og", now).expect("ca");
         let secret = ca_secret(&c, &ca);
-        assert_eq!(authority_from(&secret, now).expect("round trip"), ca);
+        assert_eq!(authority_from(&secret, now).expect("round trip"), KeptAuthority::Issuing(ca.clone()));
 
+        // Without the key: the user supplies the pairs.
         let mut keyless = secret.clone();
         keyless.data.as_mut().expect("data").remove(tls_keys::CA_KEY);
+        assert_eq!(
+            authority_from(&keyless, now).expect("supplied"),
+            KeptAuthority::Supplied { ca_pem: ca.cert_pem().to_string() }
+        );
+        let leaf = ca.issue("x", &["x".into()], now, Duration::from_secs(60)).expect("leaf");
+        keyless
+            .data
+            .as_mut()
+            .expect("data")
+            .insert(tls_keys::CA.into(), ByteString(leaf.cert_pem.into_bytes()));
         let err = authority_from(&keyless, now).expect_err("refused").to_string();
-        assert!(err.contains("Secret og-ca has no \"ca.key\""), "{err}");
+        assert!(err.contains("Secret og-ca") && err.contains("not a certificate authority"), "{err}");
 
         let mut broken = secret.clone();
         broken.data.as_mut().expect("data").insert(tls_keys::CA.into(), ByteString(b"garbage".to_vec()));
@@ -247,6 +325,48 @@ mod tests {
             .insert(tls_keys::CA_KEY.into(), ByteString(other.0.key_pem.into_bytes()));
         let err = authority_from(&mismatched, now).expect_err("refused").to_string();
         assert!(err.contains("does not belong"), "{err}");
+    }
+
+    #[test]
+    fn supplied_pairs_are_checked_by_instance_and_named_when_wrong() {
+        let opts = Options::default();
+        let c = cluster(2);
+        let now = OffsetDateTime::now_utc();
+        let ca = Authority::generate("users", now).expect("ca");
+        let lifetime = Duration::from_secs(3600);
+        let pair_for = |instance: &str, authority: &Authority| {
+            let host = instance_host(&c, instance, &opts);
+            authority.issue(&host, std::slice::from_ref(&host), now, lifetime).expect("issue")
+        };
+        let mut entries = BTreeMap::from([(tls_keys::CA.to_string(), ca.cert_pem().to_string())]);
+        for instance in ["og-0", "og-1"] {
+            let pair = pair_for(instance, &ca);
+            entries.insert(tls_keys::certificate(instance), pair.cert_pem);
+            entries.insert(tls_keys::key(instance), pair.key_pem);
+        }
+        assert_eq!(check_supplied(&c, ca.cert_pem(), "og-tls", &entries, &opts, now), Vec::<String>::new());
+
+        // Another authority's pair for og-1, and a third instance without a pair: each named.
+        let other = Authority::generate("other", now).expect("other");
+        let foreign = pair_for("og-1", &other);
+        entries.insert(tls_keys::certificate("og-1"), foreign.cert_pem);
+        entries.insert(tls_keys::key("og-1"), foreign.key_pem);
+        let problems = check_supplied(&cluster(3), ca.cert_pem(), "og-tls", &entries, &opts, now);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].contains("\"og-1.crt\"") && problems[0].contains("not signed"), "{problems:#?}");
+        assert!(problems[1].contains("no \"og-2.crt\""), "{problems:#?}");
+
+        // A pair naming another pod, and a missing authority entry.
+        let wrong = pair_for("og-1", &ca);
+        entries.insert(tls_keys::certificate("og-0"), wrong.cert_pem);
+        entries.insert(tls_keys::key("og-0"), wrong.key_pem);
+        entries.remove(tls_keys::CA);
+        let problems = check_supplied(&c, ca.cert_pem(), "og-tls", &entries, &opts, now);
+        assert!(problems[0].contains("\"ca.crt\" must hold"), "{problems:#?}");
+        assert!(
+            problems[1].contains("\"og-0.crt\"") && problems[1].contains("does not name"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

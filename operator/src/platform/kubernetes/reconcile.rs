@@ -125,7 +125,23 @@ impl Context {
         {
             return Ok(Some(seen.authority.clone()));
         }
-        let (authority, issued) = certificates::ensure(&self.client, cluster, &self.options).await?;
+        let certificates::Outcome { authority, issued, refused } =
+            certificates::ensure(&self.client, cluster, &self.options).await?;
+        // Supplied pairs that are wrong are told, not fatal: pods keep the pairs they have
+        // (a manager never takes up a pair that would not serve), failover goes on.
+        if !refused.is_empty() {
+            let note = format!("supplied server certificates refused: {}", refused.join("; "));
+            tracing::warn!(cluster = %cluster_name(cluster), namespace = %namespace(cluster), "{note}");
+            publish(
+                &self.recorder,
+                &cluster.metadata,
+                KubeEventType::Warning,
+                "CertificateRefused",
+                "CheckCertificates",
+                &note,
+            )
+            .await;
+        }
         // One event per issuing round: the recorder folds repeated reasons into one series, so
         // the note names every instance that got a new pair and why.
         if !issued.is_empty() {

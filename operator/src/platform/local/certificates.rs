@@ -76,14 +76,8 @@ pub fn source(tls_dir: &Path, cluster: &str) -> anyhow::Result<CertificateSource
         }
         (true, false) => {
             let ca_pem = read(&cert_file)?;
-            let info = inspect::read(&ca_pem)
-                .map_err(|e| anyhow::anyhow!("{}: not a usable certificate: {e}", cert_file.display()))?;
-            if !info.is_ca {
-                bail!("{}: not a certificate authority (no CA basic constraint)", cert_file.display());
-            }
-            if now.unix_timestamp() >= info.not_after {
-                bail!("{}: expired (at unix time {})", cert_file.display(), info.not_after);
-            }
+            crate::tls::authority::check_authority_certificate(&ca_pem, now)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cert_file.display()))?;
             Ok(CertificateSource::Supplied { ca_pem, dir: tls_dir.to_path_buf() })
         }
         (false, true) => {
