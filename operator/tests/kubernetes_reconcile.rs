@@ -35,6 +35,15 @@ fn event_reasons(api: &FakeApi) -> Vec<String> {
         .collect()
 }
 
+/// The notes of the events with `reason`.
+fn event_notes(api: &FakeApi, reason: &str) -> Vec<String> {
+    api.list("events.k8s.io", "events", Some(NS))
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// The journal as a sequence of label states: never two pods labelled primary at once.
 fn assert_never_two_primaries(api: &FakeApi, start: BTreeMap<String, String>) {
     let mut labels = start;
@@ -137,12 +146,7 @@ async fn first_reconcile_creates_the_objects_in_order() {
         assert_eq!(keys, ["ca.crt".to_string(), format!("og-{k}.crt"), format!("og-{k}.key")]);
         assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     }
-    let issued: Vec<String> = api
-        .list("events.k8s.io", "events", Some(NS))
-        .iter()
-        .filter(|e| e["reason"] == "CertificateIssued")
-        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let issued = event_notes(&api, "CertificateIssued");
     assert_eq!(issued.len(), 1, "one issuing round, one event: {issued:?}");
     for k in 0..3 {
         assert!(issued[0].contains(&format!("og-{k} (")), "og-{k} named in {issued:?}");
@@ -669,12 +673,7 @@ async fn supplied_server_certificates_are_checked_and_never_written() {
     let fresh = context(&api, 8000);
     reconcile_once(&api, &fresh, "og").await.expect("a refused pair does not stop the reconcile");
     assert!(!api.writes().iter().any(|c| c.target().resource == "secrets"), "{:#?}", shorts(&api.writes()));
-    let refused: Vec<String> = api
-        .list("events.k8s.io", "events", Some(NS))
-        .iter()
-        .filter(|e| e["reason"] == "CertificateRefused")
-        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let refused = event_notes(&api, "CertificateRefused");
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].contains("\"og-1.crt\"") && refused[0].contains("not signed"), "{refused:?}");
 }
