@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use opengauss_e2e::kube::{Driver, KubeCluster, scenarios::POSTGRES_SAMPLE};
-use tokio_postgres::NoTls;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -23,12 +22,15 @@ fn summary(name: &str, v: &mut [f64]) {
     println!("{name}: median {:.2} s, worst {:.2} s, runs {}", median(v), worst, v.len());
 }
 
-/// The `-rw` Service's address and the superuser's password, to write as a client would.
+/// The `-rw` Service's address and the superuser's password, to write as a client would:
+/// over TLS trusting the cluster's authority (the chain is verified; the Service's cluster IP
+/// is in no certificate, so, as for the operator's own IP connections, not the name).
 struct Client {
     host: String,
     port: u16,
     user: String,
     password: String,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
 }
 
 impl Client {
@@ -42,11 +44,23 @@ impl Client {
             let template = format!("go-template={{{{ index .data \"{key}\" | base64decode }}}}");
             c.kubectl(&["get", "secret", &secret, "-o", &template]).await
         };
+        let authority = c
+            .kubectl(&[
+                "get",
+                "secret",
+                &format!("{}-ca", c.name),
+                "-o",
+                "go-template={{ index .data \"ca.crt\" | base64decode }}",
+            ])
+            .await?;
+        opengauss_operator::tls::config::install_default_provider();
+        let tls = opengauss_operator::tls::config::member_client(&authority)?;
         Ok(Self {
             host: host.trim().to_string(),
             port: c.port,
             user: field("username").await?,
             password: field("password").await?,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
         })
     }
 
@@ -58,9 +72,10 @@ impl Client {
             .user(&self.user)
             .password(self.password.clone())
             .dbname("postgres")
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
             .connect_timeout(Duration::from_millis(500));
         let work = async {
-            let (client, conn) = cfg.connect(NoTls).await?;
+            let (client, conn) = cfg.connect(self.tls.clone()).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
