@@ -32,20 +32,18 @@ pub fn copy_from_source(source: &Path, files: &InstanceTls) -> anyhow::Result<bo
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     tls::inspect::check_server_pair(&pair, &ca, &[], now)
         .map_err(|e| anyhow::anyhow!("the pair in {} is refused: {e}", source.display()))?;
+    // What is copied is what was checked: the files are not read a second time.
     let mut copied = false;
-    for (src, dst) in [
-        (&from.ca_file, &files.ca_file),
-        (&from.key_file, &files.key_file),
-        (&from.cert_file, &files.cert_file),
-    ] {
-        let wanted = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
-        if std::fs::read(dst).ok().as_deref() == Some(wanted.as_slice()) {
+    for (wanted, dst) in
+        [(&ca, &files.ca_file), (&pair.key_pem, &files.key_file), (&pair.cert_pem, &files.cert_file)]
+    {
+        if std::fs::read_to_string(dst).ok().as_ref() == Some(wanted) {
             continue;
         }
         if let Some(dir) = dst.parent() {
             create_dir_mode(dir, 0o700)?;
         }
-        write_atomic(dst, &wanted, 0o600)?;
+        write_atomic(dst, wanted.as_bytes(), 0o600)?;
         copied = true;
     }
     Ok(copied)
