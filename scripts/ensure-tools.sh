@@ -14,6 +14,20 @@ want() { [[ " $wanted " == *" $1 "* ]]; }
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# Free space of the filesystem holding $1, for messages ("12G").
+free_space() { df -h --output=avail "$1" 2>/dev/null | tail -1 | tr -d ' '; }
+
+# A clean checkout's build and the whole suite (the Kubernetes node's images and data
+# included) take about $need_gb GB; with less, builds and databases fail part-way with
+# "No space left on device" far from the cause, so say it first.
+need_gb=12
+for dir in . "${TMPDIR:-/tmp}"; do
+  avail_gb=$(df -BG --output=avail "$dir" 2>/dev/null | tail -1 | tr -dc 0-9)
+  if [ -n "$avail_gb" ] && [ "$avail_gb" -lt "$need_gb" ]; then
+    echo "warning: only ${avail_gb} GB free for $(cd "$dir" && pwd); building and running every test needs about ${need_gb} GB" >&2
+  fi
+done
+
 if want nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest"
   cargo install --locked cargo-nextest
@@ -77,7 +91,28 @@ fi
 if want validate && [ -f scripts/requirements-validate.txt ]; then
   if [ ! -x .venv/bin/kubernetes-validate ]; then
     echo "installing kubernetes-validate into .venv"
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-validate.txt
+    # A half-made environment from an interrupted run would be taken as made next time.
+    rm -rf .venv
+    if ! python3 -m venv .venv; then
+      rm -rf .venv
+      # Debian's python3 ships venv's pip bootstrap (ensurepip) in a package of its own.
+      if ! python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" -eq 0 ] && have apt-get; then
+        echo "installing python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      fi
+      python3 -m venv .venv || {
+        rm -rf .venv
+        echo "error: 'python3 -m venv .venv' failed (above); it needs python3's venv and ensurepip" \
+          "modules (Debian: python3-venv) and free disk space ($(free_space .) here," \
+          "$(free_space "${TMPDIR:-/tmp}") in ${TMPDIR:-/tmp})" >&2
+        exit 1
+      }
+    fi
+    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-validate.txt || {
+      rm -rf .venv
+      echo "error: installing scripts/requirements-validate.txt from PyPI into .venv failed (above)" >&2
+      exit 1
+    }
   fi
 fi
