@@ -139,7 +139,9 @@ pub struct TlsSpec {
     /// change applies as each instance restarts.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// How long the server certificates the operator issues are valid (default 90 days).
+    /// How long the server certificates the operator issues are valid (default 90 days). On
+    /// Kubernetes at least 300: a renewed certificate must reach the pods through the kubelet
+    /// before the one it replaces expires.
     #[serde(default = "default_certificate_lifetime")]
     #[schemars(range(min = 30, max = 315_360_000))]
     pub certificate_lifetime_seconds: u64,

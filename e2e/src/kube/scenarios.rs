@@ -793,10 +793,10 @@ pub async fn definition_change_rolls_the_pods(driver: &Driver, namespace: &str) 
     .await
 }
 
-/// Certificates that last four minutes are renewed on Kubernetes without a failover, a
-/// restart or a refused client.
+/// Certificates that last five minutes (the shortest Kubernetes takes) are renewed without a
+/// failover, a restart or a refused client.
 pub async fn certificates_renew_without_downtime(driver: &Driver, namespace: &str) -> anyhow::Result<()> {
-    let lifetime = Duration::from_secs(240);
+    let lifetime = Duration::from_secs(300);
     with_cluster(
         driver,
         POSTGRES_SAMPLE,

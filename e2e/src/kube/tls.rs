@@ -109,8 +109,9 @@ pub async fn renewal_without_downtime(c: &KubeCluster, lifetime: Duration) -> an
     )
     .await?;
     let client = c.instance_names().into_iter().find(|n| *n != primary).unwrap_or_else(|| primary.clone());
-    // Renewal starts when a third of the lifetime is left; the kubelet takes up to about a
-    // minute to deliver a changed Secret.
+    // Renewal starts 150 s before expiry at the latest (a third of the lifetime for longer
+    // ones); the kubelet takes up to about 90 s to deliver a changed Secret. The wait outlasts
+    // the first certificates, so one that expired before its renewal arrived is seen refused.
     let deadline = lifetime + Duration::from_secs(30);
     until("every certificate renewed and loaded", deadline, Duration::from_secs(5), || async {
         let Some(s) = c.status().await else { return Probe::NotYet("no status".into()) };

@@ -97,19 +97,21 @@ impl Authority {
 
     /// Why a server certificate `pair` (absent: none yet) must be replaced by one this
     /// authority issues for `names`, or `None` when it will do at `now`: foreign, broken, too
-    /// narrow, expired, or a third of its lifetime left.
+    /// narrow, expired, or a third of its lifetime or `notice` seconds left (see
+    /// `CertificateInfo::renewal_due`).
     pub fn renewal_reason(
         &self,
         pair: Option<&KeyedCertificate>,
         names: &[String],
         now: i64,
+        notice: i64,
     ) -> Option<String> {
         let Some(pair) = pair else {
             return Some("it has none yet".into());
         };
         match inspect::check_server_pair(pair, self.cert_pem(), names, now) {
             Err(e) => Some(e),
-            Ok(info) if info.renewal_due(now) => {
+            Ok(info) if info.renewal_due(now, notice) => {
                 Some(format!("renewal due (expires at unix time {})", info.not_after))
             }
             Ok(_) => None,

@@ -24,11 +24,12 @@ pub struct CertificateInfo {
 }
 
 impl CertificateInfo {
-    /// Renew once less than a third of the lifetime is left: a 90-day certificate is renewed a
-    /// month before it expires, with time to notice if renewing fails.
-    pub fn renewal_due(&self, now: i64) -> bool {
+    /// Renew once less than a third of the lifetime is left, or less than `notice` seconds
+    /// (the time a renewed certificate may take to reach the server): a 90-day certificate is
+    /// renewed a month before it expires, with time to notice if renewing fails.
+    pub fn renewal_due(&self, now: i64, notice: i64) -> bool {
         let lifetime = (self.not_after - self.not_before).max(0);
-        self.not_after - now < lifetime / 3
+        self.not_after - now < (lifetime / 3).max(notice)
     }
 }
 
@@ -191,9 +192,13 @@ mod tests {
     #[test]
     fn renewal_is_due_in_the_last_third() {
         let info = CertificateInfo { not_before: 0, not_after: 90, names: vec![], is_ca: false };
-        assert!(!info.renewal_due(59));
-        assert!(!info.renewal_due(60));
-        assert!(info.renewal_due(61));
-        assert!(info.renewal_due(200));
+        assert!(!info.renewal_due(59, 0));
+        assert!(!info.renewal_due(60, 0));
+        assert!(info.renewal_due(61, 0));
+        assert!(info.renewal_due(200, 0));
+        // A longer notice than the third moves the renewal earlier, never later.
+        assert!(!info.renewal_due(49, 40));
+        assert!(info.renewal_due(51, 40));
+        assert!(info.renewal_due(61, 10));
     }
 }

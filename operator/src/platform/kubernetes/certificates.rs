@@ -23,6 +23,34 @@ use super::builders::{
 use super::options::Options;
 use crate::tls::{Authority, KeyedCertificate};
 
+/// How long before expiry a certificate is renewed at the latest. A changed Secret reaches the
+/// pods' volumes only at the kubelet's next sync of each pod (its sync period, one minute by
+/// default, with up to half of it added as jitter), and the manager then copies and loads it
+/// within a second or two: renewing any later, a server would present an expired certificate
+/// until the kubelet caught up.
+pub const RENEWAL_NOTICE_SECONDS: i64 = 150;
+
+/// The shortest certificate lifetime on Kubernetes: twice the renewal notice, so a renewed
+/// certificate is not itself due for renewal before it has reached the pods.
+pub const MIN_LIFETIME_SECONDS: u64 = 2 * RENEWAL_NOTICE_SECONDS as u64;
+
+/// A Kubernetes-only problem with `c`'s certificate lifetime (the schema allows the local
+/// platform's shorter ones).
+pub fn lifetime_problem(c: &OpenGaussCluster) -> Option<opengauss_crd::validate::FieldError> {
+    let tls = &c.spec.tls;
+    (tls.enabled && tls.certificate_lifetime_seconds < MIN_LIFETIME_SECONDS).then(|| {
+        opengauss_crd::validate::FieldError {
+            field: "spec.tls.certificateLifetimeSeconds".into(),
+            message: format!(
+                "{} is too short on Kubernetes: at least {MIN_LIFETIME_SECONDS}, since a renewed \
+                 certificate can take the kubelet up to about 90 s to deliver to the pods and is \
+                 renewed {RENEWAL_NOTICE_SECONDS} s before expiry",
+                tls.certificate_lifetime_seconds
+            ),
+        }
+    })
+}
+
 /// A Secret's value for `key` as text (from `data`, or `stringData` not yet merged).
 fn text(secret: &Secret, key: &str) -> Option<String> {
     let from_data =
@@ -139,7 +167,9 @@ pub fn plan_tls_secret(
             _ => None,
         };
         let names = certificate_names(c, &instance, opts);
-        if let Some(reason) = authority.renewal_reason(pair.as_ref(), &names, now.unix_timestamp()) {
+        if let Some(reason) =
+            authority.renewal_reason(pair.as_ref(), &names, now.unix_timestamp(), RENEWAL_NOTICE_SECONDS)
+        {
             // The subject is the name peers replicate from: openGauss's libpq checks only the
             // subject's common name.
             let fresh = authority.issue(&instance_host(c, &instance, opts), &names, now, lifetime)?;

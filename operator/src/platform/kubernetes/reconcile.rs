@@ -467,7 +467,7 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
         ctx.forget(&uid).await;
         return Ok(Action::await_change());
     }
-    if let Err(invalid) = cluster.validate() {
+    if let Err(invalid) = validate(&cluster) {
         ctx.forget(&uid).await;
         return report_invalid(ctx, &cluster, &invalid).await;
     }
@@ -494,6 +494,13 @@ async fn reconcile_cluster(cluster: Arc<OpenGaussCluster>, ctx: &Context) -> any
         }
         Err(e) => Err(e),
     }
+}
+
+/// The spec's problems, with those only Kubernetes has.
+fn validate(cluster: &OpenGaussCluster) -> Result<(), InvalidCluster> {
+    let mut errors = cluster.validate().err().map(|e| e.errors).unwrap_or_default();
+    errors.extend(certificates::lifetime_problem(cluster));
+    if errors.is_empty() { Ok(()) } else { Err(InvalidCluster { errors }) }
 }
 
 async fn report_invalid(
@@ -536,5 +543,32 @@ mod tests {
         let other = invalid_status(&first, "worse", Some(2), t1);
         assert_eq!(other.condition("ValidSpec").expect("c").last_transition_time, Time(t0));
         assert_eq!(other.phase_reason.as_deref(), Some("worse"));
+    }
+
+    #[test]
+    fn certificates_too_short_lived_for_the_kubelet_are_refused_on_kubernetes() {
+        let yaml = |tls: &str| {
+            format!(
+                "apiVersion: ha.opengauss.dev/v1alpha1\nkind: OpenGaussCluster\nmetadata: {{name: pg}}\nspec:\n  instances: 3\n{tls}"
+            )
+        };
+        let cluster = |tls: &str| serde_yaml_ng::from_str::<OpenGaussCluster>(&yaml(tls)).expect("cluster");
+        let short = cluster("  tls: {certificateLifetimeSeconds: 299}\n");
+        assert!(short.validate().is_ok(), "the local platform takes it");
+        let invalid = validate(&short).expect_err("too short for Kubernetes");
+        let text = invalid.to_string();
+        assert!(
+            text.contains("spec.tls.certificateLifetimeSeconds") && text.contains("at least 300"),
+            "{text}"
+        );
+        assert!(validate(&cluster("  tls: {certificateLifetimeSeconds: 300}\n")).is_ok());
+        assert!(
+            validate(&cluster("  tls: {enabled: false, certificateLifetimeSeconds: 60}\n")).is_ok(),
+            "no certificates"
+        );
+        assert!(validate(&cluster("")).is_ok(), "the default lifetime");
+        // Alongside the spec's own problems, not instead of them.
+        let both = validate(&cluster("  tls: {certificateLifetimeSeconds: 60}\n  fencedInstances: [nope]\n"));
+        assert_eq!(both.map_err(|e| e.errors.len()), Err(2));
     }
 }
