@@ -4,10 +4,13 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use opengauss_crd::{Phase, Role, TransitionKind};
+use opengauss_crd::{Engine, Phase, Role, TransitionKind};
 use opengauss_e2e::wait::{Probe, until};
 use opengauss_e2e::writer::{Writer, missing_rows};
 use opengauss_e2e::{LocalCluster, postgres_available};
+use opengauss_operator::engine::{Dialect, Lsn, Postgres, controldata};
+use opengauss_operator::instance::timeline_history;
+use opengauss_operator::platform::local::binaries::find_bin_dir;
 
 const BOOT: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(90);
@@ -87,6 +90,82 @@ async fn killing_the_primary_fails_over_and_the_old_primary_rejoins() {
     let rejoin = c.manager_output(&old);
     assert!(rejoin.contains("rewound from"), "{rejoin}");
     assert!(!c.instance_dir(&old).join("data.previous").exists(), "the old primary was cloned again");
+}
+
+/// What a rejoined standby's manager reads to tell whether its source can still bring it to
+/// its recovery point (it stops waiting at once when not), read from real servers after a
+/// failover: the new primary's timeline history names the old timeline and where it left it,
+/// the standby following it holds the same history, and the old primary rewound onto it
+/// records the recovery point the server itself reports, which that history contains.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeline_histories_and_recovery_points_are_read_as_a_rejoin_checks_them() {
+    let c = started("history", 3, "").await;
+    let old = c.primary().expect("primary");
+    let tl = c.timeline_of(&old).expect("timeline");
+    write(&c, &old, "CREATE TABLE history (id int); INSERT INTO history VALUES (1)").await;
+    c.signal_instance(&old, Signal::SIGKILL).expect("kill manager and server");
+    let s = healthy_without(&c, &old).await;
+    let new = s.current_primary.clone().expect("new primary");
+    let sql = Postgres.timeline_history_sql().expect("PostgreSQL peers give their history");
+
+    let client = c.connect(&new).await.expect("connect");
+    let history = timeline_history(&client, sql).await.expect("the new primary's history");
+    assert_eq!(history.timeline, tl + 1, "{history:?}");
+    let [switch] = history.switches[..] else { panic!("one switch in {history:?}") };
+    assert_eq!(switch.timeline, tl, "{history:?}");
+    let current: String =
+        client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("position").get(0);
+    let current: Lsn = current.parse().expect("an LSN");
+    assert!(
+        switch.at > Lsn(0) && switch.at <= current,
+        "switch {} beyond the primary's {current}",
+        switch.at
+    );
+    assert_eq!(history.missing(tl, switch.at), None);
+    assert!(history.missing(tl, Lsn(switch.at.0 + 1)).is_some(), "a point past the switch is not in it");
+
+    let other = s.instances.iter().map(|i| i.name.clone()).find(|n| *n != old && *n != new).expect("third");
+    let theirs = timeline_history(&c.connect(&other).await.expect("connect"), sql).await.expect("history");
+    assert_eq!(theirs, history, "{other} follows {new}");
+
+    let pg_controldata = find_bin_dir(Engine::Postgres, None).expect("PostgreSQL").join("pg_controldata");
+    let data = c.instance_dir(&old).join("data");
+    let rewound = c.connect(&old).await.expect("connect");
+    let point = until(
+        "pg_controldata and pg_control_recovery() to agree",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let out = match std::process::Command::new(&pg_controldata).env("LC_ALL", "C").arg(&data).output()
+            {
+                Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+                Err(e) => return Probe::NotYet(format!("pg_controldata: {e}")),
+            };
+            let from_file = controldata::min_recovery_point(&out);
+            let row = match rewound
+                .query_one(
+                    "SELECT min_recovery_end_timeline, min_recovery_end_lsn::text FROM pg_control_recovery()",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => row,
+                Err(e) => return Probe::NotYet(format!("pg_control_recovery(): {e}")),
+            };
+            let lsn: Lsn = row.get::<_, String>(1).parse().expect("an LSN");
+            let from_server = (lsn != Lsn(0)).then(|| (row.get::<_, i32>(0) as u32, lsn));
+            if from_file == from_server {
+                Probe::Done(from_file)
+            } else {
+                Probe::NotYet(format!("file {from_file:?}, server {from_server:?}"))
+            }
+        },
+    )
+    .await
+    .expect("the control file read as the server reads it");
+    let (timeline, lsn) = point.expect("a rewound standby has a recovery point");
+    assert_eq!(timeline, tl + 1, "rewound onto the new primary's timeline");
+    assert_eq!(history.missing(timeline, lsn), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,6 +10,7 @@ pub mod image;
 mod lsn;
 mod opengauss;
 mod postgres;
+pub mod timeline;
 pub mod version;
 pub mod wal;
 
@@ -307,6 +308,10 @@ pub trait Dialect: Send + Sync + std::fmt::Debug {
     /// The WAL directory inside the data directory.
     fn wal_dir(&self) -> &'static str;
     fn status_sql(&self) -> StatusSql;
+    /// SQL run as the superuser on a peer, returning one row: `timeline` int4 (the peer's
+    /// current timeline) and `history` text (its timeline history file, NULL on timeline 1);
+    /// `None` when the manager cannot ask a peer.
+    fn timeline_history_sql(&self) -> Option<&'static str>;
     /// SQL dropping the replication slots standbys left on a primary that are no longer
     /// peers (`keep`: the application names of the current peers), or `None` when the engine
     /// makes no slots of its own.

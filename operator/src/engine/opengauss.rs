@@ -286,6 +286,12 @@ impl Dialect for OpenGauss {
         "opengauss-operator.standby"
     }
 
+    /// The initial user may not log in remotely ("Forbid remote connection with initial
+    /// user", openGauss's auth.cpp), and no other role of the operator's may read files.
+    fn timeline_history_sql(&self) -> Option<&'static str> {
+        None
+    }
+
     fn status_sql(&self) -> StatusSql {
         StatusSql {
             // openGauss never changes its timeline on a failover; the checkpoint's is reported

@@ -10,6 +10,19 @@ use super::{
 };
 
 /// PostgreSQL's default WAL segment size, to express `walKeepSegments` as `wal_keep_size`.
+/// The server's current timeline: a primary's from the WAL file it writes (its control file
+/// keeps the old one until the first checkpoint after a promotion), a standby's from the WAL
+/// it receives, or else its last checkpoint.
+macro_rules! current_timeline {
+    () => {
+        "CASE WHEN pg_is_in_recovery() \
+              THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
+                            (SELECT timeline_id FROM pg_control_checkpoint())) \
+              ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+         END"
+    };
+}
+
 const WAL_SEGMENT_MB: u64 = 16;
 
 #[derive(Debug, Clone, Copy)]
@@ -296,16 +309,15 @@ impl Dialect for Postgres {
 
     fn status_sql(&self) -> StatusSql {
         StatusSql {
-            node: "SELECT pg_is_in_recovery() AS in_recovery, \
+            node: concat!(
+                "SELECT pg_is_in_recovery() AS in_recovery, \
                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS current_lsn, \
                    pg_last_wal_receive_lsn()::text AS received_lsn, \
                    pg_last_wal_replay_lsn()::text AS replayed_lsn, \
-                   CASE WHEN pg_is_in_recovery() \
-                        THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), \
-                                      (SELECT timeline_id FROM pg_control_checkpoint())) \
-                        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
-                   END AS timeline, \
-                   current_setting('synchronous_standby_names') AS synchronous_standby_names",
+                   ",
+                current_timeline!(),
+                " AS timeline, current_setting('synchronous_standby_names') AS synchronous_standby_names"
+            ),
             receiver: "SELECT status, sender_host AS upstream_host, sender_port AS upstream_port, \
                        flushed_lsn::text AS flushed_lsn FROM pg_stat_wal_receiver",
             replication: "SELECT application_name, host(client_addr) AS client_addr, state, sync_state, \
@@ -316,6 +328,17 @@ impl Dialect for Postgres {
             pending_restart: Some("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name"),
             postmaster_settings: "SELECT name FROM pg_settings WHERE context = 'postmaster' ORDER BY name",
         }
+    }
+
+    /// The history file of the current timeline, read from the WAL directory (superuser).
+    fn timeline_history_sql(&self) -> Option<&'static str> {
+        Some(concat!(
+            "SELECT tli AS timeline, CASE WHEN tli > 1 THEN \
+                    pg_read_file('pg_wal/' || lpad(to_hex(tli), 8, '0') || '.history') END AS history \
+             FROM (SELECT ",
+            current_timeline!(),
+            " AS tli) AS current"
+        ))
     }
 
     fn replication_role_sql(&self, user: &str, password: &str) -> Option<String> {

@@ -25,6 +25,9 @@ use crate::process::run_checked;
 const START_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a rejoined standby has to become consistent (see `rejoin`).
 const REJOIN_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a rejoined standby not yet consistent checks that its source can still bring it
+/// there (see `wait_accepting_within`).
+const SOURCE_HISTORY_CHECK: Duration = Duration::from_secs(2);
 /// How long a base backup or rewind may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -400,9 +403,12 @@ impl Manager {
     }
 
     async fn control_data(&self) -> Option<ControlReport> {
+        Some(crate::engine::controldata::parse(&self.controldata_output().await?))
+    }
+
+    async fn controldata_output(&self) -> Option<String> {
         let line = self.cfg.dialect().controldata(&self.cfg.layout());
-        let out = run_checked(&line, Duration::from_secs(10)).await.ok()?;
-        Some(crate::engine::controldata::parse(&out))
+        run_checked(&line, Duration::from_secs(10)).await.ok()
     }
 
     /// Accepts a request and runs it in the background. The same request repeated while it
@@ -703,11 +709,12 @@ impl Manager {
         datadir::set_fenced(cfg, None)?;
         // A rewound standby replays up to where its source was when it was copied. Should the
         // source lose its place meanwhile (a newer primary forked its history before that
-        // point), the standby can never become consistent: it is stopped, and the rejoin asked
-        // again rewinds it from the new primary.
+        // point), the standby can never become consistent: it is stopped as soon as the
+        // source's history shows it (or at the timeout where it cannot be read), and the rejoin
+        // asked again rewinds it from the new primary.
         server::wait_lock_released(&cfg.data_dir(), server::LOCK_RELEASE_TIMEOUT).await?;
         self.server.lock().await.start(cfg, true)?;
-        if let Err(e) = self.wait_accepting_within(None, REJOIN_READY_TIMEOUT).await {
+        if let Err(e) = self.wait_accepting_within(None, REJOIN_READY_TIMEOUT, Some(source)).await {
             let _ = self.server.lock().await.stop(cfg, StopMode::Fast).await;
             return Err(e.context(format!(
                 "{how} from {source}, but the standby did not reach a consistent state; \
@@ -790,10 +797,43 @@ impl Manager {
 
     /// Waits until the server answers SQL (and, when asked, is or is not in recovery).
     async fn wait_accepting(&self, in_recovery: Option<bool>) -> anyhow::Result<()> {
-        self.wait_accepting_within(in_recovery, START_TIMEOUT).await
+        self.wait_accepting_within(in_recovery, START_TIMEOUT, None).await
     }
 
-    async fn wait_accepting_within(&self, in_recovery: Option<bool>, within: Duration) -> anyhow::Result<()> {
+    /// Why `source` can never bring this server to its recovery point, when that can be told.
+    async fn source_lacks_recovery_point(&self, source: &Endpoint) -> Option<String> {
+        let cfg = &self.cfg;
+        let sql = cfg.dialect().timeline_history_sql()?;
+        let (timeline, point) =
+            crate::engine::controldata::min_recovery_point(&self.controldata_output().await?)?;
+        let password = read_secret(&cfg.superuser_password_file).ok()?;
+        match probe::remote_history(cfg, source, &password, sql, PROBE_TIMEOUT).await {
+            Ok(history) => history.missing(timeline, point).map(|why| {
+                format!(
+                    "{source} cannot bring it to its recovery point {point} on timeline {timeline}: {why}"
+                )
+            }),
+            Err(e) => {
+                tracing::debug!(error = format!("{e:#}"), %source, "could not read the source's timeline history");
+                None
+            }
+        }
+    }
+
+    /// Waits until the server answers SQL (and, when asked, is or is not in recovery).
+    ///
+    /// A standby rejoined from `rejoined_from` must replay up to the recovery point its copy
+    /// recorded, and only its source's history can bring it there: should the source have
+    /// lost that point meanwhile (after flapping links it was itself rewound onto a newer
+    /// primary's history), the standby would wait for ever. That is checked every few seconds
+    /// and ends the wait at once; `within` covers what cannot be checked.
+    async fn wait_accepting_within(
+        &self,
+        in_recovery: Option<bool>,
+        within: Duration,
+        rejoined_from: Option<&Endpoint>,
+    ) -> anyhow::Result<()> {
+        let mut next_source_check = tokio::time::Instant::now() + SOURCE_HISTORY_CHECK;
         let deadline = tokio::time::Instant::now() + within;
         loop {
             tracing::trace!("probing");
@@ -807,6 +847,14 @@ impl Manager {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("the database server did not become ready within {}s", within.as_secs());
+            }
+            if let Some(source) = rejoined_from
+                && tokio::time::Instant::now() >= next_source_check
+            {
+                if let Some(why) = self.source_lacks_recovery_point(source).await {
+                    bail!("{why}");
+                }
+                next_source_check = tokio::time::Instant::now() + SOURCE_HISTORY_CHECK;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

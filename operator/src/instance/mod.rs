@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub use config::InstanceConfig;
 pub use manager::Manager;
+pub use probe::timeline_history;
 
 use crate::fsutil::write_atomic;
 

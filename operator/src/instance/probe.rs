@@ -6,6 +6,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::config::InstanceConfig;
 use super::report::{NodeReport, ReceiverReport, ReplicationRow};
+use crate::engine::timeline::{self, History};
 use crate::engine::{Dialect, Lsn};
 
 /// A connection to the local server, reopened when it breaks.
@@ -58,13 +59,14 @@ pub async fn answers_fresh(cfg: &InstanceConfig, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(_)))
 }
 
-/// Asks the server at `source` for a checkpoint, as the superuser over TCP.
-pub async fn checkpoint_remote(
+/// A superuser session on the server at `source` over TCP; with TLS the peer must present a
+/// certificate of the cluster's authority for its address.
+async fn connect_remote(
     cfg: &InstanceConfig,
     source: &crate::engine::Endpoint,
     password: &str,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Client> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&source.host)
         .port(source.port)
@@ -73,30 +75,65 @@ pub async fn checkpoint_remote(
         .dbname("postgres")
         .application_name("opengauss-operator")
         .connect_timeout(timeout);
+    let client = match &cfg.tls {
+        Some(files) => {
+            let tls = crate::tls::config::client(&files.read_authority()?)?;
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, connection) = pg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
+            tokio::spawn(connection);
+            client
+        }
+        None => {
+            let (client, connection) = pg.connect(NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// Asks the server at `source` for a checkpoint, as the superuser over TCP.
+pub async fn checkpoint_remote(
+    cfg: &InstanceConfig,
+    source: &crate::engine::Endpoint,
+    password: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let work = async {
-        let client = match &cfg.tls {
-            // The peer must present a certificate of the cluster's authority for its address.
-            Some(files) => {
-                let tls = crate::tls::config::client(&files.read_authority()?)?;
-                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                let (client, connection) =
-                    pg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await?;
-                tokio::spawn(connection);
-                client
-            }
-            None => {
-                let (client, connection) = pg.connect(NoTls).await?;
-                tokio::spawn(connection);
-                client
-            }
-        };
-        client.batch_execute("CHECKPOINT").await?;
+        connect_remote(cfg, source, password, timeout).await?.batch_execute("CHECKPOINT").await?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(timeout * 20, work).await {
         Ok(result) => result,
         Err(_) => anyhow::bail!("CHECKPOINT on {source} did not finish in time"),
     }
+}
+
+/// The timeline history of the server at `source` (`sql`: the dialect's
+/// `timeline_history_sql`), as the superuser over TCP.
+pub async fn remote_history(
+    cfg: &InstanceConfig,
+    source: &crate::engine::Endpoint,
+    password: &str,
+    sql: &str,
+    timeout: Duration,
+) -> anyhow::Result<History> {
+    let work = async { timeline_history(&connect_remote(cfg, source, password, timeout).await?, sql).await };
+    match tokio::time::timeout(timeout * 2, work).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("{source} did not give its timeline history in time"),
+    }
+}
+
+/// The timeline history of the server `client` is connected to, as a superuser (`sql`: the
+/// dialect's `timeline_history_sql`).
+pub async fn timeline_history(client: &Client, sql: &str) -> anyhow::Result<History> {
+    let row = client.query_one(sql, &[]).await?;
+    let timeline: i32 = col(&row, "timeline")?;
+    let text: Option<String> = col(&row, "history")?;
+    let switches =
+        timeline::parse_switches(text.as_deref().unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    Ok(History { timeline: u32::try_from(timeline)?, switches })
 }
 
 /// A column by name; a query without it (a dialect out of step) is an error, not a panic.
