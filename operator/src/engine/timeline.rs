@@ -11,7 +11,7 @@ use super::Lsn;
 
 /// One line of a timeline history file: `timeline` ended at `at` (the WAL from `at` on
 /// belongs to a later timeline).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Switch {
     pub timeline: u32,
     pub at: Lsn,

@@ -6,13 +6,15 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::config::InstanceConfig;
 use super::report::{NodeReport, ReceiverReport, ReplicationRow};
-use crate::engine::timeline::{self, History};
+use crate::engine::timeline::{self, History, Switch};
 use crate::engine::{Dialect, Lsn};
 
 /// A connection to the local server, reopened when it breaks.
 #[derive(Default)]
 pub struct LocalConnection {
     client: Option<Client>,
+    /// The primary's timeline history, read once per timeline.
+    switches: Option<(u32, Vec<Switch>)>,
 }
 
 impl std::fmt::Debug for LocalConnection {
@@ -152,11 +154,48 @@ impl LocalConnection {
     /// Runs the status queries; `None` when the server does not answer within `timeout`.
     pub async fn probe(&mut self, cfg: &InstanceConfig, timeout: Duration) -> Option<Probe> {
         match tokio::time::timeout(timeout, self.probe_inner(cfg, timeout)).await {
-            Ok(Ok(p)) => Some(p),
+            Ok(Ok(mut p)) => {
+                if !p.node.in_recovery
+                    && let Some(timeline) = p.node.timeline
+                {
+                    p.node.timeline_switches = self.timeline_switches(cfg, timeline, timeout).await;
+                }
+                Some(p)
+            }
             _ => {
                 self.client = None;
                 None
             }
+        }
+    }
+
+    /// The primary's history on `timeline` (from the cache when the timeline is the same):
+    /// standbys on an earlier timeline are checked against it (see `plan::steady`). Empty
+    /// where it cannot be read.
+    async fn timeline_switches(
+        &mut self,
+        cfg: &InstanceConfig,
+        timeline: u32,
+        timeout: Duration,
+    ) -> Vec<Switch> {
+        if let Some((cached, switches)) = &self.switches
+            && *cached == timeline
+        {
+            return switches.clone();
+        }
+        let Some(sql) = cfg.dialect().timeline_history_sql() else { return Vec::new() };
+        let read = async { timeline_history(self.client(cfg, timeout).await?, sql).await };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(history)) if history.timeline == timeline => {
+                self.switches = Some((timeline, history.switches.clone()));
+                history.switches
+            }
+            Ok(Ok(_)) => Vec::new(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = format!("{e:#}"), "could not read the timeline history");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
         }
     }
 
@@ -196,6 +235,7 @@ impl LocalConnection {
             replayed_lsn: lsn(&row, "replayed_lsn")?,
             timeline: col::<Option<i32>>(&row, "timeline")?.and_then(|t| u32::try_from(t).ok()),
             synchronous_standby_names: col(&row, "synchronous_standby_names")?,
+            timeline_switches: Vec::new(),
         };
         let receiver = match client.query_opt(sql.receiver, &[]).await? {
             Some(r) => Some(ReceiverReport {

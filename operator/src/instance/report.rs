@@ -139,6 +139,10 @@ pub struct NodeReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
     pub synchronous_standby_names: String,
+    /// A primary's timeline history: where each earlier timeline ended (empty on timeline 1,
+    /// on a standby, and where the engine does not give it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline_switches: Vec<crate::engine::timeline::Switch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -158,6 +158,7 @@ use opengauss_crd::{
 };
 
 use super::{Action, Input, Observation, Observed, Plan, PlatformState, UserRequests, decide};
+use crate::engine::timeline::Switch;
 use crate::engine::{DesiredConfig, Endpoint, Lsn, SyncConfig};
 use crate::instance::report::{
     ControlReport, FailsafeHold, InstanceReport, ManagerPhase, NodeReport, OperationKind, OperationReport,
@@ -389,6 +390,14 @@ struct Data {
 impl Data {
     fn tl(&self) -> u32 {
         self.wal.last().map_or(1, |r| r.tl)
+    }
+
+    /// Where each earlier timeline of this history ended, as a primary reports it.
+    fn timeline_switches(&self) -> Vec<Switch> {
+        (1..self.wal.len())
+            .filter(|&i| self.wal[i].tl != self.wal[i - 1].tl)
+            .map(|i| Switch { timeline: self.wal[i - 1].tl, at: lsn(i) })
+            .collect()
     }
 
     /// Whether this history is a prefix of `up`'s: it can stream from it.
@@ -2185,6 +2194,7 @@ impl Model {
             replayed_lsn: d.standby.then(|| lsn(d.replayed)),
             timeline: Some(d.tl()),
             synchronous_standby_names: sync_names(x.applied.as_ref().and_then(|c| c.synchronous.as_ref())),
+            timeline_switches: if d.standby { Vec::new() } else { d.timeline_switches() },
         });
         let receiver = match (x.streaming_from, &x.data) {
             (Some(u), Some(d)) if standby && node.is_some() => Some(ReceiverReport {

@@ -11,6 +11,7 @@ use super::health::{
     InstanceHealth, classify, endpoint, extras, members, operation_failure, operation_running, report,
 };
 use super::{Action, Event, Input, Plan, PlatformState};
+use crate::engine::timeline::History;
 use crate::engine::{SyncConfig, wal};
 use crate::instance::report::{InstanceReport, ManagerPhase, Request};
 
@@ -395,10 +396,26 @@ fn stalled(
             "{name} needs WAL from {needs} that {primary} no longer holds (its oldest segment starts at {oldest})"
         ));
     }
-    // It holds WAL past where the primary took over, on an older timeline: it diverged (it
-    // followed a primary that kept acknowledging after it was replaced, asynchronously or with
-    // `preferred`) and can never stream again as it is.
+    // It replayed past where the primary's history left its timeline: it diverged (it followed
+    // a primary that kept acknowledging after it was replaced, asynchronously or with
+    // `preferred`) and can never stream again as it is. The primary's own history says where
+    // (PostgreSQL); the floor below stands in where the engine does not give it.
     let timeline = |r: &InstanceReport| r.node.as_ref().and_then(|n| n.timeline);
+    if let (Some(p), Some(mine), Some(replayed)) = (
+        primary_report.and_then(|p| p.node.as_ref()),
+        timeline(r),
+        r.node.as_ref().and_then(|n| n.replayed_lsn),
+    ) && let Some(theirs) = p.timeline
+        && !p.timeline_switches.is_empty()
+        && silent_for >= WAL_GONE_STANDBY
+    {
+        let history = History { timeline: theirs, switches: p.timeline_switches.clone() };
+        if let Some(why) = history.missing(mine, replayed) {
+            return Some(format!(
+                "{name} replayed up to {replayed} on timeline {mine}, which is not in {primary}'s history ({why}): it diverged"
+            ));
+        }
+    }
     let floor = plan.status.last_promotion_lsn.as_deref().and_then(|l| l.parse::<crate::engine::Lsn>().ok());
     if let (Some(mine), Some(theirs), Some(pos), Some(floor)) =
         (timeline(r), primary_report.and_then(timeline), r.wal_position(), floor)

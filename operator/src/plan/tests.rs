@@ -9,6 +9,7 @@ use opengauss_crd::{
 };
 
 use super::*;
+use crate::engine::timeline::Switch;
 use crate::engine::{DesiredConfig, Endpoint, Lsn};
 use crate::instance::report::{
     ControlReport, InstanceReport, ManagerPhase, NodeReport, OperationKind, OperationReport, OperationState,
@@ -207,6 +208,7 @@ fn primary(k: u32, at_lsn: Lsn, standbys: &[String], config: DesiredConfig) -> I
             replayed_lsn: None,
             timeline: Some(1),
             synchronous_standby_names: String::new(),
+            timeline_switches: Vec::new(),
         }),
         replication: standbys
             .iter()
@@ -238,6 +240,7 @@ fn standby(k: u32, at_lsn: Lsn, upstream: Option<Endpoint>, mut config: DesiredC
             replayed_lsn: Some(at_lsn),
             timeline: Some(1),
             synchronous_standby_names: String::new(),
+            timeline_switches: Vec::new(),
         }),
         receiver: upstream.map(|_| ReceiverReport {
             status: "streaming".into(),
@@ -1202,6 +1205,51 @@ fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_
     // Behind the promotion point it has not diverged: it may still catch up.
     let cfg = desired(&w, 2, true);
     w.set(2, Some(standby(2, lsn(90), Some(ep(0)), cfg)));
+    assert!(kinds_to(&w.decide(), 2).is_empty());
+}
+
+/// The primary's timeline history tells where it left the old timeline, whatever the status's
+/// promotion floor says since (it is raised when a synchronous set applies, past the fork:
+/// a partition scenario waited a minute for the stalled-standby rule because of that).
+#[test]
+fn a_standby_past_the_primarys_timeline_switch_is_cloned_again_whatever_the_floor() {
+    let mut w = World::healthy(3);
+    // demo-0 left timeline 1 at lsn(100); the floor was raised to lsn(150) on timeline 2 since.
+    w.status.last_promotion_lsn = Some(lsn(150).to_string());
+    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
+    p.replication.retain(|r| r.instance != "demo-2");
+    if let Some(n) = p.node.as_mut() {
+        n.timeline = Some(2);
+        n.timeline_switches = vec![Switch { timeline: 1, at: lsn(100) }];
+    }
+    w.set(0, Some(p.clone()));
+    let cfg = desired(&w, 2, true);
+    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg.clone())));
+    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+    row.not_streaming_since = Some(Time(at(100 - 2)));
+    assert!(kinds_to(&w.decide(), 2).is_empty(), "a moment: a report may be old");
+    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+    row.not_streaming_since = Some(Time(at(100 - 6)));
+    let plan = w.decide();
+    assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
+    let event = plan.events.iter().find(|e| e.reason == "RebuildingStandby").expect("event");
+    assert!(
+        event.message.contains(&format!("replayed up to {} on timeline 1", lsn(120)))
+            && event.message.contains("diverged"),
+        "{}",
+        event.message
+    );
+    // Exactly at the switch, or before it: it can follow the new timeline.
+    for at_or_before in [lsn(100), lsn(90)] {
+        w.set(2, Some(standby(2, at_or_before, Some(ep(0)), cfg.clone())));
+        assert!(kinds_to(&w.decide(), 2).is_empty(), "{at_or_before}");
+    }
+    // Without the history (openGauss), the floor decides as before: lsn(120) is under it.
+    if let Some(n) = p.node.as_mut() {
+        n.timeline_switches.clear();
+    }
+    w.set(0, Some(p));
+    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg)));
     assert!(kinds_to(&w.decide(), 2).is_empty());
 }
 
