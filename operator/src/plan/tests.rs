@@ -1177,34 +1177,51 @@ fn every_peer_in_a_primarys_configuration_carries_its_managers_address_and_the_l
     assert_eq!(peers, ["demo-1", "demo-2"]);
 }
 
-#[test]
-fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_minute() {
+/// demo-0 primary on timeline 2 (its history: `switches`), the status's promotion floor at
+/// `floor`; demo-2 still on timeline 1 at `standby_at`, following demo-0 but not streaming.
+fn promoted_with_a_standby_left_behind(floor: Lsn, switches: Vec<Switch>, standby_at: Lsn) -> World {
     let mut w = World::healthy(3);
-    // demo-0 was promoted at lsn(100) onto timeline 2; demo-2 stayed on timeline 1 and holds
-    // WAL up to lsn(120) from the primary it followed before (a partition's minority side).
-    w.status.last_promotion_lsn = Some(lsn(100).to_string());
+    w.status.last_promotion_lsn = Some(floor.to_string());
     let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
     p.replication.retain(|r| r.instance != "demo-2");
     if let Some(n) = p.node.as_mut() {
         n.timeline = Some(2);
+        n.timeline_switches = switches;
     }
     w.set(0, Some(p));
     let cfg = desired(&w, 2, true);
-    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg)));
-    let silent_since = |w: &mut World, secs: i64| {
-        let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
-        row.not_streaming_since = Some(Time(at(100 - secs)));
-    };
-    silent_since(&mut w, 2);
+    w.set(2, Some(standby(2, standby_at, Some(ep(0)), cfg)));
+    w
+}
+
+/// demo-2 has not streamed for `secs` seconds.
+fn demo_2_silent_for(w: &mut World, secs: i64) {
+    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
+    row.not_streaming_since = Some(Time(at(100 - secs)));
+}
+
+/// Not after 2 s (a report may be old), but after 6 s demo-2 is cloned again, the event
+/// saying why; returns that event's message.
+fn demo_2_rebuilt_after_five_seconds(w: &mut World) -> String {
+    demo_2_silent_for(w, 2);
     assert!(kinds_to(&w.decide(), 2).is_empty(), "a moment: a report may be old");
-    silent_since(&mut w, 6);
+    demo_2_silent_for(w, 6);
     let plan = w.decide();
     assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
     let event = plan.events.iter().find(|e| e.reason == "RebuildingStandby").expect("event");
     assert!(event.message.contains("diverged"), "{}", event.message);
+    event.message.clone()
+}
+
+#[test]
+fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_minute() {
+    // demo-0 was promoted at lsn(100) onto timeline 2; demo-2 stayed on timeline 1 and holds
+    // WAL up to lsn(120) from the primary it followed before (a partition's minority side).
+    let mut w = promoted_with_a_standby_left_behind(lsn(100), vec![], lsn(120));
+    demo_2_rebuilt_after_five_seconds(&mut w);
     // Behind the promotion point it has not diverged: it may still catch up.
-    let cfg = desired(&w, 2, true);
-    w.set(2, Some(standby(2, lsn(90), Some(ep(0)), cfg)));
+    let mut w = promoted_with_a_standby_left_behind(lsn(100), vec![], lsn(90));
+    demo_2_silent_for(&mut w, 6);
     assert!(kinds_to(&w.decide(), 2).is_empty());
 }
 
@@ -1213,43 +1230,20 @@ fn a_standby_that_diverged_past_the_promotion_is_cloned_again_without_waiting_a_
 /// a partition scenario waited a minute for the stalled-standby rule because of that).
 #[test]
 fn a_standby_past_the_primarys_timeline_switch_is_cloned_again_whatever_the_floor() {
-    let mut w = World::healthy(3);
     // demo-0 left timeline 1 at lsn(100); the floor was raised to lsn(150) on timeline 2 since.
-    w.status.last_promotion_lsn = Some(lsn(150).to_string());
-    let mut p = w.obs.instances[&name(0)].report.clone().expect("primary");
-    p.replication.retain(|r| r.instance != "demo-2");
-    if let Some(n) = p.node.as_mut() {
-        n.timeline = Some(2);
-        n.timeline_switches = vec![Switch { timeline: 1, at: lsn(100) }];
-    }
-    w.set(0, Some(p.clone()));
-    let cfg = desired(&w, 2, true);
-    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg.clone())));
-    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
-    row.not_streaming_since = Some(Time(at(100 - 2)));
-    assert!(kinds_to(&w.decide(), 2).is_empty(), "a moment: a report may be old");
-    let row = w.status.instances.iter_mut().find(|r| r.name == "demo-2").expect("row");
-    row.not_streaming_since = Some(Time(at(100 - 6)));
-    let plan = w.decide();
-    assert_eq!(kinds_to(&plan, 2), [OperationKind::Rebuild]);
-    let event = plan.events.iter().find(|e| e.reason == "RebuildingStandby").expect("event");
-    assert!(
-        event.message.contains(&format!("replayed up to {} on timeline 1", lsn(120)))
-            && event.message.contains("diverged"),
-        "{}",
-        event.message
-    );
+    let history = || vec![Switch { timeline: 1, at: lsn(100) }];
+    let mut w = promoted_with_a_standby_left_behind(lsn(150), history(), lsn(120));
+    let message = demo_2_rebuilt_after_five_seconds(&mut w);
+    assert!(message.contains(&format!("replayed up to {} on timeline 1", lsn(120))), "{message}");
     // Exactly at the switch, or before it: it can follow the new timeline.
     for at_or_before in [lsn(100), lsn(90)] {
-        w.set(2, Some(standby(2, at_or_before, Some(ep(0)), cfg.clone())));
+        let mut w = promoted_with_a_standby_left_behind(lsn(150), history(), at_or_before);
+        demo_2_silent_for(&mut w, 6);
         assert!(kinds_to(&w.decide(), 2).is_empty(), "{at_or_before}");
     }
     // Without the history (openGauss), the floor decides as before: lsn(120) is under it.
-    if let Some(n) = p.node.as_mut() {
-        n.timeline_switches.clear();
-    }
-    w.set(0, Some(p));
-    w.set(2, Some(standby(2, lsn(120), Some(ep(0)), cfg)));
+    let mut w = promoted_with_a_standby_left_behind(lsn(150), vec![], lsn(120));
+    demo_2_silent_for(&mut w, 6);
     assert!(kinds_to(&w.decide(), 2).is_empty());
 }
 
